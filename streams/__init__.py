@@ -1,0 +1,1 @@
+"""WardWatch package."""

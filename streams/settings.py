@@ -1,0 +1,67 @@
+"""The one settings object. Built once at start-up (``Settings()``) and passed down.
+
+Every field reads from an environment variable ``WARDWATCH_<FIELD>`` (upper case); the
+README lists them all with their defaults. Defaults point at the local services that
+``make up`` starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+VAR_DIR = PROJECT_ROOT / "var"
+
+
+class Settings(BaseSettings):
+    """WardWatch settings (environment prefix ``WARDWATCH_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="WARDWATCH_", extra="ignore", frozen=True)
+
+    # --- Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    topic_inbound: str = Field("fhir.inbound", description="Raw FHIR bytes, keyed by pseudonym.")
+    topic_dlq: str = Field("fhir.inbound.dlq", description="Dead letters: original bytes + reason.")
+    topic_events: str = Field("clinical.events", description="Canonical clinical events.")
+    topic_scores: str = Field("risk.scores", description="Every score.")
+    topic_alerts: str = Field("risk.alerts", description="Alerts (FHIR RiskAssessment).")
+    topic_partitions: int = Field(8, description="Partitions for the project's topics.")
+    app_id: str = Field("wardwatch", description="Faust app id (consumer group, table topics).")
+    worker_web_port: int = Field(6066, description="Faust worker web port.")
+    batch_size: int = Field(500, description="Events an agent takes per batch.")
+    batch_within_s: float = Field(0.2, description="Longest wait to fill a batch, seconds.")
+
+    # --- Database
+    database_url: str = Field(
+        f"sqlite:///{VAR_DIR / 'wardwatch.db'}",
+        description="SQLAlchemy URL; SQLite file by default, postgresql+psycopg://... for PG.",
+    )
+
+    # --- Triton
+    triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC address.")
+    triton_model: str = Field("sepsis_transformer", description="Model name in the repository.")
+    triton_timeout_s: float = Field(2.0, description="Per-request Triton deadline, seconds.")
+    triton_max_batch: int = Field(64, description="Largest batch sent in one Triton request.")
+    model_dir: Path = Field(
+        PROJECT_ROOT / "inference" / "model_repository" / "sepsis_transformer",
+        description="Model folder used by offline scoring (`wardwatch score`).",
+    )
+
+    # --- Clinical
+    pseudonym_key: SecretStr = Field(
+        SecretStr("wardwatch-local-development-key-change-me"),
+        description="HMAC key that turns patient identifiers into pseudonyms. Set in production.",
+    )
+    staleness_hours: float = Field(12.0, description="A vital older than this is not scored.")
+    alert_threshold: float | None = Field(
+        None, description="Risk at or above which an alert is raised; default: the model card's."
+    )
+    alert_clear_margin: float = Field(0.05, description="Hysteresis: clear below threshold-margin.")
+    alert_suppress_hours: float = Field(6.0, description="No repeat alert within this window.")
+    physionet_stay_start: str = Field(
+        "2026-01-01T00:00:00+00:00",
+        description="When a replayed PhysioNet stay begins (row hour 0).",
+    )
