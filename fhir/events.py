@@ -133,3 +133,12 @@ class ClinicalEvent:
             source=d.get("source", ""),
             text=d.get("text"),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The latest value of one code at a scoring time: what the early-warning scores read."""
+
+    time: datetime
+    value: float | None = None
+    value_code: str | None = None
