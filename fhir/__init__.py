@@ -1,4 +1,8 @@
-"""WardWatch's canonical FHIR mapping: a portion of the ``fhir`` namespace shared with fhir.resources."""
+"""WardWatch's canonical FHIR mapping.
+
+A portion of the ``fhir`` namespace shared with fhir.resources (``fhir.resources.R4B``): keep
+the ``extend_path`` below, or ``import fhir.resources`` stops working next to ``fhir.events``.
+"""
 
 from pkgutil import extend_path
 

@@ -1,0 +1,72 @@
+# WardWatch: make demo (the main job end to end), make test (the tests).
+# Everything installs what it needs: uv from PyPI into .tools/, the locked environment
+# into .venv/ (uv's cache in ~/.cache/uv makes a second clone's install fast), the
+# Kafka jars through Maven into ~/.m2.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BASE ?= $(shell command -v python3.11 || command -v python3)
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+SERVICES := bash compose/services.sh
+PG_URL := postgresql+psycopg://wardwatch:wardwatch@127.0.0.1:5433/wardwatch
+PYTEST_ARGS ?=
+
+.PHONY: help venv up down status logs demo test test-unit test-integration lint format bench model clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON_BASE) -m venv .tools
+	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python "$(PYTHON_BASE)"
+	touch $@
+
+venv: $(VENV)/.synced ## Create .venv from uv.lock (reproducible, cached)
+
+up: venv ## Start Kafka, PostgreSQL and Triton on loopback (idempotent)
+	$(SERVICES) up
+
+down: ## Stop the local services
+	$(SERVICES) down
+
+status: ## Show the local services' state
+	$(SERVICES) status
+
+logs: ## Tail the local services' logs
+	$(SERVICES) logs
+
+demo: venv ## The main job end to end: services, worker, replay, summary, stop
+	$(SERVICES) up
+	rc=0; WARDWATCH_DATABASE_URL=$${WARDWATCH_DATABASE_URL:-$(PG_URL)} \
+	  $(PY) -m streams demo $(DEMO_ARGS) || rc=$$?; \
+	$(SERVICES) down; exit $$rc
+
+test: venv ## All tests: unit, then integration and end-to-end on the local services
+	$(SERVICES) up
+	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; $(SERVICES) down; exit $$rc
+
+test-unit: venv ## Unit tests only (no services)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv ## ruff, ruff format --check, mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: venv ## Apply ruff's fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+model: venv ## Retrain and export the committed risk model (see inference/train.py)
+	$(PY) -m streams train
+
+clean: down ## Remove local state (services' data, databases, logs)
+	rm -rf var

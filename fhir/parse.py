@@ -1,0 +1,654 @@
+"""FHIR R4 JSON -> canonical clinical events (:class:`fhir.events.ClinicalEvent`).
+
+Entry point: :func:`parse_resource`. It accepts one resource or a Bundle (batch, transaction,
+collection, searchset, history, message, document, their responses and R4B
+subscription-notification; nested Bundles up to :data:`MAX_DEPTH`), validates what it maps with
+fhir.resources' R4B models (R4B reads R4), and maps Observations -- vital signs including the
+blood-pressure panel's components, SpO2, temperature, GCS, ACVPU, FiO2, O2 flow, and labs by
+LOINC -- to events in the canonical units of ``fhir/data/codes.yaml``.
+
+Result contract (:class:`ParseResult`):
+
+* ``events``: the canonical events, in input order.
+* ``ignored``: one human-readable line per *Observation* that was understood but gives no
+  event (a code WardWatch does not use, status cancelled/registered/unknown, no value). Other
+  resource types (Patient, Encounter, Claim, ...) are skipped silently: counted in
+  ``resources`` only.
+* ``rejected``: for a Bundle, one :class:`~fhir.errors.PermanentInputError` per *entry* that
+  is bad (invalid Observation, implausible value, unknown unit, missing subject, unknown
+  resourceType, ...); the good entries still give their events, so the caller can dead-letter
+  just the bad entries (each error names ``resource_type``/``resource_id``).
+
+What raises (all :class:`~fhir.errors.PermanentInputError`: dead-letter, never retry; there
+are no transient errors here): bytes that are not a JSON object (MalformedJson); no
+``resourceType`` or an unknown one at the top (InvalidResource/UnsupportedResource); a Bundle
+whose own structure is invalid (InvalidResource); a *single* (non-Bundle) resource with any
+entry-level problem above; with ``strict=True`` also the first rejected Bundle entry.
+Nothing else escapes: an unexpected exception inside is turned into InvalidResource.
+
+Checks added on top of fhir.resources (which lets these through): a missing ``resourceType``;
+a JSON string where a number is required (``"value": "72"`` in valueQuantity); an unknown
+resourceType in a Bundle entry (fhir.resources raises a bare KeyError).
+
+The patient is the subject reference's id, taken as the pseudonym as-is (the edge has
+pseudonymised it, see :mod:`fhir.pseudonym`): ``Patient/<id>``, an absolute
+``.../Patient/<id>`` URL (``/_history/n`` dropped), or a ``urn:uuid:`` resolved against the
+Bundle's Patient entries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+import orjson
+
+from fhir.codes import CodeSpec, CodeTable, load_code_table
+from fhir.errors import (
+    InvalidResource,
+    InvalidTime,
+    MalformedJson,
+    MissingSubject,
+    PermanentInputError,
+    UnitError,
+    UnknownCode,
+    UnsupportedResource,
+)
+from fhir.events import ClinicalEvent, EventStatus
+
+MAX_DEPTH = 3  # Bundles nested deeper than this are rejected
+_STATUS: dict[str, EventStatus] = {
+    "final": "final",
+    "amended": "amended",
+    "corrected": "corrected",
+    "preliminary": "preliminary",
+    "entered-in-error": "entered-in-error",
+}
+_SKIP_STATUS = frozenset({"cancelled", "registered", "unknown"})
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_PATIENT_REF = re.compile(r"(?:^|/)Patient/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]*)?$")
+# FHIR R4 (4.0.1) resource types that R4B removed: valid R4 input, never mapped; skipped.
+R4_ONLY_TYPES = frozenset(
+    {
+        "EffectEvidenceSynthesis",
+        "RiskEvidenceSynthesis",
+        "MedicinalProduct",
+        "MedicinalProductAuthorization",
+        "MedicinalProductContraindication",
+        "MedicinalProductIndication",
+        "MedicinalProductIngredient",
+        "MedicinalProductInteraction",
+        "MedicinalProductManufactured",
+        "MedicinalProductPackaged",
+        "MedicinalProductPharmaceutical",
+        "MedicinalProductUndesirableEffect",
+        "SubstanceSpecification",
+    }
+)
+BUNDLE_TYPES = frozenset(
+    {
+        "document",
+        "message",
+        "transaction",
+        "transaction-response",
+        "batch",
+        "batch-response",
+        "history",
+        "searchset",
+        "collection",
+        "subscription-notification",  # R4B
+    }
+)
+_TIME_FIELDS = ("effectiveDateTime", "effectiveInstant", "effectivePeriod", "issued")
+_VALUE_KEYS = (
+    "valueQuantity",
+    "valueCodeableConcept",
+    "valueString",
+    "valueBoolean",
+    "valueInteger",
+    "valueRange",
+    "valueRatio",
+    "valueSampledData",
+    "valueTime",
+    "valueDateTime",
+    "valuePeriod",
+)
+
+
+@dataclass(slots=True)
+class ParseResult:
+    """What :func:`parse_resource` found: see the module docstring for the contract."""
+
+    events: list[ClinicalEvent] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    rejected: list[PermanentInputError] = field(default_factory=list)
+    resources: int = 0  # resources looked at (Bundles not counted)
+    observations: int = 0  # of which Observations
+
+    def raise_if_rejected(self) -> None:
+        """Raise the first rejected entry's PermanentInputError (not retryable), if any."""
+        if self.rejected:
+            raise self.rejected[0]
+
+    def merge(self, other: ParseResult) -> None:
+        """Append ``other``'s findings to this result; never raises."""
+        self.events.extend(other.events)
+        self.ignored.extend(other.ignored)
+        self.rejected.extend(other.rejected)
+        self.resources += other.resources
+        self.observations += other.observations
+
+
+# ------------------------------------------------------------------ fhir.resources access
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+def _model_class(resource_type: str) -> Any:
+    """The R4B model class, or raise UnsupportedResource (permanent)."""
+    cls = _MODEL_CACHE.get(resource_type)
+    if cls is None:
+        if not resource_type.isascii() or not resource_type.isalpha():
+            raise UnsupportedResource(f"resourceType {resource_type[:60]!r} is not a FHIR type")
+        try:
+            from fhir.resources.R4B import get_fhir_model_class
+
+            cls = get_fhir_model_class(resource_type)
+        except Exception:  # fhir.resources raises ValueError/KeyError/ImportError
+            raise UnsupportedResource(
+                f"resourceType {resource_type!r} is not a FHIR R4B resource type"
+            ) from None
+        if resource_type == "Resource" or resource_type == "DomainResource":
+            raise UnsupportedResource(f"resourceType {resource_type!r} is abstract")
+        _MODEL_CACHE[resource_type] = cls
+    return cls
+
+
+def _summarise(exc: BaseException) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        try:
+            items = cast(list[dict[str, Any]], errors())
+            parts = [
+                f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+                for e in items[:3]
+            ]
+            more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
+            return ("; ".join(parts) + more)[:400]
+        except Exception:  # pragma: no cover - defensive: fall back to the plain message
+            return f"{type(exc).__name__}: {str(exc)[:300]}"
+    return f"{type(exc).__name__}: {str(exc)[:300]}"
+
+
+def _validate(resource_type: str, doc: Mapping[str, Any], rid: str | None) -> None:
+    cls = _model_class(resource_type)
+    try:
+        cls.model_validate(doc)
+    except Exception as exc:  # pydantic ValidationError, and fhir.resources' own KeyErrors
+        raise InvalidResource(
+            f"not a valid R4B {resource_type}: {_summarise(exc)}",
+            resource_type=resource_type,
+            resource_id=rid,
+        ) from None
+
+
+# ------------------------------------------------------------------------- helpers
+@dataclass(slots=True)
+class _Ctx:
+    table: CodeTable
+    validate: bool
+    patients: dict[str, str]  # Bundle fullUrl -> Patient id
+    depth: int = 0
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _check_json_types(obs: Mapping[str, Any], where: tuple[str, str | None]) -> None:
+    """Reject JSON strings/booleans where FHIR requires numbers (fhir.resources coerces)."""
+
+    def check(holder: object, path: str) -> None:
+        if not isinstance(holder, dict):
+            return
+        q = holder.get("valueQuantity")
+        if isinstance(q, dict) and "value" in q and not _is_number(q["value"]):
+            raise InvalidResource(
+                f"{path}valueQuantity.value must be a JSON number, got {type(q['value']).__name__}"
+                f" {str(q['value'])[:40]!r}",
+                resource_type=where[0],
+                resource_id=where[1],
+            )
+        if "valueInteger" in holder:
+            v = holder["valueInteger"]
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise InvalidResource(
+                    f"{path}valueInteger must be a JSON integer, got {type(v).__name__}",
+                    resource_type=where[0],
+                    resource_id=where[1],
+                )
+
+    check(obs, "")
+    comps = obs.get("component")
+    if isinstance(comps, list):
+        for i, c in enumerate(comps):
+            check(c, f"component[{i}].")
+
+
+def _codings(cc: object) -> list[tuple[str, str]]:
+    if not isinstance(cc, dict):
+        return []
+    out: list[tuple[str, str]] = []
+    for c in cc.get("coding") or ():
+        if isinstance(c, dict):
+            system, code = c.get("system"), c.get("code")
+            if isinstance(system, str) and isinstance(code, str):
+                out.append((system, code))
+    return out
+
+
+def _resolve_code(
+    cc: object, table: CodeTable, laboratory: bool
+) -> tuple[str | None, str | None, list[tuple[str, str]]]:
+    """(canonical code, matched LOINC or None, all codings) for a CodeableConcept.
+
+    When codings map to different canonical codes, a mapping that does not depend on the
+    laboratory category wins (59408-5 "by pulse oximetry" beats 2708-6), else the first.
+    """
+    codings = _codings(cc)
+    best: tuple[str, str, str] | None = None  # canonical, system, code
+    for system, code in codings:
+        hit = table.lookup(system, code, laboratory=laboratory)
+        if hit is None:
+            continue
+        context_free = (system, code) not in table.by_coding_lab
+        if best is None or (context_free and (best[1], best[2]) in table.by_coding_lab):
+            best = (hit, system, code)
+    if best is None:
+        return None, None, codings
+    loinc = best[2] if best[1] == "http://loinc.org" else None
+    return best[0], loinc, codings
+
+
+def _describe(codings: list[tuple[str, str]]) -> str:
+    if not codings:
+        return "no coded code"
+    shown = ", ".join(
+        (f"LOINC {c}" if s == "http://loinc.org" else f"{s}|{c}") for s, c in codings[:3]
+    )
+    return shown + (" ..." if len(codings) > 3 else "")
+
+
+def _is_laboratory(obs: Mapping[str, Any]) -> bool:
+    cats = obs.get("category")
+    if not isinstance(cats, list):
+        return False
+    return any(code == "laboratory" for cat in cats for _, code in _codings(cat))
+
+
+def _subject(obs: Mapping[str, Any], ctx: _Ctx, where: tuple[str, str | None]) -> str:
+    subj = obs.get("subject")
+    ref = subj.get("reference") if isinstance(subj, dict) else None
+    if not isinstance(ref, str) or not ref:
+        raise MissingSubject(
+            "no subject reference to a Patient (a logical identifier is not enough: the edge "
+            "must send Patient/<pseudonym>)",
+            resource_type=where[0],
+            resource_id=where[1],
+        )
+    if ref.startswith("urn:uuid:"):
+        pid = ctx.patients.get(ref)
+        if pid is None:
+            raise MissingSubject(
+                f"subject {ref[:80]!r} is not a Patient entry of this Bundle",
+                resource_type=where[0],
+                resource_id=where[1],
+            )
+        return pid
+    m = _PATIENT_REF.search(ref)
+    if m is None:
+        raise MissingSubject(
+            f"subject {ref[:80]!r} is not a Patient reference",
+            resource_type=where[0],
+            resource_id=where[1],
+        )
+    return m.group(1)
+
+
+def parse_fhir_time(value: object, what: str = "time") -> datetime:
+    """A FHIR dateTime/instant string -> aware datetime.
+
+    Raises InvalidTime (permanent) for a non-string, a date without a time, or a time without
+    a time zone (FHIR requires one whenever hours are given).
+    """
+    if not isinstance(value, str) or not value:
+        raise InvalidTime(f"{what} is not a FHIR dateTime string")
+    if "T" not in value:
+        raise InvalidTime(f"{what} {value[:40]!r} has no time of day (and so no time zone)")
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidTime(f"{what} {value[:40]!r} is not a valid dateTime") from None
+    if t.tzinfo is None or t.utcoffset() is None:
+        raise InvalidTime(f"{what} {value[:40]!r} has no time zone")
+    return t
+
+
+def _effective_time(obs: Mapping[str, Any], where: tuple[str, str | None]) -> datetime:
+    for key in ("effectiveDateTime", "effectiveInstant"):
+        if key in obs:
+            return _timed(obs[key], key, where)
+    period = obs.get("effectivePeriod")
+    if isinstance(period, dict) and "start" in period:
+        return _timed(period["start"], "effectivePeriod.start", where)
+    if "issued" in obs:
+        return _timed(obs["issued"], "issued", where)
+    raise InvalidTime(
+        "no effectiveDateTime, effectiveInstant, effectivePeriod.start or issued",
+        resource_type=where[0],
+        resource_id=where[1],
+    )
+
+
+def _timed(value: object, what: str, where: tuple[str, str | None]) -> datetime:
+    try:
+        return parse_fhir_time(value, what)
+    except InvalidTime as exc:
+        raise InvalidTime(exc.reason, resource_type=where[0], resource_id=where[1]) from None
+
+
+def _numeric_value(
+    holder: Mapping[str, Any],
+    spec: CodeSpec,
+    table: CodeTable,
+    where: tuple[str, str | None],
+) -> float | None:
+    """The value of ``holder`` (Observation or component) in canonical units, or None."""
+    q = holder.get("valueQuantity")
+    if isinstance(q, dict):
+        if "value" not in q:
+            return None
+        v = float(q["value"])
+        code, unit = q.get("code"), q.get("unit")
+        candidates = [u for u in (code, unit) if isinstance(u, str) and u]
+        if not candidates:
+            candidates = [""]
+        first: UnitError | None = None
+        for u in dict.fromkeys(candidates):
+            try:
+                return table.convert(spec.code, v, u)
+            except UnitError as exc:
+                first = first or exc
+        assert first is not None
+        raise UnitError(first.reason, resource_type=where[0], resource_id=where[1])
+    if "valueInteger" in holder:
+        try:
+            return table.convert(spec.code, float(holder["valueInteger"]), "")
+        except UnitError as exc:
+            raise UnitError(exc.reason, resource_type=where[0], resource_id=where[1]) from None
+    other = next((k for k in _VALUE_KEYS if k in holder), None)
+    if other is not None:
+        raise InvalidResource(
+            f"{spec.code} needs valueQuantity, got {other}",
+            resource_type=where[0],
+            resource_id=where[1],
+        )
+    return None
+
+
+def _categorical_value(
+    holder: Mapping[str, Any],
+    spec: CodeSpec,
+    table: CodeTable,
+    where: tuple[str, str | None],
+    lenient: bool,
+) -> tuple[bool, str | None]:
+    """(has a value, canonical value_code) for a categorical code."""
+    cc = holder.get("valueCodeableConcept")
+    if cc is None:
+        other = next((k for k in _VALUE_KEYS if k in holder), None)
+        if other is None or lenient:
+            return False, None
+        raise InvalidResource(
+            f"{spec.code} needs valueCodeableConcept, got {other}",
+            resource_type=where[0],
+            resource_id=where[1],
+        )
+    codings = _codings(cc)
+    for system, code in codings:
+        v = table.categorical_value(spec.code, system, code)
+        if v is not None:
+            return True, v
+    if lenient:
+        return True, None
+    raise UnknownCode(
+        f"{spec.code} value {_describe(codings)} is not in the code table",
+        resource_type=where[0],
+        resource_id=where[1],
+    )
+
+
+def _observation(obs: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> ParseResult:
+    res = ParseResult(resources=1, observations=1)
+    rid_raw = obs.get("id")
+    rid = rid_raw if isinstance(rid_raw, str) and _FHIR_ID.match(rid_raw) else None
+    where: tuple[str, str | None] = ("Observation", rid)
+    _check_json_types(obs, where)
+    if ctx.validate:
+        try:
+            _validate("Observation", obs, rid)
+        except InvalidResource as exc:
+            if exc.reason.split(": ", 2)[1].startswith(_TIME_FIELDS):
+                raise InvalidTime(exc.reason, resource_type=where[0], resource_id=rid) from None
+            raise
+    if rid is not None:
+        source = f"Observation/{rid}"
+    elif full_url:
+        source = full_url
+    else:
+        digest = hashlib.blake2b(orjson.dumps(obs, option=orjson.OPT_SORT_KEYS), digest_size=10)
+        source = f"Observation/#{digest.hexdigest()}"
+    label = source
+    status_raw = obs.get("status")
+    if status_raw in _SKIP_STATUS:
+        res.ignored.append(f"{label}: status {status_raw}")
+        return res
+    status = _STATUS.get(status_raw) if isinstance(status_raw, str) else None
+    if status is None:
+        raise InvalidResource(
+            f"unknown status {status_raw!r}", resource_type=where[0], resource_id=rid
+        )
+    table = ctx.table
+    lab = _is_laboratory(obs)
+    items: list[tuple[str, str | None, Mapping[str, Any]]] = []
+    code, loinc, codings = _resolve_code(obs.get("code"), table, lab)
+    if code is not None:
+        items.append((code, loinc, obs))
+    comps = obs.get("component")
+    if isinstance(comps, list):
+        for comp in comps:
+            if isinstance(comp, dict):
+                ccode, cloinc, _ = _resolve_code(comp.get("code"), table, lab)
+                if ccode is not None:
+                    items.append((ccode, cloinc, comp))
+    if not items:
+        res.ignored.append(f"{label}: no code WardWatch uses ({_describe(codings)})")
+        return res
+    patient = _subject(obs, ctx, where)
+    time = _effective_time(obs, where)
+    retracted = status == "entered-in-error"
+    for code, loinc, holder in items:
+        spec = table.specs[code]
+        value: float | None = None
+        value_code: str | None = None
+        if spec.categorical:
+            has, value_code = _categorical_value(holder, spec, table, where, retracted)
+            if not has and not retracted:
+                res.ignored.append(f"{label}: {code} has no value")
+                continue
+        else:
+            try:
+                value = _numeric_value(holder, spec, table, where)
+            except PermanentInputError:
+                if not retracted:
+                    raise
+                value = None
+            if value is None and not retracted:
+                res.ignored.append(f"{label}: {code} has no value")
+                continue
+            if value is not None and not retracted:
+                table.check_plausible(code, value, where=f"Observation/{rid or ''}".rstrip("/"))
+        res.events.append(
+            ClinicalEvent(
+                patient=patient,
+                time=time,
+                code=code,
+                kind=spec.kind,
+                value=value,
+                unit=spec.unit,
+                loinc=loinc,
+                value_code=value_code,
+                status=status,
+                source=source,
+            )
+        )
+    return res
+
+
+def _resource(doc: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> ParseResult:
+    rt = doc.get("resourceType")
+    if not isinstance(rt, str) or not rt:
+        raise InvalidResource("resource has no resourceType")
+    if rt in R4_ONLY_TYPES:
+        return ParseResult(resources=1)
+    _model_class(rt)  # raises UnsupportedResource for unknown types
+    if rt == "Bundle":
+        return _bundle(doc, ctx)
+    if rt == "Observation":
+        return _observation(doc, ctx, full_url)
+    return ParseResult(resources=1)
+
+
+def _guard(fn: Callable[[], ParseResult], where: tuple[str | None, str | None]) -> ParseResult:
+    """Run ``fn``; turn any non-PermanentInputError exception into InvalidResource."""
+    try:
+        return fn()
+    except PermanentInputError:
+        raise
+    except RecursionError:
+        raise InvalidResource(
+            "resource nested too deeply", resource_type=where[0], resource_id=where[1]
+        ) from None
+    except Exception as exc:  # contract: nothing but PermanentInputError escapes
+        raise InvalidResource(
+            f"cannot map resource ({type(exc).__name__}: {str(exc)[:200]})",
+            resource_type=where[0],
+            resource_id=where[1],
+        ) from None
+
+
+def _bundle(doc: Mapping[str, Any], ctx: _Ctx) -> ParseResult:
+    bid = doc.get("id") if isinstance(doc.get("id"), str) else None
+    if ctx.depth >= MAX_DEPTH:
+        raise UnsupportedResource(
+            f"Bundles nested more than {MAX_DEPTH} deep", resource_type="Bundle", resource_id=bid
+        )
+    btype = doc.get("type")
+    if btype not in BUNDLE_TYPES:
+        raise InvalidResource(
+            f"Bundle.type {str(btype)[:40]!r} is not a FHIR bundle type",
+            resource_type="Bundle",
+            resource_id=bid,
+        )
+    entries = doc.get("entry", [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InvalidResource(
+            "Bundle.entry must be a list of objects", resource_type="Bundle", resource_id=bid
+        )
+    entries = cast(list[dict[str, Any]], entries)
+    if ctx.validate:
+        shell = {k: v for k, v in doc.items() if k != "entry"}
+        shell_entries = [{k: v for k, v in e.items() if k != "resource"} for e in entries]
+        if shell_entries:
+            shell["entry"] = [e for e in shell_entries if e]
+            if not shell["entry"]:
+                del shell["entry"]
+        _validate("Bundle", shell, bid)
+    patients = dict(ctx.patients)
+    for e in entries:
+        r, full_url = e.get("resource"), e.get("fullUrl")
+        if isinstance(r, dict) and r.get("resourceType") == "Patient" and isinstance(full_url, str):
+            pid = r.get("id")
+            if not (isinstance(pid, str) and _FHIR_ID.match(pid)):
+                tail = full_url.rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+                pid = tail if _FHIR_ID.match(tail) else None
+            if pid:
+                patients[full_url] = pid
+    sub = _Ctx(ctx.table, ctx.validate, patients, ctx.depth + 1)
+    out = ParseResult()
+    for e in entries:
+        r = e.get("resource")
+        if r is None:
+            continue  # e.g. a DELETE in a transaction, a response entry
+        full_url = e.get("fullUrl") if isinstance(e.get("fullUrl"), str) else None
+        if not isinstance(r, dict):
+            out.rejected.append(InvalidResource("Bundle entry resource is not an object"))
+            continue
+        rd = cast(dict[str, Any], r)
+        rtype = rd.get("resourceType")
+        rid = rd.get("id")
+        where = (rtype if isinstance(rtype, str) else None, rid if isinstance(rid, str) else None)
+        try:
+            out.merge(_guard(lambda rd=rd, fu=full_url: _resource(rd, sub, fu), where))  # type: ignore[misc]
+        except PermanentInputError as exc:
+            if exc.resource_type is None and where[0]:
+                exc.resource_type, exc.resource_id = where[0], where[1] or exc.resource_id
+            out.rejected.append(exc)
+    return out
+
+
+def parse_resource(
+    raw: bytes | bytearray | memoryview | str,
+    *,
+    table: CodeTable | None = None,
+    strict: bool = False,
+    validate: bool = True,
+) -> ParseResult:
+    """Parse one FHIR R4 JSON resource or Bundle into canonical events.
+
+    ``table`` defaults to :func:`fhir.codes.load_code_table`. ``strict=True`` raises the first
+    rejected Bundle entry instead of collecting it. ``validate=False`` skips the R4B model
+    validation (the project's own checks still run) -- only for trusted, already validated
+    input such as :func:`fhir.physionet.row_bundle` output in benchmarks.
+
+    Raises PermanentInputError (never retryable; dead-letter the input) as described in the
+    module docstring; nothing else.
+    """
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"not JSON: {str(exc)[:200]}") from None
+    except TypeError:
+        raise MalformedJson(f"input must be bytes or str, got {type(raw).__name__}") from None
+    if not isinstance(doc, dict):
+        raise MalformedJson(f"top level is a JSON {type(doc).__name__}, not an object")
+    ctx = _Ctx(table or load_code_table(), validate, {})
+    rt = doc.get("resourceType")
+    rid = doc.get("id")
+    where = (rt if isinstance(rt, str) else None, rid if isinstance(rid, str) else None)
+    result = _guard(lambda: _resource(doc, ctx, None), where)
+    if strict:
+        result.raise_if_rejected()
+    return result
+
+
+def parse_events(raw: bytes | bytearray | memoryview | str) -> list[ClinicalEvent]:
+    """Strict shorthand: the events, raising the first rejected entry (PermanentInputError,
+    not retryable) instead of returning it. Ignored Observations are dropped silently."""
+    return parse_resource(raw, strict=True).events
+
+
+__all__ = ["MAX_DEPTH", "ParseResult", "parse_events", "parse_fhir_time", "parse_resource"]

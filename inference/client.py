@@ -1,0 +1,142 @@
+"""Async gRPC client of the served sepsis-risk model (Triton).
+
+``await TritonRiskClient(url).predict(windows)`` splits the windows into chunks of at most
+``max_batch``, sends the chunks concurrently (Triton's dynamic batcher merges them with
+other patients' requests), and returns probabilities ``float32[B]`` in input order.
+Each call has one deadline (``timeout_s``). Errors follow :mod:`inference.errors`:
+unreachable / not ready / deadline / overloaded -> :class:`ModelUnavailable` (retry);
+a request that does not fit the model -> :class:`ModelError` (do not retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import tritonclient.grpc.aio as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from inference.errors import ModelError, ModelUnavailable
+from inference.runtime import check_windows
+
+INPUT_NAME: Final = "FEATURES"
+OUTPUT_NAME: Final = "RISK"
+# gRPC status codes that mean "this request can never succeed" (checked as substrings of
+# tritonclient's status string, e.g. "StatusCode.INVALID_ARGUMENT").
+_PERMANENT: Final = ("INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED", "OUT_OF_RANGE")
+
+F32 = npt.NDArray[np.float32]
+
+
+def classify(exc: BaseException, what: str) -> Exception:
+    """Map a client-side exception to ModelError (permanent) or ModelUnavailable."""
+    if isinstance(exc, InferenceServerException):
+        status = str(exc.status() or "")
+        if any(code in status for code in _PERMANENT):
+            return ModelError(f"{what}: {status} {exc.message()}")
+        return ModelUnavailable(f"{what}: {status or 'error'} {exc.message()}")
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return ModelUnavailable(f"{what}: deadline exceeded")
+    return ModelUnavailable(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class TritonRiskClient:
+    """Sepsis-risk predictions from Triton over gRPC (asyncio)."""
+
+    def __init__(
+        self,
+        url: str = "127.0.0.1:8001",
+        model_name: str = "sepsis_transformer",
+        *,
+        n_features: int | None = None,
+        max_batch: int = 64,
+        timeout_s: float = 2.0,
+        model_version: str = "",
+    ) -> None:
+        """``n_features``: checked locally before sending when given (else Triton checks)."""
+        if max_batch < 1:
+            raise ValueError("max_batch must be >= 1")
+        self.url = url
+        self.model_name = model_name
+        self.model_version = model_version
+        self.n_features = n_features
+        self.max_batch = max_batch
+        self.timeout_s = timeout_s
+        self._client: Any = None
+
+    def _get(self) -> Any:
+        if self._client is None:
+            self._client = grpcclient.InferenceServerClient(url=self.url)
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.close()
+
+    async def __aenter__(self) -> TritonRiskClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def is_ready(self) -> bool:
+        """True if the server is up and the model is loaded; never raises."""
+        try:
+            ready = await asyncio.wait_for(
+                self._get().is_model_ready(
+                    self.model_name, self.model_version, client_timeout=self.timeout_s
+                ),
+                self.timeout_s + 0.5,
+            )
+            return bool(ready)
+        except Exception:
+            return False
+
+    def _validate(self, windows: npt.ArrayLike) -> F32:
+        if self.n_features is not None:
+            return check_windows(windows, self.n_features)
+        arr = np.asarray(windows)
+        if arr.dtype != np.float32 and np.issubdtype(arr.dtype, np.floating):
+            arr = arr.astype(np.float32)
+        if arr.dtype != np.float32 or arr.ndim != 3:
+            raise ModelError(f"windows must be float32[B, T, F], got {arr.dtype}{arr.shape}")
+        return np.ascontiguousarray(arr)
+
+    async def _infer_chunk(self, chunk: F32) -> F32:
+        inp = grpcclient.InferInput(INPUT_NAME, list(chunk.shape), "FP32")
+        inp.set_data_from_numpy(chunk)
+        out = grpcclient.InferRequestedOutput(OUTPUT_NAME)
+        try:
+            result = await self._get().infer(
+                self.model_name,
+                [inp],
+                model_version=self.model_version,
+                outputs=[out],
+                client_timeout=self.timeout_s,
+            )
+        except Exception as exc:
+            raise classify(exc, f"infer {self.model_name}@{self.url}") from exc
+        risk = result.as_numpy(OUTPUT_NAME)
+        if risk is None or risk.shape[0] != chunk.shape[0]:
+            raise ModelError(f"unexpected {OUTPUT_NAME} output shape from {self.model_name}")
+        return np.asarray(risk, dtype=np.float32).reshape(chunk.shape[0], -1)[:, 0]
+
+    async def predict(self, windows: npt.ArrayLike) -> F32:
+        """Probabilities float32[B] for windows float32[B, WINDOW, F]."""
+        x = self._validate(windows)
+        if x.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        chunks = [x[i : i + self.max_batch] for i in range(0, x.shape[0], self.max_batch)]
+        try:
+            parts = await asyncio.wait_for(
+                asyncio.gather(*(self._infer_chunk(c) for c in chunks)),
+                self.timeout_s + 0.5,
+            )
+        except (ModelError, ModelUnavailable):
+            raise
+        except Exception as exc:
+            raise classify(exc, f"infer {self.model_name}@{self.url}") from exc
+        return np.concatenate(parts)

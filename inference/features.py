@@ -1,0 +1,253 @@
+"""The model's input: a 48-hour window of per-hour feature vectors.
+
+One code path for training and serving. The stream calls :func:`feature_window` on the
+live :class:`~inference.state.PatientState`; training calls :func:`windows_from_hourly` on
+a stay's hourly matrix (PhysioNet rows are exactly one hour apart). Both give the same
+numbers (``tests/unit/inference/test_features.py`` checks it on real stays, row by row).
+
+Layout of one window, ``float32[WINDOW, n_features(spec)]``:
+
+* Row ``j`` (0..WINDOW-1) is hour bin ``i = WINDOW-1-j``: rows run oldest -> newest, the
+  last row is bin 0 = the hour ending at ``as_of``. Bin ``i`` covers
+  ``(as_of-(i+1) h, as_of-i h]``; its *end* is ``as_of - i h``.
+* Columns, with ``C = len(spec.codes)`` in ``spec.codes`` order:
+
+  - ``[0, C)`` value: the newest value at or before the bin's end (so: the last value in
+    the bin, else carried forward), normalised ``(v - mean) / std`` and clipped to
+    ``[-CLIP, CLIP]``; 0 when the code was never measured up to then.
+  - ``[C, 2C)`` mask: 1 if the code was measured inside the bin, else 0.
+  - ``[2C, 3C)`` staleness: hours from the newest measurement to the bin's end, capped at
+    ``LAST_CAP_HOURS`` and divided by it; 1 when never measured.
+  - ``[3C]`` stay time: hours from ``state.first_seen`` to the bin's end, clipped to
+    ``[0, FIRST_CAP_HOURS]`` and divided by it (0 before the first observation).
+
+Categorical codes are not model inputs. The normalisation (per-code mean and std over the
+measured hourly values of the training split) lives in :class:`FeatureSpec`, stored in
+the model folder next to the model it was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.state import PatientState, TimeLike, to_epoch
+
+WINDOW: Final = 48
+HOUR: Final = 3600.0
+CLIP: Final = 5.0
+LAST_CAP_HOURS: Final = 48.0
+FIRST_CAP_HOURS: Final = 336.0
+FEATURE_SPEC_FILE: Final = "feature_spec.json"
+DEFAULT_MODEL_DIR: Final = (
+    Path(__file__).resolve().parent / "model_repository" / "sepsis_transformer"
+)
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which numeric codes the model reads, in column order, and their normalisation."""
+
+    codes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not (len(self.codes) == len(self.mean) == len(self.std)):
+            raise ValueError("codes, mean and std must have the same length")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+
+    @property
+    def n_features(self) -> int:
+        return 3 * len(self.codes) + 1
+
+    def feature_names(self) -> list[str]:
+        c = self.codes
+        return (
+            [f"value:{x}" for x in c]
+            + [f"measured:{x}" for x in c]
+            + [f"staleness:{x}" for x in c]
+            + ["stay_hours"]
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "window_hours": WINDOW,
+            "codes": list(self.codes),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "clip": CLIP,
+            "last_cap_hours": LAST_CAP_HOURS,
+            "first_cap_hours": FIRST_CAP_HOURS,
+            "n_features": self.n_features,
+            "layout": "value[C] | measured[C] | staleness[C] | stay_hours; rows oldest->newest",
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        if int(d.get("window_hours", WINDOW)) != WINDOW:
+            raise ValueError(f"feature spec window {d['window_hours']} != {WINDOW}")
+        for key, want in (
+            ("clip", CLIP),
+            ("last_cap_hours", LAST_CAP_HOURS),
+            ("first_cap_hours", FIRST_CAP_HOURS),
+        ):
+            if key in d and float(d[key]) != want:
+                raise ValueError(f"feature spec {key}={d[key]} differs from this code's {want}")
+        return cls(
+            codes=tuple(d["codes"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSpec:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def newest_version_dir(model_dir: Path) -> Path:
+    """The highest numbered version folder of a Triton model folder."""
+    versions = sorted(
+        (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()),
+        key=lambda p: int(p.name),
+    )
+    if not versions:
+        raise FileNotFoundError(f"no version folder in {model_dir}")
+    return versions[-1]
+
+
+@lru_cache(maxsize=1)
+def default_spec() -> FeatureSpec:
+    """The feature spec of the newest committed model version."""
+    return FeatureSpec.load(newest_version_dir(DEFAULT_MODEL_DIR) / FEATURE_SPEC_FILE)
+
+
+def empty_row(spec: FeatureSpec) -> F32:
+    """The feature vector of an hour with nothing known (also the padding before a stay)."""
+    c = len(spec.codes)
+    row = np.zeros(spec.n_features, dtype=np.float32)
+    row[2 * c : 3 * c] = 1.0
+    return row
+
+
+def _normalise(values: F64, spec: FeatureSpec) -> F64:
+    mean = np.asarray(spec.mean, dtype=np.float64)
+    std = np.asarray(spec.std, dtype=np.float64)
+    out: F64 = np.clip((values - mean) / std, -CLIP, CLIP)
+    return out
+
+
+def feature_window(state: PatientState, as_of: TimeLike, spec: FeatureSpec | None = None) -> F32:
+    """The model input for one patient at ``as_of``: ``float32[WINDOW, spec.n_features]``.
+
+    Only observations with time <= as_of are used. See the module docstring for the layout.
+    """
+    spec = spec or default_spec()
+    c = len(spec.codes)
+    t_end = to_epoch(as_of)
+    ends = t_end - HOUR * np.arange(WINDOW - 1, -1, -1, dtype=np.float64)  # oldest -> newest
+    raw = np.zeros((WINDOW, c), dtype=np.float64)
+    have = np.zeros((WINDOW, c), dtype=bool)
+    measured = np.zeros((WINDOW, c), dtype=np.float32)
+    stale = np.ones((WINDOW, c), dtype=np.float64)
+    for k, code in enumerate(spec.codes):
+        times_l, values_l = state.series(code)
+        if not times_l:
+            continue
+        times = np.asarray(times_l, dtype=np.float64)
+        idx = np.searchsorted(times, ends, side="right") - 1
+        ok = idx >= 0
+        if not ok.any():
+            continue
+        j = idx[ok]
+        last_t = times[j]
+        raw[ok, k] = np.asarray(values_l, dtype=np.float64)[j]
+        have[ok, k] = True
+        measured[ok, k] = last_t > ends[ok] - HOUR
+        stale[ok, k] = np.minimum((ends[ok] - last_t) / HOUR, LAST_CAP_HOURS) / LAST_CAP_HOURS
+    out = np.empty((WINDOW, spec.n_features), dtype=np.float32)
+    out[:, :c] = np.where(have, _normalise(raw, spec), 0.0)
+    out[:, c : 2 * c] = measured
+    out[:, 2 * c : 3 * c] = stale
+    if state.first_seen is None:
+        out[:, 3 * c] = 0.0
+    else:
+        hours = np.clip((ends - state.first_seen) / HOUR, 0.0, FIRST_CAP_HOURS)
+        out[:, 3 * c] = hours / FIRST_CAP_HOURS
+    return out
+
+
+def hourly_rows(matrix: npt.ArrayLike, spec: FeatureSpec | None = None) -> F32:
+    """Per-row feature vectors ``float32[T, F]`` of a stay's hourly matrix.
+
+    ``matrix[t, k]`` is the value of ``spec.codes[k]`` at hour ``t`` of the stay (NaN = not
+    measured), in canonical units; row t's values are observed at stay start + t hours.
+    Row t of the result equals the last row of ``feature_window`` as of hour t.
+    """
+    spec = spec or default_spec()
+    m = np.asarray(matrix, dtype=np.float64)
+    n, c = m.shape
+    if c != len(spec.codes):
+        raise ValueError(f"matrix has {c} columns, spec has {len(spec.codes)} codes")
+    seen = ~np.isnan(m)
+    rows = np.arange(n)
+    last = np.where(seen, rows[:, None], -1)
+    last = np.maximum.accumulate(last, axis=0) if n else last
+    have = last >= 0
+    filled = np.take_along_axis(m, np.maximum(last, 0), axis=0)
+    out = np.empty((n, spec.n_features), dtype=np.float32)
+    out[:, :c] = np.where(have, _normalise(np.where(have, filled, 0.0), spec), 0.0)
+    out[:, c : 2 * c] = seen
+    stale = np.minimum(rows[:, None] - last, LAST_CAP_HOURS) / LAST_CAP_HOURS
+    out[:, 2 * c : 3 * c] = np.where(have, stale, 1.0)
+    any_seen = seen.any(axis=1)
+    if any_seen.any():
+        first = int(np.argmax(any_seen))
+        hours = np.clip((rows - first).astype(np.float64), 0.0, FIRST_CAP_HOURS)
+        out[:, 3 * c] = hours / FIRST_CAP_HOURS
+    else:
+        out[:, 3 * c] = 0.0
+    return out
+
+
+def windows_from_rows(
+    rows: F32, t_indices: Sequence[int] | npt.ArrayLike, spec: FeatureSpec
+) -> F32:
+    """Windows ``float32[B, WINDOW, F]`` ending at rows ``t_indices`` of :func:`hourly_rows`."""
+    t = np.asarray(t_indices, dtype=np.int64)
+    n = rows.shape[0]
+    if t.size and (t.min() < 0 or t.max() >= n):
+        raise IndexError(f"t_indices out of range [0, {n})")
+    pad = np.broadcast_to(empty_row(spec), (WINDOW - 1, spec.n_features))
+    padded = np.concatenate([pad, rows], axis=0)
+    gather = t[:, None] + np.arange(WINDOW)[None, :]
+    out: F32 = padded[gather]
+    return out
+
+
+def windows_from_hourly(
+    matrix: npt.ArrayLike,
+    t_indices: Sequence[int] | npt.ArrayLike,
+    spec: FeatureSpec | None = None,
+) -> F32:
+    """Vectorised :func:`feature_window` for training: ``float32[B, WINDOW, F]``.
+
+    Window b equals ``feature_window(state of rows 0..t, as_of = stay start + t h)`` with
+    ``t = t_indices[b]``; see :func:`hourly_rows` for ``matrix``.
+    """
+    spec = spec or default_spec()
+    return windows_from_rows(hourly_rows(matrix, spec), t_indices, spec)

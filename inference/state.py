@@ -1,0 +1,307 @@
+"""Per-patient state kept by the stream (one Faust table row per patient).
+
+The state holds, per canonical code, the time-ordered observations the stream has seen
+(numeric codes: ``value``; categorical codes: ``value_code``), so that the scores and the
+model's feature window (:mod:`inference.features`) can be computed *as of* any time.
+
+Rules (all order-independent: the same set of events, applied in any order, gives the same
+state, and applying an event twice changes nothing):
+
+* An observation is identified by ``(code, source)``; an event without ``source`` is
+  identified by ``(code, time)``.
+* ``status`` ranks: preliminary < final < amended = corrected. A delivery of the same
+  observation replaces the stored one (value *and* time) when its rank is higher; between
+  equal ranks the larger ``(time, value)`` wins (a deterministic tie-break, since events
+  carry no version number).
+* ``entered-in-error`` removes what that ``source`` put there, in every code, and leaves a
+  tombstone so a late delivery of the retracted observation is not added again. An
+  entered-in-error event without ``source`` removes ``(code, time)``.
+* ``first_seen`` is the earliest time of any valued event of a known code (retracted ones
+  included, so it does not depend on arrival order).
+
+Events of other kinds/codes (encounters, notes, ...) and non-finite values are ignored.
+Times are kept as UTC epoch seconds (float).
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from fhir.events import CATEGORICAL_CODES, NUMERIC_CODES, ClinicalEvent, Reading
+
+TimeLike = datetime | float | int
+
+_NUMERIC: Final = frozenset(NUMERIC_CODES)
+_CATEGORICAL: Final = frozenset(CATEGORICAL_CODES)
+_RANK: Final[dict[str, int]] = {"preliminary": 0, "final": 1, "amended": 2, "corrected": 2}
+_SCHEMA: Final = 1
+
+
+def to_epoch(t: TimeLike) -> float:
+    """UTC epoch seconds of a datetime (must be time-zone aware) or a number."""
+    if isinstance(t, datetime):
+        if t.tzinfo is None:
+            raise ValueError(f"time {t.isoformat()} has no time zone")
+        return t.timestamp()
+    return float(t)
+
+
+def from_epoch(t: float) -> datetime:
+    """UTC datetime of epoch seconds."""
+    return datetime.fromtimestamp(t, tz=UTC)
+
+
+def _compact(t: float) -> float | int:
+    t = round(t, 3)
+    return int(t) if t.is_integer() else t
+
+
+class _Series:
+    """Observations of one code, sorted by (time, source). Columnar."""
+
+    __slots__ = ("ranks", "sources", "times", "values")
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.values: list[Any] = []  # float for numeric codes, str for categorical
+        self.sources: list[str] = []
+        self.ranks: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def index_of(self, source: str) -> int:
+        try:
+            return self.sources.index(source)
+        except ValueError:
+            return -1
+
+    def delete(self, i: int) -> None:
+        del self.times[i], self.values[i], self.sources[i], self.ranks[i]
+
+    def insert(self, t: float, value: Any, source: str, rank: int) -> None:
+        lo = bisect_left(self.times, t)
+        hi = bisect_right(self.times, t, lo)
+        i = lo
+        while i < hi and self.sources[i] < source:
+            i += 1
+        self.times.insert(i, t)
+        self.values.insert(i, value)
+        self.sources.insert(i, source)
+        self.ranks.insert(i, rank)
+
+    def last_at_or_before(self, t: float) -> int:
+        """Index of the newest observation with time <= t, or -1."""
+        return bisect_right(self.times, t) - 1
+
+
+class PatientState:
+    """Observations of one patient, per canonical code. See the module docstring."""
+
+    __slots__ = ("_series", "_tombstones", "first_seen", "patient")
+
+    def __init__(self, patient: str = "") -> None:
+        self.patient = patient
+        self.first_seen: float | None = None
+        self._series: dict[str, _Series] = {}
+        self._tombstones: dict[str, float] = {}  # retracted source -> its event time
+
+    # ------------------------------------------------------------------ updating
+    def apply(self, events: Iterable[ClinicalEvent]) -> int:
+        """Apply events (any order, duplicates allowed). Returns how many changed the state."""
+        changed = 0
+        for ev in events:
+            changed += self._apply_one(ev)
+        return changed
+
+    def _apply_one(self, ev: ClinicalEvent) -> int:
+        code = ev.code
+        numeric = code in _NUMERIC
+        if not numeric and code not in _CATEGORICAL:
+            return 0
+        if not self.patient:
+            self.patient = ev.patient
+        t = round(ev.time.timestamp(), 3)  # millisecond resolution, exact JSON round trip
+        source = ev.source or f"@{code}@{_compact(t)}"
+        if ev.status == "entered-in-error":
+            return self._retract(source, code if not ev.source else None, t)
+        value: Any
+        if numeric:
+            if ev.value is None or not math.isfinite(ev.value):
+                return 0
+            value = float(ev.value)
+        else:
+            if not ev.value_code:
+                return 0
+            value = ev.value_code
+        if self.first_seen is None or t < self.first_seen:
+            self.first_seen = t
+        if source in self._tombstones:
+            return 0
+        rank = _RANK.get(ev.status, 1)
+        series = self._series.get(code)
+        if series is None:
+            series = self._series[code] = _Series()
+        i = series.index_of(source)
+        if i >= 0:
+            old = (series.ranks[i], series.times[i], series.values[i])
+            if (rank, t, value) <= old:
+                return 0
+            series.delete(i)
+        series.insert(t, value, source, rank)
+        return 1
+
+    def _retract(self, source: str, only_code: str | None, t: float) -> int:
+        prev = self._tombstones.get(source)
+        self._tombstones[source] = t if prev is None else max(prev, t)
+        removed = 0
+        codes = [only_code] if only_code is not None else list(self._series)
+        for code in codes:
+            series = self._series.get(code)
+            if series is None:
+                continue
+            i = series.index_of(source)
+            while i >= 0:
+                series.delete(i)
+                removed += 1
+                i = series.index_of(source)
+            if not series:
+                del self._series[code]
+        return removed + (prev is None)
+
+    def prune(self, now: TimeLike, keep_hours: float) -> int:
+        """Forget observations older than ``now - keep_hours``, keeping per code the newest
+        one at or before that cut-off (so carry-forward values and "hours since last" stay
+        exact for any as-of time >= cut-off + the feature window). Returns how many went.
+
+        Use ``keep_hours >= features.WINDOW + staleness window``.
+        """
+        cutoff = to_epoch(now) - keep_hours * 3600.0
+        removed = 0
+        for series in self._series.values():
+            keep_from = series.last_at_or_before(cutoff)  # this one stays
+            if keep_from > 0:
+                del series.times[:keep_from], series.values[:keep_from]
+                del series.sources[:keep_from], series.ranks[:keep_from]
+                removed += keep_from
+        old = [s for s, t in self._tombstones.items() if t < cutoff]
+        for s in old:
+            del self._tombstones[s]
+        return removed
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def codes(self) -> list[str]:
+        """Codes with at least one observation."""
+        return sorted(self._series)
+
+    @property
+    def last_seen(self) -> float | None:
+        """Epoch seconds of the newest stored observation, or None."""
+        ts = [s.times[-1] for s in self._series.values() if s.times]
+        return max(ts) if ts else None
+
+    def series(self, code: str) -> tuple[list[float], list[Any]]:
+        """(times, values) of one code, time-ordered (shared lists: do not modify)."""
+        s = self._series.get(code)
+        if s is None:
+            return [], []
+        return s.times, s.values
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._series.values())
+
+    def latest(
+        self, code: str, as_of: TimeLike, max_age_hours: float | None = None
+    ) -> Reading | None:
+        """Newest observation of ``code`` with time <= as_of (and, if given, not older than
+        ``max_age_hours``), or None."""
+        s = self._series.get(code)
+        if s is None:
+            return None
+        ts = to_epoch(as_of)
+        i = s.last_at_or_before(ts)
+        if i < 0:
+            return None
+        t = s.times[i]
+        if max_age_hours is not None and ts - t > max_age_hours * 3600.0:
+            return None
+        v = s.values[i]
+        if isinstance(v, str):
+            return Reading(time=from_epoch(t), value_code=v)
+        return Reading(time=from_epoch(t), value=v)
+
+    def latest_readings(
+        self, as_of: TimeLike, max_age_hours: float | None = None
+    ) -> dict[str, Reading]:
+        """``latest`` of every code that has a value at or before as_of."""
+        out: dict[str, Reading] = {}
+        for code in sorted(self._series):
+            r = self.latest(code, as_of, max_age_hours)
+            if r is not None:
+                out[code] = r
+        return out
+
+    # ------------------------------------------------------------------ serialising
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON-ready form. Times are stored relative to ``first_seen``."""
+        base = self.first_seen or 0.0
+        obs: dict[str, list[list[Any]]] = {}
+        for code in sorted(self._series):
+            s = self._series[code]
+            obs[code] = [
+                [_compact(t - base) for t in s.times],
+                list(s.values),
+                list(s.sources),
+                list(s.ranks),
+            ]
+        return {
+            "v": _SCHEMA,
+            "p": self.patient,
+            "f": None if self.first_seen is None else _compact(self.first_seen),
+            "o": obs,
+            "x": {k: _compact(t - base) for k, t in sorted(self._tombstones.items())},
+        }
+
+    def to_json(self) -> bytes:
+        """Compact JSON bytes (the Faust table value / changelog record)."""
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PatientState:
+        if d.get("v") != _SCHEMA:
+            raise ValueError(f"unknown PatientState schema {d.get('v')!r}")
+        st = cls(d.get("p", ""))
+        first = d.get("f")
+        st.first_seen = None if first is None else float(first)
+        base = st.first_seen or 0.0
+        for code, (times, values, sources, ranks) in d.get("o", {}).items():
+            s = _Series()
+            s.times = [round(base + t, 3) for t in times]
+            s.values = [v if isinstance(v, str) else float(v) for v in values]
+            s.sources = list(sources)
+            s.ranks = [int(r) for r in ranks]
+            st._series[code] = s
+        st._tombstones = {k: round(base + t, 3) for k, t in d.get("x", {}).items()}
+        return st
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> PatientState:
+        """Inverse of :meth:`to_json`."""
+        return cls.from_dict(orjson.loads(data))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PatientState):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PatientState(patient={self.patient!r}, codes={len(self._series)}, obs={len(self)})"

@@ -1,0 +1,436 @@
+"""Engines, migrations and idempotent batched writes of scores and alerts.
+
+SQLite by default (a file under ``var/``), PostgreSQL when the URL says
+``postgresql+psycopg://...``. The write path is what the Faust agents call:
+
+* :func:`write_scores` / :func:`write_alerts` write one batch in **one transaction**
+  with ``INSERT ... ON CONFLICT DO NOTHING RETURNING id`` built from the dialect's
+  ``insert`` (``sqlite.insert`` with multi-row VALUES; ``postgresql.insert(...)
+  .from_select(jsonb_to_recordset(:rows))`` so the whole batch is one JSON parameter) on
+  the natural key (scores: patient, scored_at, model, model_version; alerts: alert_id).
+  A batch redelivered after a crash is stored once; they return how many rows were
+  *newly* inserted.
+* Rows are sorted by their natural key before inserting, so concurrent writers with
+  overlapping batches take row locks in the same order and cannot deadlock.
+* Every database error is classified by :func:`storage.errors.classify` into
+  :class:`~storage.errors.StoragePermanentError` (dead-letter) or
+  :class:`~storage.errors.StorageUnavailable` (retry with backoff, then stop without
+  committing offsets). Nothing here retries by itself: the caller owns the retry policy.
+
+Row types are frozen keyword-only dataclasses (:class:`ScoreRow`, :class:`AlertRow`)
+rather than TypedDicts: construction is checked by mypy, defaults are explicit, rows are
+immutable, and :func:`fetch_scores` returns values equal to what was written.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    JSON,
+    Connection,
+    DateTime,
+    Engine,
+    Text,
+    bindparam,
+    cast,
+    column,
+    create_engine,
+    event,
+    func,
+    select,
+    text,
+)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import URL, make_url
+
+from storage.errors import StoragePermanentError, classify
+from storage.models import SEVERITIES, STATUSES, Alert, Score, UTCDateTime
+
+Severity = Literal["info", "warning", "critical"]
+AlertStatus = Literal["open", "acknowledged", "resolved"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+SCORE_KEY: tuple[str, ...] = ("patient", "scored_at", "model", "model_version")
+ALERT_KEY: tuple[str, ...] = ("alert_id",)
+MIGRATION_LOCK_KEY = 0x5741_5244_5741_5443  # "WARDWATC": pg advisory lock for migrate()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScoreRow:
+    """One row of ``scores``.
+
+    ``risk`` is the model's probability in [0, 1], or None when the model was unavailable
+    (then ``degraded`` must be True). ``news2_breakdown`` is ``News2Result.breakdown``;
+    ``features`` what the model saw (JSON; NaN and infinities are stored as null).
+    ``event_offset`` is ``topic/partition/offset`` of the input record, None for offline scoring.
+    ``scored_at`` must be timezone-aware; it is read back in UTC.
+    """
+
+    patient: str
+    scored_at: datetime
+    model: str
+    model_version: str
+    risk: float | None
+    degraded: bool = False
+    news2: int | None = None
+    news2_breakdown: dict[str, Any] = field(default_factory=dict)
+    qsofa: int | None = None
+    sirs: int | None = None
+    alert: bool = False
+    features: dict[str, Any] | None = None
+    event_offset: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertRow:
+    """One row of ``alerts``; ``alert_id`` is deterministic (``streams.alerting.alert_id``).
+
+    Times must be timezone-aware; they are read back in UTC.
+    """
+
+    alert_id: str
+    patient: str
+    raised_at: datetime
+    severity: Severity
+    reason: str
+    risk: float | None = None
+    news2: int | None = None
+    explanation: dict[str, Any] = field(default_factory=dict)
+    status: AlertStatus = "open"
+    acknowledged_by: str | None = None
+    acknowledged_at: datetime | None = None
+    resolved_at: datetime | None = None
+
+
+# ------------------------------------------------------------------ engines
+
+
+def _json_dumps(value: Any) -> str:
+    """JSON for the JSON columns: NaN and ±Infinity (not JSON; model features use NaN for
+    "not measured") become null; numpy arrays and scalars are accepted; a non-string dict
+    key or an unserialisable object raises TypeError (a permanent error for the batch)."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+
+
+def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def make_engine(
+    url: str | URL, *, echo: bool = False, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+) -> Engine:
+    """An engine for a SQLite or PostgreSQL URL.
+
+    SQLite: WAL journal, foreign keys on, a 30 s busy timeout (``busy_timeout_ms``), set
+    on every new connection by an event listener; the parent directory of the database
+    file is created. PostgreSQL: ``pool_pre_ping`` (dead pooled connections are
+    replaced), a 10 s connect timeout. JSON is serialised by orjson, NaN/Infinity as null.
+
+    Raises :class:`ValueError` for another database (not retried: configuration error);
+    :class:`OSError` if the SQLite directory cannot be created. Connecting is lazy, so an
+    unreachable server shows up at the first query, classified as StorageUnavailable.
+    """
+    u = make_url(url)
+    backend = u.get_backend_name()
+    if backend == "sqlite":
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+            Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            u, echo=echo, json_serializer=_json_dumps, json_deserializer=orjson.loads
+        )
+        listener: Callable[[Any, Any], None] = partial(_sqlite_pragmas, busy_timeout_ms)
+        event.listen(engine, "connect", listener)
+        return engine
+    if backend == "postgresql":
+        connect_args: dict[str, Any] = {}
+        if "connect_timeout" not in u.query:
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        if "application_name" not in u.query:
+            connect_args["application_name"] = "wardwatch"
+        return create_engine(
+            u,
+            echo=echo,
+            pool_pre_ping=True,
+            connect_args=connect_args,
+            json_serializer=_json_dumps,
+            json_deserializer=orjson.loads,
+        )
+    raise ValueError(f"unsupported database {backend!r}: use sqlite or postgresql")
+
+
+# ------------------------------------------------------------------ migrations
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """A programmatic Alembic config for ``storage/migrations`` (no alembic.ini needed);
+    with ``connection``, the migration runs on it. Raises nothing."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def _run_alembic(url: str | URL | Engine, fn: Callable[[Config], None]) -> None:
+    engine = url if isinstance(url, Engine) else make_engine(url)
+    try:
+        with engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Workers starting together migrate one after the other, not at once.
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            fn(alembic_config(conn))
+    except sa_exc.SQLAlchemyError as e:
+        c = classify(e)
+        if c is e:
+            raise
+        raise c from e
+    finally:
+        if not isinstance(url, Engine):
+            engine.dispose()
+
+
+def migrate(url: str | URL | Engine, revision: str = "head") -> None:
+    """Upgrade the schema to ``revision`` (default: the newest), in one transaction.
+
+    Idempotent: a database already at ``revision`` is left alone. Raises
+    :class:`~storage.errors.StorageUnavailable` when the database cannot be reached
+    (retryable) and :class:`~storage.errors.StoragePermanentError` for data errors; other
+    errors (a broken migration) propagate unchanged. Not retried here.
+    """
+    _run_alembic(url, lambda cfg: command.upgrade(cfg, revision))
+
+
+def downgrade(url: str | URL | Engine, revision: str = "base") -> None:
+    """Downgrade the schema to ``revision`` (default: empty). Raises as :func:`migrate`;
+    not retried. Destroys data: for tests and operators only."""
+    _run_alembic(url, lambda cfg: command.downgrade(cfg, revision))
+
+
+# ------------------------------------------------------------------ writes
+
+
+@contextmanager
+def _classified(values_error_is_permanent: bool = False) -> Iterator[None]:
+    try:
+        yield
+    except (sa_exc.SQLAlchemyError, OSError) as e:
+        c = classify(e)
+        if c is e:
+            raise
+        raise c from e
+    except (ValueError, TypeError, OverflowError) as e:
+        # Raised while binding a row's values (psycopg serialises JSON inside the driver,
+        # so an unserialisable JSON value surfaces here unwrapped): the data is at fault.
+        if not values_error_is_permanent:
+            raise
+        raise StoragePermanentError(f"{type(e).__name__}: {e}") from e
+
+
+def _pg_recordset_insert(model: type[Score] | type[Alert], key: Sequence[str]) -> Any:
+    """``INSERT ... SELECT ... FROM jsonb_to_recordset(:rows) ON CONFLICT DO NOTHING
+    RETURNING id``: the whole batch travels as ONE JSON parameter (serialised by orjson
+    in C) and is unpacked by the server, so the statement is small and cached whatever
+    the batch size (a multi-VALUES insert spends most of its time in psycopg's
+    placeholder parsing and array escaping). Times travel as RFC 3339 with offset."""
+    table = model.__table__
+    names = [c.name for c in table.columns if c.name not in ("id", "created_at")]
+    typed = []
+    for name in names:
+        col_type = table.c[name].type
+        if isinstance(col_type, JSON):
+            typed.append(column(name, JSONB))
+        elif isinstance(col_type, UTCDateTime):
+            typed.append(column(name, DateTime(timezone=True)))
+        else:
+            typed.append(column(name, col_type))
+    rows = (
+        func.jsonb_to_recordset(cast(bindparam("rows", type_=Text), JSONB))
+        .table_valued(*typed)
+        .render_derived(with_types=True)
+    )
+    return (
+        postgresql.insert(model)
+        .from_select(names, select(*[rows.c[n] for n in names]))
+        .on_conflict_do_nothing(index_elements=list(key))
+        .returning(model.id)
+    )
+
+
+_PG_INSERT_SCORES = _pg_recordset_insert(Score, SCORE_KEY)
+_PG_INSERT_ALERTS = _pg_recordset_insert(Alert, ALERT_KEY)
+
+
+def _write(
+    engine: Engine,
+    model: type[Score] | type[Alert],
+    key: Sequence[str],
+    params: list[dict[str, Any]],
+) -> int:
+    """Insert ``params`` (sorted by ``key``) in one transaction; return rows inserted."""
+    name = engine.dialect.name
+    if name == "postgresql":
+        pg_stmt = _PG_INSERT_SCORES if model is Score else _PG_INSERT_ALERTS
+        with _classified(values_error_is_permanent=True):
+            doc = _json_dumps(params)
+            with engine.begin() as conn:
+                return len(conn.execute(pg_stmt, {"rows": doc}).all())
+    if name == "sqlite":
+        stmt = (
+            sqlite.insert(model)
+            .on_conflict_do_nothing(index_elements=list(key))
+            .returning(model.id)
+        )
+        with _classified(values_error_is_permanent=True), engine.begin() as conn:
+            return len(conn.execute(stmt, params).all())
+    raise ValueError(f"unsupported database {name!r}")  # pragma: no cover - make_engine
+
+
+def _as_params(row: ScoreRow | AlertRow) -> dict[str, Any]:
+    return {f.name: getattr(row, f.name) for f in fields(row)}
+
+
+def _aware(value: datetime | None) -> bool:
+    return value is None or (value.tzinfo is not None and value.utcoffset() is not None)
+
+
+def _bad_score(row: ScoreRow) -> str | None:
+    if not isinstance(row.patient, str) or not row.patient.strip():
+        return "patient pseudonym is empty"
+    if not _aware(row.scored_at):
+        return "scored_at has no time zone"
+    if not row.model or not row.model_version:
+        return "model or model_version is empty"
+    if row.risk is None:
+        if not row.degraded:
+            return "risk is missing but the score is not marked degraded"
+    elif not (math.isfinite(row.risk) and 0.0 <= row.risk <= 1.0):
+        return f"risk {row.risk!r} is not a probability"
+    for name, value, top in (
+        ("news2", row.news2, 20),
+        ("qsofa", row.qsofa, 3),
+        ("sirs", row.sirs, 4),
+    ):
+        if value is not None and not 0 <= value <= top:
+            return f"{name} {value!r} is outside 0..{top}"
+    return None
+
+
+def _bad_alert(row: AlertRow) -> str | None:
+    if not row.alert_id:
+        return "alert_id is empty"
+    if not isinstance(row.patient, str) or not row.patient.strip():
+        return "patient pseudonym is empty"
+    if not (_aware(row.raised_at) and _aware(row.acknowledged_at) and _aware(row.resolved_at)):
+        return "a time has no time zone"
+    if row.severity not in SEVERITIES:
+        return f"severity {row.severity!r} is not one of {SEVERITIES}"
+    if row.status not in STATUSES:
+        return f"status {row.status!r} is not one of {STATUSES}"
+    if row.risk is not None and not (math.isfinite(row.risk) and 0.0 <= row.risk <= 1.0):
+        return f"risk {row.risk!r} is not a probability"
+    return None
+
+
+def write_scores(engine: Engine, rows: Sequence[ScoreRow]) -> int:
+    """Insert one batch of scores in one transaction; rows already stored are skipped.
+
+    Returns the number of rows newly inserted (0 for an empty batch or a full replay).
+    Raises :class:`~storage.errors.StoragePermanentError` (dead-letter, not retried) when a
+    row is invalid — checked before touching the database, with ``row_index`` set — or
+    the database rejects the batch (constraint or data error: the whole batch is rolled
+    back); :class:`~storage.errors.StorageUnavailable` (retry with backoff, then stop
+    without committing offsets) when the database is unreachable, locked or busy.
+    Does not retry by itself.
+    """
+    if not rows:
+        return 0
+    for i, row in enumerate(rows):
+        bad = _bad_score(row)
+        if bad is not None:
+            raise StoragePermanentError(f"score row {i}: {bad}", row_index=i)
+    params = sorted(
+        (_as_params(r) for r in rows),
+        key=lambda d: (d["patient"], d["scored_at"], d["model"], d["model_version"]),
+    )
+    return _write(engine, Score, SCORE_KEY, params)
+
+
+def write_alerts(engine: Engine, rows: Sequence[AlertRow]) -> int:
+    """Insert one batch of alerts in one transaction; alert ids already stored are skipped
+    (the stored alert, including its workflow status, is left as it is).
+
+    Returns the number of rows newly inserted. Raises exactly as :func:`write_scores`:
+    :class:`~storage.errors.StoragePermanentError` (dead-letter, not retried; ``row_index``
+    set for rows rejected before the database) or
+    :class:`~storage.errors.StorageUnavailable` (retry, then stop uncommitted). Does not
+    retry by itself.
+    """
+    if not rows:
+        return 0
+    for i, row in enumerate(rows):
+        bad = _bad_alert(row)
+        if bad is not None:
+            raise StoragePermanentError(f"alert row {i}: {bad}", row_index=i)
+    params = sorted((_as_params(r) for r in rows), key=lambda d: d["alert_id"])
+    return _write(engine, Alert, ALERT_KEY, params)
+
+
+# ------------------------------------------------------------------ reads
+
+
+def count_scores(engine: Engine) -> int:
+    """Number of rows in ``scores``. Raises StorageUnavailable (retryable) when the
+    database is unreachable or not migrated; not retried here."""
+    with _classified(), engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Score)).scalar_one())
+
+
+def count_alerts(engine: Engine) -> int:
+    """Number of rows in ``alerts``. Raises as :func:`count_scores`; not retried."""
+    with _classified(), engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(Alert)).scalar_one())
+
+
+def fetch_scores(engine: Engine, patient: str | None = None) -> list[ScoreRow]:
+    """All scores (of one patient if given), ordered by patient, scored_at, model,
+    model_version. Raises as :func:`count_scores`; not retried."""
+    fields = [getattr(Score, name) for name in ScoreRow.__dataclass_fields__]
+    stmt = select(*fields).order_by(
+        Score.patient, Score.scored_at, Score.model, Score.model_version
+    )
+    if patient is not None:
+        stmt = stmt.where(Score.patient == patient)
+    with _classified(), engine.connect() as conn:
+        return [ScoreRow(**m) for m in conn.execute(stmt).mappings()]
+
+
+def fetch_alerts(engine: Engine, patient: str | None = None) -> list[AlertRow]:
+    """All alerts (of one patient if given), ordered by raised_at, alert_id. Raises as
+    :func:`count_scores`; not retried."""
+    fields = [getattr(Alert, name) for name in AlertRow.__dataclass_fields__]
+    stmt = select(*fields).order_by(Alert.raised_at, Alert.alert_id)
+    if patient is not None:
+        stmt = stmt.where(Alert.patient == patient)
+    with _classified(), engine.connect() as conn:
+        return [AlertRow(**m) for m in conn.execute(stmt).mappings()]

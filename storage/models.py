@@ -1,0 +1,160 @@
+"""The database schema: every score and every alert, keyed by pseudonym only.
+
+Two tables (see ``storage/migrations/versions`` for the DDL the database actually gets):
+
+* ``scores`` — one row per (patient, scored_at, model, model_version): the model's risk
+  (NULL when the model was unavailable; then ``degraded`` is true), the bedside scores
+  and the features the model saw. ``event_offset`` is ``topic/partition/offset`` of the
+  input that produced the score, so a row can be traced back to its Kafka record.
+* ``alerts`` — one row per raised alert, ``alert_id`` deterministic (a redelivered
+  score raises the same alert and it is stored once); ``status`` moves
+  open → acknowledged → resolved.
+
+Privacy: ``patient`` is always the HMAC pseudonym made at the edge; names, addresses and
+raw identifiers never reach this layer. Times are ``timestamptz`` on PostgreSQL and UTC
+ISO text on SQLite; :class:`UTCDateTime` always hands back aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+STATUSES: tuple[str, ...] = ("open", "acknowledged", "resolved")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp stored as UTC.
+
+    Binding a naive datetime raises :class:`ValueError` (wrapped by SQLAlchemy in a
+    ``StatementError``; :func:`storage.errors.classify` makes it permanent). Results are
+    always aware UTC datetimes (SQLite keeps no zone, so UTC is attached on the way out).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: a time zone is required")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+# JSON on SQLite, JSONB on PostgreSQL (indexable, compact).
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# BIGINT identity on PostgreSQL; INTEGER PRIMARY KEY (the rowid) on SQLite.
+IdType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention (stable constraint names for Alembic)."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Score(Base):
+    """One score of one patient at one time by one model version."""
+
+    __tablename__ = "scores"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    patient: Mapped[str] = mapped_column(Text, nullable=False)
+    scored_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    model_version: Mapped[str] = mapped_column(Text, nullable=False)
+    risk: Mapped[float | None] = mapped_column(Float, nullable=True)
+    degraded: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    news2: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    news2_breakdown: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    qsofa: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    sirs: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    alert: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    features: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    event_offset: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, nullable=False, server_default=func.current_timestamp()
+    )
+
+    __table_args__ = (
+        UniqueConstraint("patient", "scored_at", "model", "model_version"),
+        CheckConstraint("risk IS NULL OR (risk >= 0 AND risk <= 1)", name="risk_range"),
+        CheckConstraint("risk IS NOT NULL OR degraded", name="risk_or_degraded"),
+        CheckConstraint("news2 IS NULL OR (news2 >= 0 AND news2 <= 20)", name="news2_range"),
+        CheckConstraint("qsofa IS NULL OR (qsofa >= 0 AND qsofa <= 3)", name="qsofa_range"),
+        CheckConstraint("sirs IS NULL OR (sirs >= 0 AND sirs <= 4)", name="sirs_range"),
+        CheckConstraint("length(patient) > 0", name="patient_not_empty"),
+        Index("ix_scores_patient_scored_at", "patient", "scored_at"),
+        Index("ix_scores_scored_at", "scored_at"),
+    )
+
+
+class Alert(Base):
+    """One raised alert and its workflow state."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    alert_id: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    patient: Mapped[str] = mapped_column(Text, nullable=False)
+    raised_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    severity: Mapped[str] = mapped_column(Text, nullable=False)
+    risk: Mapped[float | None] = mapped_column(Float, nullable=True)
+    news2: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    explanation: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False, default="open")
+    acknowledged_by: Mapped[str | None] = mapped_column(Text, nullable=True)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, nullable=False, server_default=func.current_timestamp()
+    )
+
+    __table_args__ = (
+        CheckConstraint("severity IN ('info', 'warning', 'critical')", name="severity_valid"),
+        CheckConstraint("status IN ('open', 'acknowledged', 'resolved')", name="status_valid"),
+        CheckConstraint("risk IS NULL OR (risk >= 0 AND risk <= 1)", name="risk_range"),
+        CheckConstraint("length(patient) > 0", name="patient_not_empty"),
+        Index("ix_alerts_patient_raised_at", "patient", "raised_at"),
+        Index("ix_alerts_raised_at", "raised_at"),
+        Index("ix_alerts_status", "status"),
+    )

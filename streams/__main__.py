@@ -1,0 +1,5 @@
+"""``python -m streams`` is the ``wardwatch`` command."""
+
+from .cli import main
+
+main()

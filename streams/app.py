@@ -1,0 +1,251 @@
+"""The Faust app: three thin agents over the pure functions of :mod:`streams.pipeline`.
+
+normalise  fhir.inbound -> clinical.events (+ fhir.inbound.dlq)
+score      clinical.events -> risk.scores, risk.alerts   (per-patient state in a table)
+persist    risk.scores, risk.alerts -> the SQL database
+
+Processing is at-least-once with idempotent effects: every agent takes a batch with
+``noack_take`` and acknowledges its events only after its effects are durable or handed
+to the producer (Faust flushes the producer before it commits offsets). Faust's
+exactly-once mode has open bugs, and agent concurrency > 1 reorders events, so neither is
+used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import faust
+import numpy as np
+import numpy.typing as npt
+import orjson
+from faust.streams import _current_event
+from faust.streams import Stream
+from faust.types import EventT, StreamT
+
+from inference.client import TritonRiskClient
+from inference.errors import ModelUnavailable
+
+from . import persist
+from .errors import TransientError, is_permanent, reason_of
+from .model_info import load_model_info
+from .pipeline import (
+    Envelope,
+    PatientRecord,
+    finish,
+    normalise,
+    score_envelopes,
+    stack_windows,
+)
+from .settings import Settings
+
+log = logging.getLogger("wardwatch.stream")
+T = TypeVar("T")
+
+# How long an agent keeps retrying a transient failure (database or broker away) before
+# it stops the worker without acknowledging: long enough to ride out a restart.
+RETRY_BUDGET_S = 300.0
+
+
+def dlq_headers(event: EventT[Any], reason: str, stage: str) -> list[tuple[str, bytes]]:
+    """Headers of a dead letter: where it came from and why it was refused."""
+    msg = event.message
+    return [
+        ("wardwatch.reason", reason.encode()),
+        ("wardwatch.stage", stage.encode()),
+        ("wardwatch.source.topic", str(msg.topic).encode()),
+        ("wardwatch.source.partition", str(msg.partition).encode()),
+        ("wardwatch.source.offset", str(msg.offset).encode()),
+        ("wardwatch.dead_lettered_at", str(int(time.time() * 1000)).encode()),
+    ]
+
+
+def source_of(event: EventT[Any]) -> str:
+    msg = event.message
+    return f"{msg.topic}/{msg.partition}/{msg.offset}"
+
+
+async def retry_transient(fn: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``fn`` until it succeeds, backing off on transient errors.
+
+    Raises the last transient error once :data:`RETRY_BUDGET_S` is spent (the caller
+    lets it stop the worker, unacknowledged); permanent errors propagate at once.
+    """
+    delay, deadline = 0.2, time.monotonic() + RETRY_BUDGET_S
+    while True:
+        try:
+            return await fn()
+        except Exception as exc:
+            if is_permanent(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("%s failed (%s); retrying in %.1fs", what, reason_of(exc), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def batches(stream: StreamT[Any]) -> Any:
+    """``noack_take`` (missing from Faust's StreamT type): batches acknowledged by hand."""
+    return cast(Stream[Any], stream).noack_take
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app and its agents for ``settings``."""
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        store="memory://",
+        processing_guarantee="at_least_once",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        web_port=settings.worker_web_port,
+        web_host="127.0.0.1",
+        autodiscover=False,
+        # Table values are whole patient records; recovery replays the changelog.
+        table_standby_replicas=0,
+    )
+
+    def raw_topic(name: str) -> faust.TopicT:
+        # Agents take raw bytes and parse them themselves: Faust acknowledges a message
+        # whose value fails to decode before it raises, which would lose it.
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+        )
+
+    inbound = raw_topic(settings.topic_inbound)
+    dlq = raw_topic(settings.topic_dlq)
+    events_topic = raw_topic(settings.topic_events)
+    scores_topic = raw_topic(settings.topic_scores)
+    alerts_topic = raw_topic(settings.topic_alerts)
+    patients = app.Table(
+        "patients",
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+    model = load_model_info(settings)
+    triton = TritonRiskClient(
+        settings.triton_grpc_url,
+        settings.triton_model,
+        n_features=model.spec.n_features,
+        timeout_s=settings.triton_timeout_s,
+        max_batch=settings.triton_max_batch,
+    )
+    sink = persist.Sink(settings.database_url)
+
+    async def dead_letter(event: EventT[Any], reason: str, stage: str) -> None:
+        # Awaited to the broker's acknowledgement: if the dead-letter write fails, the
+        # error propagates and the worker stops before this event is acknowledged.
+        fut = await dlq.send(
+            key=event.key, value=event.value, headers=dlq_headers(event, reason, stage)
+        )
+        await fut
+        log.warning("dead-lettered %s at %s: %s", source_of(event), stage, reason)
+
+    @app.agent(inbound, name="normalise")
+    async def normalise_agent(stream: StreamT[Any]) -> None:
+        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            for event in batch:
+                value = event.value
+                try:
+                    if not isinstance(value, bytes):
+                        raise TypeError(f"expected raw bytes, got {type(value).__name__}")
+                    result = normalise(
+                        value,
+                        source=source_of(event),
+                        inbound_ts_ms=int(event.message.timestamp * 1000),
+                    )
+                except Exception as exc:  # any failure to parse is this input's fault
+                    await dead_letter(event, reason_of(exc), "normalise")
+                else:
+                    for env in result.envelopes:
+                        await events_topic.send(key=env.patient.encode(), value=env.to_bytes())
+                    if result.rejected:
+                        reason = f"{len(result.rejected)} Bundle entries refused: " + "; ".join(
+                            result.rejected[:10]
+                        )
+                        await dead_letter(event, reason, "normalise")
+                await stream.ack(event)
+
+    async def predict(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
+        """The model's risks, or None while Triton is away (scores are then degraded)."""
+        try:
+            return await triton.predict(windows)
+        except ModelUnavailable as exc:
+            log.warning("model unavailable, scoring rules only: %s", reason_of(exc))
+            return None
+
+    @app.agent(events_topic, name="score")
+    async def score_agent(stream: StreamT[Any]) -> None:
+        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            envelopes: list[Envelope] = []
+            last_event: dict[str, EventT[Any]] = {}
+            for event in batch:
+                try:
+                    env = Envelope.from_bytes(event.value)
+                except Exception as exc:
+                    await dead_letter(event, reason_of(exc), "score")
+                    continue
+                envelopes.append(env)
+                last_event[env.patient] = event
+            records = {p: PatientRecord.from_bytes(patients.get(p.encode())) for p in last_event}
+            prepared = score_envelopes(
+                records, envelopes, spec=model.spec, staleness_hours=settings.staleness_hours
+            )
+            risks: Sequence[float | None] = [None] * len(prepared)
+            if prepared:
+                out = await predict(stack_windows([p for _, p in prepared]))
+                if out is not None:
+                    risks = [float(r) for r in out]
+            for (rec, pending), risk in zip(prepared, risks, strict=True):
+                score, alert = finish(rec, pending, risk, model=model.info, policy=model.policy)
+                key = pending.patient.encode()
+                await scores_topic.send(key=key, value=orjson.dumps(score))
+                if alert is not None:
+                    await alerts_topic.send(key=key, value=orjson.dumps(alert))
+            for patient, rec in records.items():
+                # A table write goes to the changelog partition of the "current event";
+                # in a batch that must be an event of this patient's own partition.
+                _current_event.set(weakref.ref(last_event[patient]))
+                patients[patient.encode()] = rec.to_bytes()
+            for event in batch:
+                await stream.ack(event)
+
+    @app.agent(scores_topic, name="persist_scores")
+    async def persist_scores(stream: StreamT[Any]) -> None:
+        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            rows, bad = persist.score_rows(batch)
+            for event, reason in bad:
+                await dead_letter(event, reason, "persist")
+            if rows:
+                await retry_transient(functools.partial(sink.write_scores, rows), "writing scores")
+            for event in batch:
+                await stream.ack(event)
+
+    @app.agent(alerts_topic, name="persist_alerts")
+    async def persist_alerts(stream: StreamT[Any]) -> None:
+        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            rows, bad = persist.alert_rows(batch)
+            for event, reason in bad:
+                await dead_letter(event, reason, "persist")
+            if rows:
+                await retry_transient(functools.partial(sink.write_alerts, rows), "writing alerts")
+            for event in batch:
+                await stream.ack(event)
+
+    _ = (normalise_agent, score_agent, persist_scores, persist_alerts, TransientError)
+    return app

@@ -1,0 +1,50 @@
+"""Errors of the stream layer: what is dead-lettered and what is retried.
+
+* :class:`PermanentError` — retrying cannot help (bad input, a record that breaks a
+  constraint). The message goes to the dead-letter topic with its original bytes and
+  the reason, and the stream goes on.
+* :class:`TransientError` — the world is briefly unavailable (Kafka, the database,
+  Triton). The agent retries with backoff; when the retry budget is spent it stops the
+  worker *without* acknowledging, so the input is processed again after restart.
+
+The other packages have their own ``errors.py``; :func:`is_permanent` maps theirs onto
+this split so agents need one ``except`` clause per kind.
+"""
+
+from __future__ import annotations
+
+from fhir.errors import PermanentInputError
+from inference.errors import ModelError, ModelUnavailable
+from storage.errors import StoragePermanentError, StorageUnavailable
+
+
+class PermanentError(Exception):
+    """A message that can never be processed as it is; dead-letter it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class TransientError(Exception):
+    """A dependency is unavailable; retry, then stop without committing."""
+
+
+PERMANENT: tuple[type[BaseException], ...] = (
+    PermanentError,
+    PermanentInputError,
+    ModelError,
+    StoragePermanentError,
+)
+TRANSIENT: tuple[type[BaseException], ...] = (TransientError, ModelUnavailable, StorageUnavailable)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """True when ``exc`` means "dead-letter this input", False when it means "retry"."""
+    return isinstance(exc, PERMANENT)
+
+
+def reason_of(exc: BaseException) -> str:
+    """A one-line reason a person can act on, for dead-letter headers and logs."""
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {reason}".replace("\n", " ")[:1000]

@@ -1,0 +1,61 @@
+"""What the stream needs to know about the served model: name, version, alert threshold."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inference.features import FEATURE_SPEC_FILE, FeatureSpec, newest_version_dir
+
+from .alerting import AlertPolicy
+from .pipeline import ModelInfo
+from .settings import Settings
+
+CARD_NAME = "model_card.json"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """The model card's facts the stream uses, with the alert policy they imply."""
+
+    info: ModelInfo
+    policy: AlertPolicy
+    spec: FeatureSpec
+    card: dict[str, Any]
+
+
+def read_card(model_dir: Path) -> dict[str, Any]:
+    """The model card of ``model_dir``.
+
+    Raises ``FileNotFoundError`` with what to do when it is missing (permanent: the
+    worker cannot start without knowing which model it serves).
+    """
+    path = model_dir / CARD_NAME
+    if not path.exists():
+        raise FileNotFoundError(
+            f"no model card at {path}: train and export a model first "
+            "(`wardwatch train`), or set WARDWATCH_MODEL_DIR"
+        )
+    card: dict[str, Any] = orjson.loads(path.read_bytes())
+    return card
+
+
+def load_model_info(settings: Settings) -> LoadedModel:
+    """Model name/version and alert policy from the model card and the settings."""
+    card = read_card(settings.model_dir)
+    threshold = settings.alert_threshold
+    if threshold is None:
+        threshold = float(card["alert_threshold"])
+    return LoadedModel(
+        info=ModelInfo(name=settings.triton_model, version=str(card["version"])),
+        policy=AlertPolicy(
+            threshold=threshold,
+            clear_margin=settings.alert_clear_margin,
+            suppress_hours=settings.alert_suppress_hours,
+        ),
+        spec=FeatureSpec.load(newest_version_dir(settings.model_dir) / FEATURE_SPEC_FILE),
+        card=card,
+    )

@@ -1,0 +1,113 @@
+"""The persist agents' logic: score and alert messages to database rows, written safely.
+
+Decoding is pure (:func:`score_rows`, :func:`alert_rows`); :class:`Sink` runs the
+blocking SQLAlchemy writes in a thread so the event loop keeps serving Kafka.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from faust.types import EventT
+from sqlalchemy.engine import Engine
+
+from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
+from storage.errors import classify
+
+from .alerting import alert_fields
+
+
+def score_row(score: dict[str, Any]) -> ScoreRow:
+    """A ``risk.scores`` record as a ``scores`` row. Raises KeyError/ValueError if malformed."""
+    return ScoreRow(
+        patient=score["patient"],
+        scored_at=datetime.fromisoformat(score["time"]),
+        model=score["model"],
+        model_version=score["model_version"],
+        risk=score["risk"],
+        degraded=bool(score["degraded"]),
+        news2=score["news2"],
+        news2_breakdown=score.get("news2_breakdown") or {},
+        qsofa=score["qsofa"],
+        sirs=score["sirs"],
+        alert=bool(score["alert"]),
+        features=score.get("features"),
+        event_offset=score.get("source"),
+    )
+
+
+def alert_row(resource: dict[str, Any]) -> AlertRow:
+    """A ``risk.alerts`` RiskAssessment as an ``alerts`` row. Raises on a foreign resource."""
+    f = alert_fields(resource)
+    return AlertRow(
+        alert_id=f["alert_id"],
+        patient=f["patient"],
+        raised_at=f["raised_at"],
+        severity=f["severity"],
+        reason=f["reason"],
+        risk=f["risk"],
+        news2=f["news2"],
+        explanation={"risk_assessment": resource},
+    )
+
+
+def score_rows(
+    batch: Sequence[EventT[Any]],
+) -> tuple[list[ScoreRow], list[tuple[EventT[Any], str]]]:
+    """Decode a batch: the rows, and the events that cannot be rows with the reason."""
+    rows: list[ScoreRow] = []
+    bad: list[tuple[EventT[Any], str]] = []
+    for event in batch:
+        try:
+            rows.append(score_row(orjson.loads(event.value)))
+        except (KeyError, ValueError, TypeError) as exc:
+            bad.append((event, f"undecodable score: {type(exc).__name__}: {exc}"))
+    return rows, bad
+
+
+def alert_rows(
+    batch: Sequence[EventT[Any]],
+) -> tuple[list[AlertRow], list[tuple[EventT[Any], str]]]:
+    """Decode a batch of alerts, as :func:`score_rows`."""
+    rows: list[AlertRow] = []
+    bad: list[tuple[EventT[Any], str]] = []
+    for event in batch:
+        try:
+            rows.append(alert_row(orjson.loads(event.value)))
+        except (KeyError, ValueError, TypeError, StopIteration) as exc:
+            bad.append((event, f"undecodable alert: {type(exc).__name__}: {exc}"))
+    return rows, bad
+
+
+class Sink:
+    """The database, opened and migrated on first use (so a worker starts without it)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def engine(self) -> Engine:
+        """The migrated engine. Raises StorageUnavailable (transient) if unreachable."""
+        with self._lock:
+            if self._engine is None:
+                try:
+                    engine = make_engine(self._url)
+                    migrate(engine)
+                except Exception as exc:
+                    raise classify(exc) from exc
+                self._engine = engine
+            return self._engine
+
+    async def write_scores(self, rows: Sequence[ScoreRow]) -> int:
+        """Insert, idempotently; raises StorageUnavailable (retry) or StoragePermanentError."""
+        return await asyncio.to_thread(lambda: write_scores(self.engine(), rows))
+
+    async def write_alerts(self, rows: Sequence[AlertRow]) -> int:
+        """Insert, idempotently; raises as :meth:`write_scores`."""
+        return await asyncio.to_thread(lambda: write_alerts(self.engine(), rows))

@@ -1,0 +1,252 @@
+"""The stream's logic as plain functions: normalise, score, alert.
+
+The Faust agents in :mod:`streams.app` and the offline ``wardwatch score`` command both
+call these, so the stream and the offline scores cannot drift apart. Nothing here does
+I/O: the model is called by the caller between :func:`prepare` and :func:`finish` (the
+stream batches those calls into one Triton request).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from fhir.events import ClinicalEvent
+from fhir.parse import parse_resource
+from inference.early_warning import news2, qsofa, sirs
+from inference.features import FeatureSpec, feature_window
+from inference.state import PatientState
+
+from .alerting import AlertPolicy, AlertState, risk_assessment, step
+
+# Observations older than this are dropped from the state; the model looks back 48 h and
+# a vital goes stale after 12 h, so 72 h keeps every value that can still matter.
+STATE_KEEP_HOURS = 72.0
+
+
+@dataclass(slots=True)
+class PatientRecord:
+    """Everything the stream keeps per patient (one Faust table value)."""
+
+    state: PatientState = field(default_factory=PatientState)
+    alert: AlertState = field(default_factory=AlertState)
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"s": orjson.Fragment(self.state.to_json()), "a": self.alert.to_dict()})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> PatientRecord:
+        if not raw:
+            return cls()
+        d = orjson.loads(raw)
+        return cls(
+            state=PatientState.from_json(orjson.dumps(d["s"])), alert=AlertState.from_dict(d["a"])
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The canonical events of one inbound message for one patient (``clinical.events``)."""
+
+    patient: str
+    source: str
+    inbound_ts_ms: int | None
+    events: tuple[ClinicalEvent, ...]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(
+            {
+                "patient": self.patient,
+                "source": self.source,
+                "inbound_ts_ms": self.inbound_ts_ms,
+                "events": [e.to_dict() for e in self.events],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Envelope:
+        """Raises ``ValueError``/``KeyError`` on a malformed envelope (permanent)."""
+        d = orjson.loads(raw)
+        return cls(
+            patient=d["patient"],
+            source=d["source"],
+            inbound_ts_ms=d.get("inbound_ts_ms"),
+            events=tuple(ClinicalEvent.from_dict(e) for e in d["events"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    """One inbound message, normalised: envelopes per patient, and what was refused.
+
+    ``rejected`` holds the reasons of Bundle entries that could not be taken while the
+    rest of the Bundle could; the caller dead-letters the whole message (its original
+    bytes) with those reasons and still forwards the good entries' events (their effects
+    are idempotent, so a later re-drive of the fixed message does no harm).
+    """
+
+    envelopes: list[Envelope]
+    rejected: list[str]
+
+
+def normalise(raw: bytes, *, source: str, inbound_ts_ms: int | None) -> Normalised:
+    """Raw FHIR bytes to one envelope per patient, events in time order.
+
+    Raises :class:`fhir.errors.PermanentInputError` when the message as a whole is bad
+    (dead-letter it); never raises anything transient.
+    """
+    result = parse_resource(raw)
+    by_patient: dict[str, list[ClinicalEvent]] = defaultdict(list)
+    for e in result.events:
+        by_patient[e.patient].append(e)
+    envelopes = [
+        Envelope(p, source, inbound_ts_ms, tuple(sorted(evs, key=lambda e: e.time)))
+        for p, evs in by_patient.items()
+    ]
+    return Normalised(envelopes, [str(r) for r in result.rejected])
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A patient scored by the rules, waiting for the model's risk."""
+
+    patient: str
+    as_of: datetime
+    window: npt.NDArray[np.float32]
+    news2: Any
+    qsofa: Any
+    sirs: Any
+    source: str
+    inbound_ts_ms: int | None
+    basis: tuple[str, ...]
+    readings: dict[str, Any]
+
+
+def prepare(
+    record: PatientRecord,
+    env: Envelope,
+    *,
+    spec: FeatureSpec,
+    staleness_hours: float,
+    as_of: datetime | None = None,
+) -> Pending | None:
+    """Apply one envelope to the patient's state and compute the rule scores.
+
+    The scoring time is the latest event time of the envelope, or ``as_of`` when given
+    (offline scoring of a PhysioNet row with no measurement scores the unchanged state at
+    that row's hour). Returns None when there is nothing to score at. Mutates
+    ``record.state``. Raises nothing for valid envelopes.
+    """
+    if env.events:
+        record.state.apply(env.events)
+        if as_of is None:
+            as_of = max(e.time for e in env.events)
+        record.state.prune(as_of, STATE_KEEP_HOURS)
+    if as_of is None:
+        return None
+    latest = record.state.latest_readings(as_of)
+    return Pending(
+        patient=env.patient,
+        as_of=as_of,
+        window=feature_window(record.state, as_of, spec),
+        news2=news2(latest, as_of, staleness_hours=staleness_hours),
+        qsofa=qsofa(latest, as_of, staleness_hours=staleness_hours),
+        sirs=sirs(latest, as_of, staleness_hours=staleness_hours),
+        source=env.source,
+        inbound_ts_ms=env.inbound_ts_ms,
+        basis=tuple(dict.fromkeys(e.source for e in env.events if e.source)),
+        readings={
+            code: r.value if r.value is not None else r.value_code for code, r in latest.items()
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Which model scored: its name and version (from the model card)."""
+
+    name: str
+    version: str
+
+
+def finish(
+    record: PatientRecord,
+    pending: Pending,
+    risk: float | None,
+    *,
+    model: ModelInfo,
+    policy: AlertPolicy,
+    advance_alert: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Combine rule scores and the model's risk, advance the alert state.
+
+    ``risk`` is None when the model was unavailable: the score is then marked degraded.
+    Returns the score record (``risk.scores``) and, when an alert is raised, the FHIR
+    RiskAssessment (``risk.alerts``). Mutates ``record.alert``. Raises nothing.
+    """
+    n2 = pending.news2
+    record.alert, decision = step(
+        record.alert,
+        patient=pending.patient,
+        as_of=pending.as_of,
+        risk=risk,
+        news2=n2.total,
+        policy=policy,
+    )
+    score = {
+        "patient": pending.patient,
+        "time": pending.as_of.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "model": model.name,
+        "model_version": model.version,
+        "risk": None if risk is None else float(risk),
+        "degraded": risk is None,
+        "news2": n2.total,
+        "news2_band": n2.band,
+        "news2_breakdown": n2.breakdown,
+        "qsofa": pending.qsofa.total,
+        "sirs": pending.sirs.total,
+        "alert": record.alert.active,
+        "source": pending.source,
+        "inbound_ts_ms": pending.inbound_ts_ms,
+        "features": pending.readings,
+    }
+    alert = None
+    if decision is not None:
+        alert = risk_assessment(
+            decision, model=model.name, model_version=model.version, basis=list(pending.basis)
+        )
+    return score, alert
+
+
+def stack_windows(pendings: Sequence[Pending]) -> npt.NDArray[np.float32]:
+    """The model's input for a batch: float32 [B, WINDOW, F]."""
+    out: npt.NDArray[np.float32] = np.stack([p.window for p in pendings]).astype(
+        np.float32, copy=False
+    )
+    return out
+
+
+def score_envelopes(
+    records: dict[str, PatientRecord],
+    envelopes: Iterable[Envelope],
+    *,
+    spec: FeatureSpec,
+    staleness_hours: float,
+) -> list[tuple[PatientRecord, Pending]]:
+    """:func:`prepare` over a batch, in order, creating records as patients appear."""
+    out: list[tuple[PatientRecord, Pending]] = []
+    for env in envelopes:
+        rec = records.get(env.patient)
+        if rec is None:
+            rec = records[env.patient] = PatientRecord()
+        pending = prepare(rec, env, spec=spec, staleness_hours=staleness_hours)
+        if pending is not None:
+            out.append((rec, pending))
+    return out

@@ -1,0 +1,113 @@
+"""Model export, LocalTorchModel, a tiny end-to-end training run, and the committed model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inference import physionet_data as pdata
+from inference.errors import ModelError
+from inference.features import WINDOW, default_spec, feature_window
+from inference.model import ExportedRiskModel, ModelConfig, SepsisTransformer, export_torchscript
+from inference.runtime import LocalTorchModel, RiskModel
+from inference.state import PatientState
+from inference.train import main as train_main
+
+F = 13
+
+
+def test_export_matches_eager_for_batch_1_and_64(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = ExportedRiskModel(SepsisTransformer(ModelConfig(n_features=F)), 1.5, -0.3).eval()
+    traced = export_torchscript(model, F)
+    traced.save(str(tmp_path / "m.pt"))
+    loaded = torch.jit.load(str(tmp_path / "m.pt"))
+    for b in (1, 64):
+        x = torch.randn(b, WINDOW, F)
+        with torch.no_grad():
+            want = model(x)
+            got = loaded(x)
+        assert got.shape == (b, 1)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert bool(((got > 0) & (got < 1)).all())
+
+
+def _write_synthetic_stays(folder: Path, n: int) -> None:
+    rng = np.random.default_rng(1)
+    header = [*pdata.PSV_CODES, "Age", "Gender", "Unit1", "Unit2", "HospAdmTime", "ICULOS"]
+    for i in range(n):
+        hours = int(rng.integers(20, 60))
+        septic = i % 2 == 0
+        onset = int(rng.integers(8, hours - 4)) if septic else hours + 100
+        lines = ["|".join([*header, "SepsisLabel"])]
+        for h in range(hours):
+            late = h >= onset
+            vals = []
+            for j, _ in enumerate(pdata.PSV_CODES):
+                if j < 7 or rng.random() < 0.1:
+                    vals.append(f"{rng.normal(80 + (30 if late else 0) * (j == 0), 5):.2f}")
+                else:
+                    vals.append("NaN")
+            vals += ["60", "1", "1", "0", "-1.5", str(h + 1), "1" if late else "0"]
+            lines.append("|".join(vals))
+        (folder / f"p{i:06d}.psv").write_text("\n".join(lines) + "\n")
+
+
+def test_train_cli_end_to_end_on_synthetic_stays(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_synthetic_stays(data, 40)
+    out = tmp_path / "repo"
+    args = ["--data-dir", str(data), "--out-dir", str(out), "--epochs", "2", "--seed", "3"]
+    assert train_main(args) == 0
+    mdir = out / "sepsis_transformer"
+    card = json.loads((mdir / "model_card.json").read_text())
+    assert card["version"] == 1
+    assert set(card["metrics"]) == {"test", "validation"}
+    assert 0.0 <= card["alert_threshold"] <= 1.0
+    cfg = (mdir / "config.pbtxt").read_text()
+    assert "max_batch_size: 64" in cfg
+    assert f"dims: [ {WINDOW}, {3 * 34 + 1} ]" in cfg
+    assert (mdir / "1" / "model.py").exists()
+    model = LocalTorchModel.from_dir(mdir)
+    assert isinstance(model, RiskModel)
+    windows = np.random.default_rng(0).normal(size=(70, WINDOW, model.spec.n_features))
+    p = model.predict(windows.astype(np.float32))
+    assert p.shape == (70,)
+    assert p.dtype == np.float32
+    assert ((p >= 0) & (p <= 1)).all()
+    assert model.predict(windows[0].astype(np.float32)).shape == (1,)
+    with pytest.raises(ModelError):
+        model.predict(np.zeros((2, WINDOW, 5), np.float32))
+    with pytest.raises(ModelError):
+        model.predict(np.zeros((2, WINDOW, model.spec.n_features), np.int32))
+
+
+def test_split_is_fixed_and_about_70_15_15() -> None:
+    stems = [f"p{100001 + i}" for i in range(6000)]
+    splits = [pdata.split_of(s, 2019) for s in stems]
+    assert splits == [pdata.split_of(s, 2019) for s in stems]
+    frac = {k: splits.count(k) / len(splits) for k in ("train", "test", "validation")}
+    assert frac["train"] == pytest.approx(0.70, abs=0.03)
+    assert frac["test"] == pytest.approx(0.15, abs=0.03)
+
+
+def test_committed_model_loads_and_scores_a_state() -> None:
+    mdir = Path(__file__).resolve().parents[3] / "inference" / "model_repository"
+    mdir = mdir / "sepsis_transformer"
+    if not (mdir / "model_card.json").exists():
+        pytest.skip("no trained model committed yet (python -m inference.train)")
+    model = LocalTorchModel.from_dir(mdir)
+    assert model.spec == default_spec()
+    assert 0.0 < model.alert_threshold < 1.0
+    size = sum(f.stat().st_size for f in mdir.rglob("*") if f.is_file())
+    assert size < 2_000_000
+    w = feature_window(PatientState(), 0.0, model.spec)
+    p = model.predict(w)
+    assert p.shape == (1,)
+    assert 0.0 <= float(p[0]) <= 1.0
