@@ -51,7 +51,7 @@ class SepsisTransformer(nn.Module):
         )
         bert_cfg._attn_implementation = "eager"  # plain ops: traceable, same on CPU and GPU
         self.project = nn.Linear(cfg.n_features, cfg.hidden)
-        self.encoder = BertModel(bert_cfg, add_pooling_layer=False)
+        self.encoder = BertModel(bert_cfg, add_pooling_layer=False)  # type: ignore[no-untyped-call]
         self.head = nn.Sequential(nn.LayerNorm(cfg.hidden), nn.Linear(cfg.hidden, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +81,9 @@ def export_torchscript(model: ExportedRiskModel, n_features: int) -> torch.jit.S
     model = model.eval()
     example = torch.randn(4, WINDOW, n_features)
     with torch.no_grad():
-        traced = torch.jit.trace(model, example, check_trace=False)
+        traced: torch.jit.ScriptModule = torch.jit.trace(  # type: ignore[no-untyped-call]
+            model, example, check_trace=False
+        )
         gen = torch.Generator().manual_seed(0)
         for b in (1, 7, 64):
             x = torch.randn(b, WINDOW, n_features, generator=gen)

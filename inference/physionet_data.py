@@ -1,26 +1,27 @@
 """PhysioNet 2019 stays as canonical events and hourly matrices (training and tests).
 
 A stay goes through the same path as the live feed: psv row -> :class:`ClinicalEvent`
-(``fhir.physionet.row_events`` when the fhir package provides it, else the small private
-reader below) -> hourly matrix built *from the events*, so training sees the canonical
-codes and units the stream sees.
+(``fhir.physionet.row_events``) -> hourly matrix built *from the events*, so training sees
+the canonical codes, units and plausibility filtering that the stream sees.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from fhir.events import VITAL_CODES, ClinicalEvent
+from fhir import physionet
+from fhir.codes import load_code_table
+from fhir.events import ClinicalEvent
 
-# psv column -> canonical code (the 34 measured columns of the challenge data).
+# psv column -> canonical code (the 34 measured columns); also the model's column order.
+# Must equal fhir.physionet.column_map() (checked in the tests).
 PSV_CODES: Final[dict[str, str]] = {
     "HR": "heart_rate",
     "O2Sat": "spo2",
@@ -62,46 +63,16 @@ SHARED_DATA: Final = Path(__file__).resolve().parents[2] / "shared" / "data"
 PHYSIONET_DIR: Final = SHARED_DATA / "physionet2019" / "training_setB"
 
 
-def read_psv(text: str) -> tuple[list[str], list[list[float]]]:
-    """(header, rows) of a psv file; NaN stays NaN."""
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    header = lines[0].split("|")
-    rows = [[float(x) for x in ln.split("|")] for ln in lines[1:]]
-    return header, rows
-
-
-def row_events(
-    patient: str, stay_start: datetime, hour: int, header: Sequence[str], row: Sequence[float]
-) -> list[ClinicalEvent]:
-    """Events of one psv row, observed at ``stay_start + hour`` h (private fallback)."""
-    t = stay_start + timedelta(hours=hour)
-    out = []
-    for name, value in zip(header, row, strict=True):
-        code = PSV_CODES.get(name)
-        if code is None or math.isnan(value):
-            continue
-        out.append(
-            ClinicalEvent(
-                patient=patient,
-                time=t,
-                code=code,
-                kind="vital" if code in VITAL_CODES else "lab",
-                value=value,
-                source=f"Observation/{patient}-{hour}-{name}",
-            )
-        )
-    return out
-
-
 def stay_events(
     path: Path, patient: str | None = None, stay_start: datetime = DEFAULT_STAY_START
 ) -> tuple[list[list[ClinicalEvent]], list[int]]:
-    """Per-row event lists and SepsisLabel of a stay file."""
+    """Per-row event lists (``fhir.physionet.row_events``: the stream's own mapping, units
+    and plausibility filter) and the SepsisLabel of each row of a stay file."""
     patient = patient or path.stem
-    header, rows = read_psv(path.read_text())
-    label_col = header.index("SepsisLabel")
-    events = [row_events(patient, stay_start, h, header, r) for h, r in enumerate(rows)]
-    labels = [int(r[label_col]) for r in rows]
+    rows = physionet.read_psv(path.read_text())
+    table = load_code_table()
+    events = [physionet.row_events(patient, stay_start, h, r, table) for h, r in enumerate(rows)]
+    labels = [int(r.get("SepsisLabel") or 0) for r in rows]
     return events, labels
 
 

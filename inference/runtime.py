@@ -65,7 +65,9 @@ class LocalTorchModel:
         """Load ``<model_dir>/<newest version>/model.pt`` and ``<model_dir>/model_card.json``."""
         model_dir = Path(model_dir)
         vdir = newest_version_dir(model_dir)
-        module = torch.jit.load(str(vdir / "model.pt"), map_location=device)
+        module = torch.jit.load(  # type: ignore[no-untyped-call]
+            str(vdir / "model.pt"), map_location=device
+        )
         card: dict[str, Any] = json.loads((model_dir / "model_card.json").read_text())
         spec_path = vdir / FEATURE_SPEC_FILE
         spec = (
@@ -89,4 +91,5 @@ class LocalTorchModel:
                 out.append(self.module(torch.from_numpy(x[i : i + self.max_batch])).numpy())
         if not out:
             return np.zeros(0, dtype=np.float32)
-        return np.concatenate(out)[:, 0].astype(np.float32)
+        probs: F32 = np.concatenate(out)[:, 0].astype(np.float32)
+        return probs

@@ -152,12 +152,12 @@ def train(
     max_patients: int | None = None,
     *,
     version: int = 1,
-    neg_ratio: int = 4,
+    neg_ratio: int = 6,
     batch_size: int = 128,
     lr: float = 1e-3,
-    patience: int = 3,
+    patience: int = 4,
     threads: int = 2,
-    max_minutes: float = 8.0,
+    max_minutes: float | None = None,
 ) -> dict[str, Any]:
     """Train and export; returns the model card (also written to the model folder)."""
     t_start = time.monotonic()
@@ -211,7 +211,7 @@ def train(
             bad += 1
             if bad >= patience:
                 break
-        if (time.monotonic() - t_start) / 60 > max_minutes:
+        if max_minutes is not None and (time.monotonic() - t_start) / 60 > max_minutes:
             tqdm.write(f"time budget of {max_minutes} min reached")
             break
     assert best_state is not None
@@ -282,9 +282,9 @@ def train(
             "lr": lr,
             "history": history,
             "wall_seconds": round(time.monotonic() - t_start, 1),
-            "command": f"python -m inference.train --data-dir <physionet training_setB> "
-            f"--out-dir {out_dir} --seed {seed} --epochs {epochs} --version {version}"
-            + (f" --max-patients {max_patients}" if max_patients else ""),
+            "command": f"python -m inference.train --seed {seed} --epochs {epochs} "
+            f"--neg-ratio {neg_ratio} --batch-size {batch_size} --lr {lr} --patience {patience} "
+            f"--version {version}" + (f" --max-patients {max_patients}" if max_patients else ""),
         },
         "alert_threshold": th,
         "alert_threshold_rule": "maximises PhysioNet 2019 normalised utility on the test split",
@@ -359,12 +359,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--max-patients", type=int, default=None)
     p.add_argument("--version", type=int, default=1)
-    p.add_argument("--neg-ratio", type=int, default=4)
+    p.add_argument("--neg-ratio", type=int, default=6, help="negatives per positive row")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--patience", type=int, default=4)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--max-minutes", type=float, default=8.0, help="stop training after this")
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="stop after the epoch that passes this"
+    )
     a = p.parse_args(argv)
     card = train(
         a.data_dir,

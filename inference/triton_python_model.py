@@ -22,14 +22,16 @@ class TritonPythonModel:
         folder = os.path.join(args["model_repository"], args["model_version"])
         torch.set_num_threads(int(os.environ.get("WARDWATCH_TORCH_THREADS", "2")))
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = torch.jit.load(os.path.join(folder, "model.pt"), map_location=self.device)
+        self.model = torch.jit.load(  # type: ignore[no-untyped-call]
+            os.path.join(folder, "model.pt"), map_location=self.device
+        )
         self.model.eval()
         config = json.loads(args["model_config"])
         dims = config["input"][0]["dims"]
         self.window, self.n_features = int(dims[0]), int(dims[1])
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        arrays: list[np.ndarray] = []
+        arrays: list[np.ndarray[Any, Any]] = []
         errors: list[str | None] = []
         for request in requests:
             x = pb_utils.get_input_tensor_by_name(request, "FEATURES").as_numpy()

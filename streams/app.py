@@ -43,7 +43,7 @@ from .pipeline import (
     score_envelopes,
     stack_windows,
 )
-from .settings import Settings
+from .settings import VAR_DIR, Settings
 
 log = logging.getLogger("wardwatch.stream")
 T = TypeVar("T")
@@ -108,6 +108,7 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.worker_web_port,
         web_host="127.0.0.1",
         autodiscover=False,
+        datadir=str(VAR_DIR / "faust"),
         # Table values are whole patient records; recovery replays the changelog.
         table_standby_replicas=0,
     )
@@ -131,10 +132,9 @@ def create_app(settings: Settings) -> faust.App:
     patients = app.Table(
         "patients",
         default=None,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=faust.Schema(
+            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+        ),
         partitions=settings.topic_partitions,
     )
     model = load_model_info(settings)

@@ -91,9 +91,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
+    log = log_path.open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "-l", "warning"],
+        [sys.executable, "-m", "streams", "worker", "-l", "warn"],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=PROJECT_ROOT,
@@ -210,6 +210,10 @@ def _warm_up(
         worker=worker,
     )
     if not follow.scored:
+        if worker.poll() is not None:
+            raise RuntimeError(
+                f"the worker exited with code {worker.returncode}; see var/log/demo-worker.log"
+            )
         raise TimeoutError(
             f"the worker scored nothing in {deadline - t0:.0f}s; see var/log/demo-worker.log"
         )

@@ -157,3 +157,9 @@ def test_feature_spec_round_trip(tmp_path: Path) -> None:
     assert len(spec.feature_names()) == spec.n_features == 3 * len(CODES) + 1
     with pytest.raises(ValueError, match="std"):
         FeatureSpec(codes=("a",), mean=(0.0,), std=(0.0,))
+
+
+def test_psv_codes_match_the_fhir_mapping() -> None:
+    from fhir.physionet import column_map
+
+    assert dict(column_map()) == pdata.PSV_CODES

@@ -1,0 +1,176 @@
+"""The stream's pure functions: normalise, prepare, finish, persist decoding, sources."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from fhir.errors import PermanentInputError
+from fhir.events import NUMERIC_CODES
+from fhir.physionet import COLUMNS
+from inference.features import WINDOW, FeatureSpec
+from streams.alerting import AlertPolicy
+from streams.persist import alert_row, score_row
+from streams.pipeline import (
+    Envelope,
+    ModelInfo,
+    PatientRecord,
+    finish,
+    normalise,
+    prepare,
+    score_envelopes,
+    stack_windows,
+)
+from streams.sources import fhir_message, messages, psv_messages
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+KEY = b"test-key"
+SPEC = FeatureSpec(
+    codes=NUMERIC_CODES, mean=(0.0,) * len(NUMERIC_CODES), std=(1.0,) * len(NUMERIC_CODES)
+)
+MODEL = ModelInfo("sepsis_transformer", "7")
+POLICY = AlertPolicy(threshold=0.5)
+
+
+def psv(rows: list[dict[str, float]]) -> str:
+    lines = ["|".join(COLUMNS)]
+    for r in rows:
+        lines.append("|".join(str(r.get(c, "NaN")) for c in COLUMNS))
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def stay(tmp_path: Path) -> Path:
+    rows = [
+        {"HR": 80, "O2Sat": 98, "Temp": 37.0, "SBP": 120, "Resp": 16},
+        {},  # an hour with nothing measured
+        {"HR": 135, "O2Sat": 90, "Temp": 39.5, "SBP": 88, "Resp": 26, "Lactate": 4.1},
+    ]
+    p = tmp_path / "p999001.psv"
+    p.write_text(psv(rows))
+    return p
+
+
+def test_psv_rows_become_pseudonymised_bundles(stay: Path) -> None:
+    msgs = list(psv_messages(stay, KEY, START))
+    assert [m.hour for m in msgs] == [0, 2], "a row with no measurement sends nothing"
+    for m in msgs:
+        assert b"p999001" not in m.value and b"p999001" not in m.key, "no raw id leaves the edge"
+        assert m.key.startswith(b"pt-")
+        assert orjson.loads(m.value)["type"] == "transaction"
+
+
+def test_normalise_prepare_finish(stay: Path) -> None:
+    rec = PatientRecord()
+    pendings = []
+    for m in psv_messages(stay, KEY, START):
+        result = normalise(m.value, source="t/0/1", inbound_ts_ms=5)
+        assert result.rejected == []
+        (env,) = result.envelopes
+        assert env.patient == m.key.decode()
+        p = prepare(rec, env, spec=SPEC, staleness_hours=12)
+        assert p is not None
+        pendings.append(p)
+    first, last = pendings
+    assert first.as_of == START and last.as_of == START + timedelta(hours=2)
+    assert first.news2.total == 0
+    # RR 26 (3) + SpO2 90 (3) + air (0) + SBP 88 (3) + HR 135 (3) + T 39.5 (2) + A (0)
+    assert last.news2.total == 14 and last.news2.band == "high"
+    assert last.qsofa.total == 2
+    assert stack_windows(pendings).shape == (2, WINDOW, SPEC.n_features)
+
+    score, alert = finish(rec, last, 0.9, model=MODEL, policy=POLICY)
+    assert score["risk"] == 0.9 and score["alert"] is True and score["degraded"] is False
+    assert score["time"] == "2026-01-01T02:00:00Z" and score["model_version"] == "7"
+    assert alert is not None and alert["resourceType"] == "RiskAssessment"
+    assert alert_row(alert).severity == "critical"
+    row = score_row(orjson.loads(orjson.dumps(score)))
+    assert row.scored_at == START + timedelta(hours=2) and row.news2 == 14
+
+
+def test_model_unavailable_degrades_but_rules_continue(stay: Path) -> None:
+    rec = PatientRecord()
+    (m,) = list(psv_messages(stay, KEY, START))[:1]
+    p = prepare(
+        rec,
+        normalise(m.value, source="s", inbound_ts_ms=None).envelopes[0],
+        spec=SPEC,
+        staleness_hours=12,
+    )
+    assert p is not None
+    score, alert = finish(rec, p, None, model=MODEL, policy=POLICY)
+    assert score["degraded"] is True and score["risk"] is None and score["news2"] == 0
+    assert alert is None
+
+
+def test_record_round_trips_through_bytes(stay: Path) -> None:
+    records: dict[str, PatientRecord] = {}
+    envs = [
+        e
+        for m in psv_messages(stay, KEY, START)
+        for e in normalise(m.value, source="s", inbound_ts_ms=None).envelopes
+    ]
+    out = score_envelopes(records, envs, spec=SPEC, staleness_hours=12)
+    assert len(out) == 2 and len(records) == 1
+    rec = next(iter(records.values()))
+    finish(rec, out[-1][1], 0.95, model=MODEL, policy=POLICY)
+    again = PatientRecord.from_bytes(rec.to_bytes())
+    assert again.state == rec.state and again.alert == rec.alert
+
+
+def test_envelope_round_trip(stay: Path) -> None:
+    m = next(psv_messages(stay, KEY, START))
+    env = normalise(m.value, source="fhir.inbound/3/42", inbound_ts_ms=17).envelopes[0]
+    assert Envelope.from_bytes(env.to_bytes()) == env
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"{", b"[1, 2]", b'{"resourceType": "Nope"}', b"\xff\xfe\x00"],
+)
+def test_bad_input_is_a_permanent_error(raw: bytes) -> None:
+    with pytest.raises(PermanentInputError):
+        normalise(raw, source="s", inbound_ts_ms=None)
+
+
+def test_unparseable_input_is_passed_on_for_dead_lettering() -> None:
+    m = fhir_message(b"{not json", KEY, origin="f:1", stem="f")
+    assert m.key == b"unparsed" and m.value == b"{not json"
+
+
+def test_fhir_files_and_ndjson_are_keyed_by_pseudonym(tmp_path: Path) -> None:
+    obs = {
+        "resourceType": "Observation",
+        "id": "o1",
+        "status": "final",
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                        "code": "vital-signs",
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/mrn-12345", "display": "Jane Doe"},
+        "effectiveDateTime": "2026-01-01T10:00:00Z",
+        "valueQuantity": {
+            "value": 72,
+            "unit": "/min",
+            "system": "http://unitsofmeasure.org",
+            "code": "/min",
+        },
+    }
+    (tmp_path / "a.ndjson").write_bytes(orjson.dumps(obs) + b"\n" + orjson.dumps(obs) + b"\n")
+    msgs = list(messages([tmp_path], KEY, START))
+    assert len(msgs) == 2
+    for m in msgs:
+        assert b"mrn-12345" not in m.value and b"Jane" not in m.value
+        (env,) = normalise(m.value, source="s", inbound_ts_ms=None).envelopes
+        assert env.patient == m.key.decode()
+        assert env.events[0].code == "heart_rate" and env.events[0].value == 72
