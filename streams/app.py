@@ -129,13 +129,11 @@ def create_app(settings: Settings) -> faust.App:
     events_topic = raw_topic(settings.topic_events)
     scores_topic = raw_topic(settings.topic_scores)
     alerts_topic = raw_topic(settings.topic_alerts)
+    # Per-patient records, keyed by pseudonym. Keys and values are str with Faust's json
+    # codec: a table takes its codecs from key_type/value_type and ignores a schema's
+    # serializers, so raw bytes would be written one way and recovered another.
     patients = app.Table(
-        "patients",
-        default=None,
-        schema=faust.Schema(
-            key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-        ),
-        partitions=settings.topic_partitions,
+        "patients", key_type=str, value_type=str, default=None, partitions=settings.topic_partitions
     )
     model = load_model_info(settings)
     triton = TritonRiskClient(
@@ -202,7 +200,7 @@ def create_app(settings: Settings) -> faust.App:
                     continue
                 envelopes.append(env)
                 last_event[env.patient] = event
-            records = {p: PatientRecord.from_bytes(patients.get(p.encode())) for p in last_event}
+            records = {p: PatientRecord.from_json(patients.get(p)) for p in last_event}
             prepared = score_envelopes(
                 records, envelopes, spec=model.spec, staleness_hours=settings.staleness_hours
             )
@@ -221,7 +219,7 @@ def create_app(settings: Settings) -> faust.App:
                 # A table write goes to the changelog partition of the "current event";
                 # in a batch that must be an event of this patient's own partition.
                 _current_event.set(weakref.ref(last_event[patient]))
-                patients[patient.encode()] = rec.to_bytes()
+                patients[patient] = rec.to_json()
             for event in batch:
                 await stream.ack(event)
 

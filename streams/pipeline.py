@@ -41,6 +41,13 @@ class PatientRecord:
     def to_bytes(self) -> bytes:
         return orjson.dumps({"s": orjson.Fragment(self.state.to_json()), "a": self.alert.to_dict()})
 
+    def to_json(self) -> str:
+        return self.to_bytes().decode()
+
+    @classmethod
+    def from_json(cls, raw: str | None) -> PatientRecord:
+        return cls.from_bytes(raw.encode() if raw else None)
+
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> PatientRecord:
         if not raw:
