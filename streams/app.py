@@ -25,8 +25,7 @@ import faust
 import numpy as np
 import numpy.typing as npt
 import orjson
-from faust.streams import _current_event
-from faust.streams import Stream
+from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
 
 from inference.client import TritonRiskClient

@@ -136,9 +136,7 @@ def synth_cmd(patients: int, seed: int, out_dir: Path) -> None:
 
 @click.command(name="demo")
 @click.option("--patients", type=int, default=100, show_default=True, help="Stays to replay.")
-@click.option(
-    "--rate", type=float, default=100.0, show_default=True, help="Messages/s offered."
-)
+@click.option("--rate", type=float, default=100.0, show_default=True, help="Messages/s offered.")
 @click.option("--timeout", type=float, default=300.0, show_default=True, help="Give up after s.")
 @click.option(
     "--data",

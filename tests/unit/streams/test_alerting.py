@@ -67,7 +67,7 @@ def test_suppression_window() -> None:
 
 @pytest.mark.parametrize("severity_news2", [2, 9])
 def test_alert_is_a_valid_risk_assessment_and_reads_back(severity_news2: int) -> None:
-    state, decision = step(
+    _, decision = step(
         AlertState(), patient="pt-abc", as_of=T0, risk=0.8, news2=severity_news2, policy=POLICY
     )
     assert decision is not None
