@@ -30,9 +30,10 @@ from faust.types import EventT, StreamT
 
 from inference.client import TritonRiskClient
 from inference.errors import ModelUnavailable
+from storage.errors import StoragePermanentError
 
 from . import persist
-from .errors import TransientError, is_permanent, reason_of
+from .errors import is_permanent, reason_of
 from .model_info import load_model_info
 from .pipeline import (
     Envelope,
@@ -222,27 +223,43 @@ def create_app(settings: Settings) -> faust.App:
             for event in batch:
                 await stream.ack(event)
 
+    async def persist_batch(
+        stream: StreamT[Any],
+        batch: Sequence[EventT[Any]],
+        to_row: Callable[[dict[str, Any]], Any],
+        write: Callable[[Sequence[Any]], Awaitable[int]],
+    ) -> None:
+        """Write a batch idempotently, then acknowledge it.
+
+        Transient failures are retried (backpressure: the stream waits). A permanent
+        failure of the batch is narrowed down row by row, so one bad row is dead-lettered
+        and the others are still written.
+        """
+        pairs, bad = persist.decode_batch(batch, to_row)
+        for event, reason in bad:
+            await dead_letter(event, reason, "persist")
+        if pairs:
+            rows = [row for _, row in pairs]
+            try:
+                await retry_transient(functools.partial(write, rows), "database write")
+            except StoragePermanentError:
+                for event, row in pairs:
+                    try:
+                        await retry_transient(functools.partial(write, [row]), "database write")
+                    except StoragePermanentError as exc:
+                        await dead_letter(event, reason_of(exc), "persist")
+        for event in batch:
+            await stream.ack(event)
+
     @app.agent(scores_topic, name="persist_scores")
     async def persist_scores(stream: StreamT[Any]) -> None:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
-            rows, bad = persist.score_rows(batch)
-            for event, reason in bad:
-                await dead_letter(event, reason, "persist")
-            if rows:
-                await retry_transient(functools.partial(sink.write_scores, rows), "writing scores")
-            for event in batch:
-                await stream.ack(event)
+            await persist_batch(stream, batch, persist.score_row, sink.write_scores)
 
     @app.agent(alerts_topic, name="persist_alerts")
     async def persist_alerts(stream: StreamT[Any]) -> None:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
-            rows, bad = persist.alert_rows(batch)
-            for event, reason in bad:
-                await dead_letter(event, reason, "persist")
-            if rows:
-                await retry_transient(functools.partial(sink.write_alerts, rows), "writing alerts")
-            for event in batch:
-                await stream.ack(event)
+            await persist_batch(stream, batch, persist.alert_row, sink.write_alerts)
 
-    _ = (normalise_agent, score_agent, persist_scores, persist_alerts, TransientError)
+    _ = (normalise_agent, score_agent, persist_scores, persist_alerts)
     return app

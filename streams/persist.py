@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from faust.types import EventT
@@ -56,31 +56,20 @@ def alert_row(resource: dict[str, Any]) -> AlertRow:
     )
 
 
-def score_rows(
-    batch: Sequence[EventT[Any]],
-) -> tuple[list[ScoreRow], list[tuple[EventT[Any], str]]]:
-    """Decode a batch: the rows, and the events that cannot be rows with the reason."""
-    rows: list[ScoreRow] = []
+R = TypeVar("R", ScoreRow, AlertRow)
+
+
+def decode_batch(
+    batch: Sequence[EventT[Any]], to_row: Callable[[dict[str, Any]], R]
+) -> tuple[list[tuple[EventT[Any], R]], list[tuple[EventT[Any], str]]]:
+    """Decode a batch: (event, row) pairs, and the events that cannot be rows with why."""
+    rows: list[tuple[EventT[Any], R]] = []
     bad: list[tuple[EventT[Any], str]] = []
     for event in batch:
         try:
-            rows.append(score_row(orjson.loads(event.value)))
-        except (KeyError, ValueError, TypeError) as exc:
-            bad.append((event, f"undecodable score: {type(exc).__name__}: {exc}"))
-    return rows, bad
-
-
-def alert_rows(
-    batch: Sequence[EventT[Any]],
-) -> tuple[list[AlertRow], list[tuple[EventT[Any], str]]]:
-    """Decode a batch of alerts, as :func:`score_rows`."""
-    rows: list[AlertRow] = []
-    bad: list[tuple[EventT[Any], str]] = []
-    for event in batch:
-        try:
-            rows.append(alert_row(orjson.loads(event.value)))
+            rows.append((event, to_row(orjson.loads(event.value))))
         except (KeyError, ValueError, TypeError, StopIteration) as exc:
-            bad.append((event, f"undecodable alert: {type(exc).__name__}: {exc}"))
+            bad.append((event, f"undecodable record: {type(exc).__name__}: {exc}"))
     return rows, bad
 
 
@@ -100,7 +89,10 @@ class Sink:
                     engine = make_engine(self._url)
                     migrate(engine)
                 except Exception as exc:
-                    raise classify(exc) from exc
+                    classified = classify(exc)
+                    if classified is exc:
+                        raise
+                    raise classified from exc
                 self._engine = engine
             return self._engine
 

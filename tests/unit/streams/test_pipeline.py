@@ -174,3 +174,26 @@ def test_fhir_files_and_ndjson_are_keyed_by_pseudonym(tmp_path: Path) -> None:
         (env,) = normalise(m.value, source="s", inbound_ts_ms=None).envelopes
         assert env.patient == m.key.decode()
         assert env.events[0].code == "heart_rate" and env.events[0].value == 72
+
+
+def test_persist_decoding_separates_bad_records(stay: Path) -> None:
+    from types import SimpleNamespace
+
+    from streams.persist import decode_batch
+
+    rec = PatientRecord()
+    m = next(psv_messages(stay, KEY, START))
+    p = prepare(
+        rec,
+        normalise(m.value, source="s", inbound_ts_ms=None).envelopes[0],
+        spec=SPEC,
+        staleness_hours=12,
+    )
+    assert p is not None
+    score, _ = finish(rec, p, 0.1, model=MODEL, policy=POLICY)
+    good = SimpleNamespace(value=orjson.dumps(score))
+    bad = [SimpleNamespace(value=b"{"), SimpleNamespace(value=b'{"patient": "x"}')]
+    pairs, refused = decode_batch([good, *bad], score_row)  # type: ignore[list-item]
+    assert [e for e, _ in pairs] == [good]
+    assert [e for e, _ in refused] == bad
+    assert all("undecodable" in why for _, why in refused)

@@ -1,0 +1,60 @@
+"""The `wardwatch` command as a user runs it, and the README's promises about it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[3]
+WARDWATCH = Path(sys.executable).parent / "wardwatch"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    # The installed console script, not `python -m`: there site-packages comes before
+    # the project on sys.path, which is where fhir.resources could hide our `fhir`.
+    return subprocess.run(
+        [str(WARDWATCH), *args], capture_output=True, text=True, timeout=120, cwd="/"
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    out = run("--help")
+    assert out.returncode == 0, out.stderr
+    for cmd in ("worker", "replay", "score", "demo", "synth", "train"):
+        assert f"  {cmd} " in out.stdout
+    assert "decision support" in " ".join(out.stdout.split())
+
+
+@pytest.mark.parametrize("cmd", ["replay", "score", "demo", "synth"])
+def test_each_command_explains_itself(cmd: str) -> None:
+    out = run(cmd, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "Usage:" in out.stdout and len(out.stdout) > 300
+
+
+def test_score_refuses_a_missing_file_clearly(tmp_path: Path) -> None:
+    out = run("score", str(tmp_path / "nope.psv"), "--out", str(tmp_path / "o.jsonl"), "--quiet")
+    assert out.returncode != 0
+    assert "nope.psv" in out.stderr
+
+
+def test_synth_then_score_offline(tmp_path: Path) -> None:
+    assert run("synth", "--patients", "3", "--seed", "7", "--out", str(tmp_path)).returncode == 0
+    stays = sorted(tmp_path.glob("*.psv"))
+    assert len(stays) == 3
+    out = run("score", *map(str, stays), "--out", str(tmp_path / "s.jsonl"), "--quiet")
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "s.jsonl").read_text().splitlines()
+    rows = sum(len(p.read_text().splitlines()) - 1 for p in stays)
+    assert len(lines) == rows, "one line per input row"
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"`WARDWATCH_{name.upper()}`" in readme, name
