@@ -59,6 +59,10 @@ LAB_CODES: tuple[str, ...] = (
     "platelets",
 )
 NUMERIC_CODES: tuple[str, ...] = VITAL_CODES + LAB_CODES
+# Clinical context, not measurements: ``value_code`` is "<system>|<code>" of the FHIR
+# Condition, Flag, Goal or medication; ``kind`` is condition/flag/medication. Mapping them
+# is the edge's job; what the scores make of them (NEWS2 SpO2 scale 2) is inference's.
+CONTEXT_CODES: tuple[str, ...] = ("condition", "flag", "goal", "antibiotic", "vasopressor")
 
 
 def _utc(t: datetime) -> datetime:

@@ -7,6 +7,7 @@ variables, see the README), built once here and passed down.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -174,6 +175,9 @@ def train_cmd(ctx: click.Context) -> None:
 
 COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd)
 
+# Each area keeps its commands in a module of its own and lists them in ``COMMANDS``.
+COMMAND_MODULES = ("streams.cli_edge", "streams.cli_model", "streams.cli_analyst")
+
 
 def main() -> None:
     """Entry point of the ``wardwatch`` command."""
@@ -185,4 +189,7 @@ def main() -> None:
     cli.help = HELP
     for cmd in COMMANDS:
         cli.add_command(cmd)
+    for name in COMMAND_MODULES:
+        for cmd in importlib.import_module(name).COMMANDS:
+            cli.add_command(cmd)
     app.main()

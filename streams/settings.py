@@ -34,6 +34,18 @@ class Settings(BaseSettings):
     batch_size: int = Field(500, description="Events an agent takes per batch.")
     batch_within_s: float = Field(0.2, description="Longest wait to fill a batch, seconds.")
 
+    # --- Edge (wardwatch gateway)
+    gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    gateway_mllp_port: int = Field(2575, description="HL7 v2 MLLP port of the gateway.")
+    gateway_http_port: int = Field(8081, description="FHIR REST port of the gateway.")
+    gateway_max_body_bytes: int = Field(
+        5_000_000, description="Largest FHIR request body or MLLP message accepted, bytes."
+    )
+
+    # --- Analyst API (wardwatch api)
+    api_host: str = Field("127.0.0.1", description="Address the analyst API listens on.")
+    api_port: int = Field(8080, description="Port of the analyst API and dashboard.")
+
     # --- Database
     database_url: str = Field(
         f"sqlite:///{VAR_DIR / 'wardwatch.db'}",
