@@ -16,8 +16,14 @@ state, and applying an event twice changes nothing):
 * ``entered-in-error`` removes what that ``source`` put there, in every code, and leaves a
   tombstone so a late delivery of the retracted observation is not added again. An
   entered-in-error event without ``source`` removes ``(code, time)``.
-* ``first_seen`` is the earliest time of any valued event of a known code (retracted ones
-  included, so it does not depend on arrival order).
+* ``first_seen`` is the earliest time of any valued *numeric* observation (retracted ones
+  included, so it does not depend on arrival order). Categorical and context events do
+  not move it: an old Condition must not shift the model's stay-time feature.
+* Context facts (:data:`fhir.events.CONTEXT_CODES`: conditions, flags, goals,
+  antibiotics, vasopressors; ``value_code`` = ``"<system>|<code>"``) are kept by the same
+  identity/status/retraction rules, in their own series that :meth:`PatientState.prune`
+  never shortens (a Condition recorded days ago still holds). Read them with
+  :meth:`PatientState.context`.
 
 Events of other kinds/codes (encounters, notes, ...) and non-finite values are ignored.
 Times are kept as UTC epoch seconds (float).
@@ -33,12 +39,19 @@ from typing import Any, Final
 
 import orjson
 
-from fhir.events import CATEGORICAL_CODES, NUMERIC_CODES, ClinicalEvent, Reading
+from fhir.events import (
+    CATEGORICAL_CODES,
+    CONTEXT_CODES,
+    NUMERIC_CODES,
+    ClinicalEvent,
+    Reading,
+)
 
 TimeLike = datetime | float | int
 
 _NUMERIC: Final = frozenset(NUMERIC_CODES)
 _CATEGORICAL: Final = frozenset(CATEGORICAL_CODES)
+_CONTEXT: Final = frozenset(CONTEXT_CODES)
 _RANK: Final[dict[str, int]] = {"preliminary": 0, "final": 1, "amended": 2, "corrected": 2}
 _SCHEMA: Final = 1
 
@@ -123,12 +136,15 @@ class PatientState:
     def _apply_one(self, ev: ClinicalEvent) -> int:
         code = ev.code
         numeric = code in _NUMERIC
-        if not numeric and code not in _CATEGORICAL:
+        context = code in _CONTEXT
+        if not numeric and not context and code not in _CATEGORICAL:
             return 0
         if not self.patient:
             self.patient = ev.patient
         t = round(ev.time.timestamp(), 3)  # millisecond resolution, exact JSON round trip
         source = ev.source or f"@{code}@{_compact(t)}"
+        if context and not ev.source and ev.value_code:
+            source += f"@{ev.value_code}"  # two codes recorded at once are two facts
         if ev.status == "entered-in-error":
             return self._retract(source, code if not ev.source else None, t)
         value: Any
@@ -140,7 +156,7 @@ class PatientState:
             if not ev.value_code:
                 return 0
             value = ev.value_code
-        if self.first_seen is None or t < self.first_seen:
+        if numeric and (self.first_seen is None or t < self.first_seen):
             self.first_seen = t
         if source in self._tombstones:
             return 0
@@ -184,7 +200,9 @@ class PatientState:
         """
         cutoff = to_epoch(now) - keep_hours * 3600.0
         removed = 0
-        for series in self._series.values():
+        for code, series in self._series.items():
+            if code in _CONTEXT:
+                continue  # context holds until retracted
             keep_from = series.last_at_or_before(cutoff)  # this one stays
             if keep_from > 0:
                 del series.times[:keep_from], series.values[:keep_from]
@@ -198,13 +216,25 @@ class PatientState:
     # ------------------------------------------------------------------ reading
     @property
     def codes(self) -> list[str]:
-        """Codes with at least one observation."""
-        return sorted(self._series)
+        """Codes with at least one observation (context codes not included)."""
+        return sorted(c for c in self._series if c not in _CONTEXT)
+
+    def context(self, code: str, as_of: TimeLike | None = None) -> frozenset[str]:
+        """The ``value_code`` s of context ``code`` (e.g. ``"condition"``, ``"flag"``,
+        ``"goal"``) recorded at or before ``as_of`` (any time when None) and not
+        retracted. Raises nothing."""
+        if code not in _CONTEXT:
+            return frozenset()
+        s = self._series.get(code)
+        if s is None:
+            return frozenset()
+        n = len(s) if as_of is None else s.last_at_or_before(to_epoch(as_of)) + 1
+        return frozenset(str(v) for v in s.values[:n])
 
     @property
     def last_seen(self) -> float | None:
         """Epoch seconds of the newest stored observation, or None."""
-        ts = [s.times[-1] for s in self._series.values() if s.times]
+        ts = [s.times[-1] for c, s in self._series.items() if s.times and c not in _CONTEXT]
         return max(ts) if ts else None
 
     def series(self, code: str) -> tuple[list[float], list[Any]]:
@@ -237,12 +267,27 @@ class PatientState:
             return Reading(time=from_epoch(t), value_code=v)
         return Reading(time=from_epoch(t), value=v)
 
+    def latest_sources(self, as_of: TimeLike, max_age_hours: float | None = None) -> dict[str, str]:
+        """The ``source`` (e.g. ``Observation/<id>``) of each code's newest observation at
+        or before ``as_of`` (not older than ``max_age_hours`` when given); observations
+        delivered without a source are left out. Raises nothing."""
+        ts = to_epoch(as_of)
+        out: dict[str, str] = {}
+        for code in self.codes:
+            s = self._series[code]
+            i = s.last_at_or_before(ts)
+            if i < 0 or (max_age_hours is not None and ts - s.times[i] > max_age_hours * 3600.0):
+                continue
+            if not s.sources[i].startswith("@"):
+                out[code] = s.sources[i]
+        return out
+
     def latest_readings(
         self, as_of: TimeLike, max_age_hours: float | None = None
     ) -> dict[str, Reading]:
         """``latest`` of every code that has a value at or before as_of."""
         out: dict[str, Reading] = {}
-        for code in sorted(self._series):
+        for code in self.codes:
             r = self.latest(code, as_of, max_age_hours)
             if r is not None:
                 out[code] = r

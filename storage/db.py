@@ -43,6 +43,7 @@ from sqlalchemy import (
     Engine,
     Text,
     bindparam,
+    case,
     cast,
     column,
     create_engine,
@@ -57,7 +58,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, make_url
 
 from storage.errors import StoragePermanentError, classify
-from storage.models import SEVERITIES, STATUSES, Alert, Score, UTCDateTime
+from storage.models import SEVERITIES, STATUSES, Alert, Patient, Score, UTCDateTime
 
 Severity = Literal["info", "warning", "critical"]
 AlertStatus = Literal["open", "acknowledged", "resolved"]
@@ -115,6 +116,7 @@ class AlertRow:
     acknowledged_by: str | None = None
     acknowledged_at: datetime | None = None
     resolved_at: datetime | None = None
+    resolved_by: str | None = None
 
 
 # ------------------------------------------------------------------ engines
@@ -281,20 +283,84 @@ _PG_INSERT_SCORES = _pg_recordset_insert(Score, SCORE_KEY)
 _PG_INSERT_ALERTS = _pg_recordset_insert(Alert, ALERT_KEY)
 
 
+def _patient_states(params: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per patient of a score batch: first and last ``scored_at`` and the latest score's
+    state, sorted by patient (the lock order of the upsert)."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in params:
+        cur = out.get(p["patient"])
+        if cur is None:
+            cur = out[p["patient"]] = {"patient": p["patient"], "first_seen": p["scored_at"]}
+            cur["last_seen"] = p["scored_at"]
+        elif p["scored_at"] < cur["first_seen"]:
+            cur["first_seen"] = p["scored_at"]
+            continue
+        elif p["scored_at"] < cur["last_seen"]:
+            continue
+        cur.update(
+            last_seen=p["scored_at"],
+            last_risk=p["risk"],
+            last_news2=p["news2"],
+            last_qsofa=p["qsofa"],
+            last_sirs=p["sirs"],
+            last_degraded=bool(p["degraded"]),
+            last_alert=bool(p["alert"]),
+            last_model_version=p["model_version"],
+        )
+    return [out[k] for k in sorted(out)]
+
+
+_STATE_COLUMNS = (
+    "last_risk",
+    "last_news2",
+    "last_qsofa",
+    "last_sirs",
+    "last_degraded",
+    "last_alert",
+    "last_model_version",
+)
+
+
+def _upsert_patients(conn: Connection, params: Sequence[dict[str, Any]]) -> None:
+    """Upsert ``patients`` from a score batch, idempotently and order-independently:
+    first_seen = min, last_seen = max, and the state columns follow the newest score
+    (a late, older score never overwrites a newer state)."""
+    states = _patient_states(params)
+    if not states:
+        return
+    dialect = conn.dialect.name
+    ins: Any = postgresql.insert(Patient) if dialect == "postgresql" else sqlite.insert(Patient)
+    exc = ins.excluded
+    tbl = Patient.__table__.c
+    newer = exc.last_seen >= tbl.last_seen
+    updates: dict[str, Any] = {
+        "first_seen": case((exc.first_seen < tbl.first_seen, exc.first_seen), else_=tbl.first_seen),
+        "last_seen": case((newer, exc.last_seen), else_=tbl.last_seen),
+    }
+    for name in _STATE_COLUMNS:
+        updates[name] = case((newer, exc[name]), else_=tbl[name])
+    stmt = ins.on_conflict_do_update(index_elements=["patient"], set_=updates)
+    conn.execute(stmt, states)
+
+
 def _write(
     engine: Engine,
     model: type[Score] | type[Alert],
     key: Sequence[str],
     params: list[dict[str, Any]],
 ) -> int:
-    """Insert ``params`` (sorted by ``key``) in one transaction; return rows inserted."""
+    """Insert ``params`` (sorted by ``key``) in one transaction; return rows inserted.
+    For scores, ``patients`` is upserted in the same transaction."""
     name = engine.dialect.name
     if name == "postgresql":
         pg_stmt = _PG_INSERT_SCORES if model is Score else _PG_INSERT_ALERTS
         with _classified(values_error_is_permanent=True):
             doc = _json_dumps(params)
             with engine.begin() as conn:
-                return len(conn.execute(pg_stmt, {"rows": doc}).all())
+                n = len(conn.execute(pg_stmt, {"rows": doc}).all())
+                if model is Score:
+                    _upsert_patients(conn, params)
+                return n
     if name == "sqlite":
         stmt = (
             sqlite.insert(model)
@@ -302,7 +368,10 @@ def _write(
             .returning(model.id)
         )
         with _classified(values_error_is_permanent=True), engine.begin() as conn:
-            return len(conn.execute(stmt, params).all())
+            n = len(conn.execute(stmt, params).all())
+            if model is Score:
+                _upsert_patients(conn, params)
+            return n
     raise ValueError(f"unsupported database {name!r}")  # pragma: no cover - make_engine
 
 
@@ -355,7 +424,10 @@ def _bad_alert(row: AlertRow) -> str | None:
 def write_scores(engine: Engine, rows: Sequence[ScoreRow]) -> int:
     """Insert one batch of scores in one transaction; rows already stored are skipped.
 
-    Returns the number of rows newly inserted (0 for an empty batch or a full replay).
+    The ``patients`` rows of the batch's patients are upserted in the same transaction
+    (first_seen = min, last_seen = max, state of the newest score), so a replay changes
+    nothing. Returns the number of score rows newly inserted (0 for an empty batch or a
+    full replay).
     Raises :class:`~storage.errors.StoragePermanentError` (dead-letter, not retried) when a
     row is invalid — checked before touching the database, with ``row_index`` set — or
     the database rejects the batch (constraint or data error: the whole batch is rolled

@@ -1,6 +1,6 @@
 """The database schema: every score and every alert, keyed by pseudonym only.
 
-Two tables (see ``storage/migrations/versions`` for the DDL the database actually gets):
+Tables (see ``storage/migrations/versions`` for the DDL the database actually gets):
 
 * ``scores`` — one row per (patient, scored_at, model, model_version): the model's risk
   (NULL when the model was unavailable; then ``degraded`` is true), the bedside scores
@@ -8,7 +8,18 @@ Two tables (see ``storage/migrations/versions`` for the DDL the database actuall
   input that produced the score, so a row can be traced back to its Kafka record.
 * ``alerts`` — one row per raised alert, ``alert_id`` deterministic (a redelivered
   score raises the same alert and it is stored once); ``status`` moves
-  open → acknowledged → resolved.
+  open → acknowledged → resolved, with by whom and when.
+* ``patients`` — one row per pseudonym: first and last time scored and its current state
+  (the latest score's risk, NEWS2, qSOFA, SIRS, degraded and alert flags), upserted with
+  every score batch.
+* ``dead_letters`` — an index of the dead-letter topic (where the record was, which stage
+  refused it and why); the payload bytes stay in Kafka.
+* ``audit_log`` — who (token name and role) did what to which resource and patient, when.
+* ``api_tokens`` — API bearer tokens: a name, a role and the SHA-256 of the token (the
+  token itself is never stored).
+
+Views for BI tools (``v_hourly_scores``, ``v_alert_outcomes``) are created by migration
+0002; they are not mapped here (see README "SQL views").
 
 Privacy: ``patient`` is always the HMAC pseudonym made at the edge; names, addresses and
 raw identifiers never reach this layer. Times are ``timestamptz`` on PostgreSQL and UTC
@@ -50,6 +61,7 @@ NAMING_CONVENTION = {
 
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
 STATUSES: tuple[str, ...] = ("open", "acknowledged", "resolved")
+ROLES: tuple[str, ...] = ("analyst", "alerting", "admin")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -145,6 +157,7 @@ class Alert(Base):
     acknowledged_by: Mapped[str | None] = mapped_column(Text, nullable=True)
     acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    resolved_by: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(
         UTCDateTime, nullable=False, server_default=func.current_timestamp()
     )
@@ -157,4 +170,82 @@ class Alert(Base):
         Index("ix_alerts_patient_raised_at", "patient", "raised_at"),
         Index("ix_alerts_raised_at", "raised_at"),
         Index("ix_alerts_status", "status"),
+    )
+
+
+class Patient(Base):
+    """One patient (pseudonym) and its current state: the latest score's values."""
+
+    __tablename__ = "patients"
+
+    patient: Mapped[str] = mapped_column(Text, primary_key=True)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    last_risk: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_news2: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    last_qsofa: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    last_sirs: Mapped[int | None] = mapped_column(SmallInteger, nullable=True)
+    last_degraded: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    last_alert: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    last_model_version: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("length(patient) > 0", name="patient_not_empty"),
+        Index("ix_patients_last_seen", "last_seen"),
+    )
+
+
+class DeadLetter(Base):
+    """Where a dead-lettered record was, which stage refused it and why (no payload)."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    topic: Mapped[str] = mapped_column(Text, nullable=False)
+    partition: Mapped[int] = mapped_column(Integer, nullable=False)
+    offset: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stage: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+
+    __table_args__ = (
+        UniqueConstraint("topic", "partition", "offset", "stage"),
+        Index("ix_dead_letters_received_at", "received_at"),
+    )
+
+
+class AuditEntry(Base):
+    """One access to patient data or one change made through the API or the CLI."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    who: Mapped[str] = mapped_column(Text, nullable=False)
+    role: Mapped[str] = mapped_column(Text, nullable=False)
+    action: Mapped[str] = mapped_column(Text, nullable=False)
+    resource: Mapped[str] = mapped_column(Text, nullable=False)
+    patient: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (
+        Index("ix_audit_log_at", "at"),
+        Index("ix_audit_log_patient", "patient"),
+    )
+
+
+class ApiToken(Base):
+    """An API bearer token: only its SHA-256 hex digest is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    role: Mapped[str] = mapped_column(Text, nullable=False)
+    token_sha256: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    __table_args__ = (
+        CheckConstraint("role IN ('analyst', 'alerting', 'admin')", name="role_valid"),
+        CheckConstraint("length(name) > 0", name="name_not_empty"),
     )

@@ -34,7 +34,7 @@ from storage.errors import StoragePermanentError
 
 from . import persist
 from .errors import is_permanent, reason_of
-from .model_info import load_model_info
+from .model_info import load_model_info, occlusion_explainer
 from .pipeline import (
     Envelope,
     PatientRecord,
@@ -136,6 +136,9 @@ def create_app(settings: Settings) -> faust.App:
         "patients", key_type=str, value_type=str, default=None, partitions=settings.topic_partitions
     )
     model = load_model_info(settings)
+    # Alert cards' top features: occlusion with the exported model run in-process, for
+    # alerting patients only (loaded at the first alert).
+    explain = occlusion_explainer(settings.model_dir)
     triton = TritonRiskClient(
         settings.triton_grpc_url,
         settings.triton_model,
@@ -210,7 +213,9 @@ def create_app(settings: Settings) -> faust.App:
                 if out is not None:
                     risks = [float(r) for r in out]
             for (rec, pending), risk in zip(prepared, risks, strict=True):
-                score, alert = finish(rec, pending, risk, model=model.info, policy=model.policy)
+                score, alert = finish(
+                    rec, pending, risk, model=model.info, policy=model.policy, explain=explain
+                )
                 key = pending.patient.encode()
                 await scores_topic.send(key=key, value=orjson.dumps(score))
                 if alert is not None:
@@ -261,5 +266,26 @@ def create_app(settings: Settings) -> faust.App:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
             await persist_batch(stream, batch, persist.alert_row, sink.write_alerts)
 
-    _ = (normalise_agent, score_agent, persist_scores, persist_alerts)
+    @app.agent(dlq, name="persist_dead_letters")
+    async def persist_dead_letters(stream: StreamT[Any]) -> None:
+        # The dead-letter index: where each dead letter came from, which stage refused it
+        # and why (the bytes stay in Kafka). Transient errors are retried; a permanent one
+        # cannot be dead-lettered again, so it is logged and the batch acknowledged.
+        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            rows = [
+                persist.dead_letter_row(
+                    e.message.headers,
+                    (str(e.message.topic), int(e.message.partition), int(e.message.offset)),
+                )
+                for e in batch
+            ]
+            try:
+                write = functools.partial(sink.write_dead_letters, rows)
+                await retry_transient(write, "dead-letter index write")
+            except StoragePermanentError as exc:
+                log.error("dead-letter index: %d entries not stored: %s", len(rows), exc)
+            for event in batch:
+                await stream.ack(event)
+
+    _ = (normalise_agent, score_agent, persist_scores, persist_alerts, persist_dead_letters)
     return app

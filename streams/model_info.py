@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
+from inference.attribution import Attribution, occlusion
 from inference.features import FEATURE_SPEC_FILE, FeatureSpec, newest_version_dir
+from inference.runtime import LocalTorchModel, RiskModel
 
 from .alerting import AlertPolicy
-from .pipeline import ModelInfo
+from .pipeline import Explainer, ModelInfo
 from .settings import Settings
 
 CARD_NAME = "model_card.json"
@@ -59,3 +63,30 @@ def load_model_info(settings: Settings) -> LoadedModel:
         spec=FeatureSpec.load(newest_version_dir(settings.model_dir) / FEATURE_SPEC_FILE),
         card=card,
     )
+
+
+def occlusion_explainer(model_dir: Path, model: RiskModel | None = None) -> Explainer:
+    """An :data:`~streams.pipeline.Explainer` running occlusion attribution
+    (:mod:`inference.attribution`) with ``model``, or with the newest exported version in
+    ``model_dir`` run in-process (:class:`~inference.runtime.LocalTorchModel`, loaded on
+    the first alert, so workers that never alert never load it).
+
+    The returned function raises ``OSError``/``RuntimeError`` when the model file cannot
+    be loaded (retried at the next alert) and ``ValueError`` on a window of the wrong
+    shape; :func:`~streams.pipeline.finish` catches both and states it in the card.
+    """
+    loaded: list[tuple[RiskModel, FeatureSpec]] = []
+    if model is not None:
+        spec = model.spec if isinstance(model, LocalTorchModel) else None
+        if spec is None:
+            spec = FeatureSpec.load(newest_version_dir(model_dir) / FEATURE_SPEC_FILE)
+        loaded.append((model, spec))
+
+    def explain(window: npt.NDArray[np.float32]) -> Attribution:
+        if not loaded:
+            local = LocalTorchModel.from_dir(model_dir)
+            loaded.append((local, local.spec))
+        m, spec = loaded[0]
+        return occlusion(m, window, spec)
+
+    return explain

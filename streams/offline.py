@@ -19,9 +19,9 @@ from tqdm import tqdm
 from fhir.errors import PermanentInputError
 from fhir.physionet import read_psv
 from inference.features import FeatureSpec
-from inference.runtime import RiskModel
+from inference.runtime import LocalTorchModel, RiskModel
 
-from .model_info import LoadedModel
+from .model_info import LoadedModel, occlusion_explainer
 from .pipeline import Envelope, PatientRecord, Pending, finish, normalise, prepare, stack_windows
 from .sources import expand, file_messages, psv_messages
 
@@ -73,18 +73,26 @@ def score_files(
     stay_start: datetime,
     staleness_hours: float,
     progress: bool = True,
+    model_dir: Path | None = None,
+    alerts_out: TextIO | None = None,
 ) -> OfflineStats:
     """Score every input and write one JSON line per score to ``out``.
 
     PhysioNet ``.psv``: one line per row ``{"patient", "hour", "risk", "alert", "news2",
     "qsofa"}``; FHIR: one line per patient and scoring time with ``"time"``. Bad FHIR
-    input is counted and listed in ``stats.rejects``, not fatal. Raises ``OSError`` when a
-    file cannot be read.
+    input is counted and listed in ``stats.rejects``, not fatal. When ``model`` is a
+    :class:`LocalTorchModel` (or ``model_dir`` names its folder), alert cards carry
+    occlusion attributions from it; with ``alerts_out``, every alert
+    (the RiskAssessment the stream would publish) is written there as one JSON line.
+    Raises ``OSError`` when a file cannot be read.
     """
     stats = OfflineStats()
     files = expand(paths)
     records: dict[str, PatientRecord] = {}
     fhir_batch: list[tuple[PatientRecord, Pending]] = []
+    explain = None
+    if model_dir is not None or isinstance(model, LocalTorchModel):
+        explain = occlusion_explainer(model_dir or Path("."), model)
 
     def emit(batch: list[tuple[Any, PatientRecord, Pending]]) -> None:
         for start in range(0, len(batch), PREDICT_CHUNK):
@@ -98,6 +106,7 @@ def score_files(
                     model=loaded.info,
                     policy=loaded.policy,
                     advance_alert=bool(pending.basis),
+                    explain=explain,
                 )
                 line: dict[str, Any] = {"patient": label[0]}
                 if label[1] is None:
@@ -113,6 +122,8 @@ def score_files(
                 out.write(orjson.dumps(line).decode() + "\n")
                 stats.lines += 1
                 stats.alerts += alert is not None
+                if alert is not None and alerts_out is not None:
+                    alerts_out.write(orjson.dumps(alert).decode() + "\n")
 
     for path in tqdm(files, desc="scoring", unit="file", disable=not progress):
         stats.files += 1

@@ -1,4 +1,5 @@
-"""The persist agents' logic: score and alert messages to database rows, written safely.
+"""The persist agents' logic: score and alert messages to database rows, written safely;
+dead letters to the dead-letter index (where and why, no payload).
 
 Decoding is pure (:func:`score_rows`, :func:`alert_rows`); :class:`Sink` runs the
 blocking SQLAlchemy writes in a thread so the event loop keeps serving Kafka.
@@ -9,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import orjson
 from faust.types import EventT
 from sqlalchemy.engine import Engine
 
+from storage.access import DeadLetterRow, write_dead_letters
 from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
 from storage.errors import classify
 
@@ -53,6 +55,37 @@ def alert_row(resource: dict[str, Any]) -> AlertRow:
         risk=f["risk"],
         news2=f["news2"],
         explanation={"risk_assessment": resource},
+    )
+
+
+def dead_letter_row(headers: Any, fallback: tuple[str, int, int]) -> DeadLetterRow:
+    """The dead-letter index entry of a ``fhir.inbound.dlq`` record, from its headers
+    (``wardwatch.source.*``, ``wardwatch.stage``, ``wardwatch.reason``,
+    ``wardwatch.dead_lettered_at`` in ms). ``fallback`` is the dead letter's own
+    (topic, partition, offset), used when the source headers are missing. Never raises
+    on odd headers: missing values become "unknown" / now."""
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    h: dict[str, str] = {}
+    for k, v in items:
+        key = k.decode(errors="replace") if isinstance(k, bytes) else str(k)
+        h[key] = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+    def as_int(name: str, default: int) -> int:
+        try:
+            return int(h[name])
+        except (KeyError, ValueError):
+            return default
+
+    has_source = "wardwatch.source.topic" in h
+    topic = h["wardwatch.source.topic"] if has_source else fallback[0]
+    ms = as_int("wardwatch.dead_lettered_at", -1)
+    return DeadLetterRow(
+        topic=topic,
+        partition=as_int("wardwatch.source.partition", fallback[1]) if has_source else fallback[1],
+        offset=as_int("wardwatch.source.offset", fallback[2]) if has_source else fallback[2],
+        stage=h.get("wardwatch.stage", "unknown"),
+        reason=h.get("wardwatch.reason", "unknown"),
+        received_at=datetime.fromtimestamp(ms / 1000, UTC) if ms >= 0 else datetime.now(UTC),
     )
 
 
@@ -103,3 +136,7 @@ class Sink:
     async def write_alerts(self, rows: Sequence[AlertRow]) -> int:
         """Insert, idempotently; raises as :meth:`write_scores`."""
         return await asyncio.to_thread(lambda: write_alerts(self.engine(), rows))
+
+    async def write_dead_letters(self, rows: Sequence[DeadLetterRow]) -> int:
+        """Index dead letters, idempotently; raises as :meth:`write_scores`."""
+        return await asyncio.to_thread(lambda: write_dead_letters(self.engine(), rows))

@@ -9,7 +9,7 @@ stream batches those calls into one Triton request).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +20,16 @@ import orjson
 
 from fhir.events import ClinicalEvent
 from fhir.parse import parse_resource
+from inference.attribution import TOP_K, Attribution
+from inference.context import uses_spo2_scale2
 from inference.early_warning import news2, qsofa, sirs
 from inference.features import FeatureSpec, feature_window
 from inference.state import PatientState
 
-from .alerting import AlertPolicy, AlertState, risk_assessment, step
+from .alerting import AlertPolicy, AlertState, build_card, risk_assessment, step
+
+# Explains one window (float32[WINDOW, F]) for an alert's card: see inference.attribution.
+Explainer = Callable[[npt.NDArray[np.float32]], Attribution]
 
 # Observations older than this are dropped from the state; the model looks back 48 h and
 # a vital goes stale after 12 h, so 72 h keeps every value that can still matter.
@@ -134,6 +139,7 @@ class Pending:
     inbound_ts_ms: int | None
     basis: tuple[str, ...]
     readings: dict[str, Any]
+    context: dict[str, list[str]] = field(default_factory=dict)
 
 
 def prepare(
@@ -148,8 +154,12 @@ def prepare(
 
     The scoring time is the latest event time of the envelope, or ``as_of`` when given
     (offline scoring of a PhysioNet row with no measurement scores the unchanged state at
-    that row's hour). Returns None when there is nothing to score at. Mutates
-    ``record.state``. Raises nothing for valid envelopes.
+    that row's hour). NEWS2 uses SpO2 scale 2 when the patient's context (a Flag/Goal or
+    Condition listed in ``inference/data/news2_scale2.yaml``) says so. ``basis`` lists the
+    envelope's sources, then the sources of the fresh observations the scores read.
+    Returns None when there is nothing to score at. Mutates ``record.state``. Raises
+    nothing for valid envelopes (``OSError``/``ValueError`` only if the packaged scale-2
+    table is unreadable).
     """
     if env.events:
         record.state.apply(env.events)
@@ -158,20 +168,28 @@ def prepare(
         record.state.prune(as_of, STATE_KEEP_HOURS)
     if as_of is None:
         return None
-    latest = record.state.latest_readings(as_of)
+    state = record.state
+    latest = state.latest_readings(as_of)
+    used = state.latest_sources(as_of, max_age_hours=staleness_hours)
+    scale2 = uses_spo2_scale2(state, as_of)
+    context = {
+        code: sorted(state.context(code, as_of))
+        for code in ("condition", "flag", "goal", "antibiotic", "vasopressor")
+    }
     return Pending(
         patient=env.patient,
         as_of=as_of,
-        window=feature_window(record.state, as_of, spec),
-        news2=news2(latest, as_of, staleness_hours=staleness_hours),
+        window=feature_window(state, as_of, spec),
+        news2=news2(latest, as_of, staleness_hours=staleness_hours, spo2_scale2=scale2),
         qsofa=qsofa(latest, as_of, staleness_hours=staleness_hours),
         sirs=sirs(latest, as_of, staleness_hours=staleness_hours),
         source=env.source,
         inbound_ts_ms=env.inbound_ts_ms,
-        basis=tuple(dict.fromkeys(e.source for e in env.events if e.source)),
+        basis=tuple(dict.fromkeys([*(e.source for e in env.events if e.source), *used.values()])),
         readings={
             code: r.value if r.value is not None else r.value_code for code, r in latest.items()
         },
+        context={k: v for k, v in context.items() if v},
     )
 
 
@@ -191,12 +209,16 @@ def finish(
     model: ModelInfo,
     policy: AlertPolicy,
     advance_alert: bool = True,
+    explain: Explainer | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Combine rule scores and the model's risk, advance the alert state.
 
     ``risk`` is None when the model was unavailable: the score is then marked degraded.
     Returns the score record (``risk.scores``) and, when an alert is raised, the FHIR
-    RiskAssessment (``risk.alerts``). Mutates ``record.alert``. Raises nothing.
+    RiskAssessment (``risk.alerts``) carrying a CDS Hooks card. ``explain`` (called for
+    alerts with a risk only) gives the card its top-five contributing features; when it
+    is None or fails, the card says no attribution is available. Mutates
+    ``record.alert``. Raises nothing (an ``explain`` failure is logged into the card).
     """
     n2 = pending.news2
     record.alert, decision = step(
@@ -222,12 +244,42 @@ def finish(
         "alert": record.alert.active,
         "source": pending.source,
         "inbound_ts_ms": pending.inbound_ts_ms,
-        "features": pending.readings,
+        "features": {
+            **pending.readings,
+            "news2_spo2_scale": n2.spo2_scale,
+            "news2_on_oxygen": n2.on_oxygen,
+            "news2_partial": n2.partial,
+            "news2_red_flag": n2.red_flag,
+        },
     }
     alert = None
     if decision is not None:
+        top: list[dict[str, Any]] = []
+        method: str | None = None
+        if explain is not None and risk is not None:
+            try:
+                att = explain(pending.window)
+                top = [c.to_dict() for c in att.top(TOP_K)]
+                method = att.method
+            except Exception as exc:  # an explanation must never stop an alert
+                method = f"unavailable ({type(exc).__name__}: {exc})"
+        card = build_card(
+            decision,
+            model=model.name,
+            model_version=model.version,
+            threshold=policy.threshold,
+            news2=n2.to_dict(),
+            top_features=top,
+            attribution_method=method,
+            readings=pending.readings,
+            context=pending.context,
+        )
         alert = risk_assessment(
-            decision, model=model.name, model_version=model.version, basis=list(pending.basis)
+            decision,
+            model=model.name,
+            model_version=model.version,
+            basis=list(pending.basis),
+            card=card,
         )
     return score, alert
 

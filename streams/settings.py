@@ -41,10 +41,29 @@ class Settings(BaseSettings):
     gateway_max_body_bytes: int = Field(
         5_000_000, description="Largest FHIR request body or MLLP message accepted, bytes."
     )
+    gateway_default_tz: str = Field(
+        "UTC", description="IANA time zone for HL7 v2 timestamps sent without a UTC offset."
+    )
+    gateway_dedup_path: Path = Field(
+        VAR_DIR / "gateway-seen.sqlite",
+        description="SQLite file of HL7 v2 control ids already published (resend detection).",
+    )
+    gateway_dedup_days: float = Field(
+        30.0, description="How long a published HL7 v2 control id is remembered, days."
+    )
+    gateway_delivery_timeout_s: float = Field(
+        30.0, description="Longest wait for Kafka to acknowledge a gateway write, seconds."
+    )
 
     # --- Analyst API (wardwatch api)
     api_host: str = Field("127.0.0.1", description="Address the analyst API listens on.")
     api_port: int = Field(8080, description="Port of the analyst API and dashboard.")
+    api_stream_poll_s: float = Field(
+        1.0, description="How often the alert stream (SSE) looks for new alerts, seconds."
+    )
+    retention_days: float = Field(
+        365.0, description="`wardwatch purge` deletes scores, alerts, dead letters older."
+    )
 
     # --- Database
     database_url: str = Field(
@@ -55,7 +74,9 @@ class Settings(BaseSettings):
     # --- Triton
     triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC address.")
     triton_model: str = Field("sepsis_transformer", description="Model name in the repository.")
-    triton_timeout_s: float = Field(2.0, description="Per-request Triton deadline, seconds.")
+    triton_timeout_s: float = Field(
+        5.0, description="Per-request Triton deadline, seconds; past it a score is degraded."
+    )
     triton_max_batch: int = Field(64, description="Largest batch sent in one Triton request.")
     model_dir: Path = Field(
         PROJECT_ROOT / "inference" / "model_repository" / "sepsis_transformer",

@@ -122,11 +122,21 @@ def test_migrate_up_down_up(url: str) -> None:
     uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("scores")}
     assert ("patient", "scored_at", "model", "model_version") in uniques
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+    assert {"patients", "dead_letters", "audit_log", "api_tokens"} <= set(insp.get_table_names())
+    assert {"v_hourly_scores", "v_alert_outcomes"} <= set(insp.get_view_names())
     write_scores(eng, [score(1)])
     downgrade(url)
     insp = inspect(eng)
     assert set(insp.get_table_names()) <= {"alembic_version"}
+    assert insp.get_view_names() == []
+    migrate(url)  # 0002 goes down to 0001 and back up with the scores in place
+    write_scores(eng, [score(2)])
+    downgrade(url, "0001")
+    assert "patients" not in inspect(eng).get_table_names()
+    migrate(url)
+    assert count_scores(eng) == 1
+    downgrade(url)
     migrate(url)
     assert count_scores(eng) == 0
     eng.dispose()
@@ -361,6 +371,6 @@ def test_unreachable_postgres_is_unavailable() -> None:
 
 def test_pseudonyms_only_schema_has_no_identifying_columns(engine: Engine) -> None:
     forbidden = {"name", "given", "family", "address", "mrn", "nhs_number", "birth_date", "dob"}
-    for table in ("scores", "alerts"):
+    for table in ("scores", "alerts", "patients", "dead_letters", "audit_log", "api_tokens"):
         cols = {c["name"] for c in inspect(engine).get_columns(table)}
         assert not cols & forbidden

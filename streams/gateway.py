@@ -1,0 +1,758 @@
+"""``wardwatch gateway``: the edge's network listeners, HL7 v2 over MLLP and FHIR over HTTP.
+
+One asyncio process:
+
+* **MLLP** (``WARDWATCH_GATEWAY_MLLP_PORT``): many connections, pipelined messages on one
+  connection (ACKs go back in order), partial frames, a bounded message size. Each message
+  is mapped by :func:`fhir.hl7v2.map_message` (pseudonymised there), published as one FHIR
+  transaction Bundle to ``fhir.inbound`` keyed by the patient pseudonym, and answered **AA
+  only after Kafka's delivery callback confirmed the write** (acks=all, idempotent producer).
+  Messages it cannot take are answered AE/AR (reason in MSA-3, an ERR segment) and written,
+  original bytes and reason in headers, to the dead-letter topic. A resend (same MSH-10 from
+  the same MSH-3/MSH-4) is answered AA and not published again.
+* **FHIR REST** (``WARDWATCH_GATEWAY_HTTP_PORT``, FastAPI on uvicorn): ``POST /fhir/{type}``,
+  ``PUT /fhir/{type}/{id}`` (R4 rest-hook with payload), ``POST /fhir`` (batch/transaction
+  Bundles, R4 rest-hook history Bundles and R4B/R5 ``subscription-notification`` Bundles),
+  ``GET /fhir/metadata``. 202 (or the batch/transaction response) only after Kafka has the
+  data; 4xx with an OperationOutcome otherwise.
+
+Resend detection keeps ``(sender, control id)`` of every *published* message in a small
+SQLite file (``WARDWATCH_GATEWAY_DEDUP_PATH``, pruned after ``WARDWATCH_GATEWAY_DEDUP_DAYS``),
+so a restarted gateway still recognises a resend. An id is recorded only after Kafka
+acknowledged the write; a crash in between can publish a resend twice, which the stream
+absorbs (the Bundle's Observation ids are derived from their content, events are idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from confluent_kafka import KafkaError, Producer
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from confluent_kafka import Message as KafkaMessage
+
+from fhir.errors import (
+    InvalidResource,
+    MalformedJson,
+    PermanentInputError,
+    UnsupportedResource,
+)
+from fhir.hl7v2 import (
+    ERR_INTERNAL,
+    AckCode,
+    Hl7Error,
+    Hl7Header,
+    Hl7Mapping,
+    MllpDecoder,
+    build_ack,
+    frame,
+    load_hl7_mapping,
+    map_message,
+    normalise,
+    read_header,
+)
+from fhir.parse import parse_resource
+from fhir.pseudonym import strip_phi
+
+from .replay import make_producer
+from .settings import Settings
+from .sources import fhir_message
+
+log = logging.getLogger("wardwatch.gateway")
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class DeliveryError(Exception):
+    """Kafka did not acknowledge a write in time (transient: the sender should resend;
+    the gateway answers AE / 503 and does not retry itself)."""
+
+
+# ---------------------------------------------------------------------- Kafka bridge
+class KafkaBridge:
+    """An idempotent, acks=all confluent-kafka producer whose delivery callbacks resolve
+    asyncio futures. A daemon thread polls the producer."""
+
+    def __init__(self, settings: Settings, producer: Producer | None = None) -> None:
+        timeout_ms = int(settings.gateway_delivery_timeout_s * 1000)
+        self.producer = producer or make_producer(
+            settings, **{"message.timeout.ms": max(timeout_ms, 1000), "linger.ms": 2}
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="kafka-poll", daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    async def send(
+        self, topic: str, key: bytes, value: bytes, headers: Headers | None = None
+    ) -> tuple[int, int]:
+        """Write one message; return (partition, offset) once Kafka acknowledged it.
+
+        Raises DeliveryError (transient, not retried here) when the broker refuses it or
+        does not answer within ``message.timeout.ms``.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, int]] = loop.create_future()
+
+        def settle(err: KafkaError | None, msg: KafkaMessage) -> None:
+            if fut.done():
+                return
+            if err is not None:
+                fut.set_exception(DeliveryError(f"Kafka refused the write: {err}"))
+            else:
+                fut.set_result((msg.partition() or 0, msg.offset() or 0))
+
+        def on_delivery(err: KafkaError | None, msg: KafkaMessage) -> None:
+            loop.call_soon_threadsafe(settle, err, msg)
+
+        while True:
+            try:
+                self.producer.produce(
+                    topic, key=key, value=value, headers=headers or [], on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                await asyncio.sleep(0.01)  # local queue full: deliveries drain in the thread
+            except Exception as exc:  # KafkaException for a too-large message, etc.
+                raise DeliveryError(f"Kafka refused the write: {exc}") from None
+        return await fut
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Flush what is queued and stop the poll thread. Never raises."""
+        with contextlib.suppress(Exception):
+            self.producer.flush(timeout)
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+# ---------------------------------------------------------------------- resend detection
+class SeenStore:
+    """``(sender, control id)`` pairs already published, in SQLite (survives restarts)."""
+
+    def __init__(self, path: Path, keep_days: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS seen (sender TEXT NOT NULL, control_id TEXT NOT NULL,"
+            " at REAL NOT NULL, PRIMARY KEY (sender, control_id))"
+        )
+        self.db.execute("DELETE FROM seen WHERE at < ?", (time.time() - keep_days * 86400,))
+        self._lock = threading.Lock()
+
+    def seen(self, sender: str, control_id: str) -> bool:
+        """Whether this message was published before. Raises sqlite3.Error (not retried)."""
+        with self._lock:
+            row = self.db.execute(
+                "SELECT 1 FROM seen WHERE sender = ? AND control_id = ?", (sender, control_id)
+            ).fetchone()
+        return row is not None
+
+    def add(self, sender: str, control_id: str) -> None:
+        """Record a published message. Raises sqlite3.Error (not retried)."""
+        with self._lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO seen (sender, control_id, at) VALUES (?, ?, ?)",
+                (sender, control_id, time.time()),
+            )
+
+    def close(self) -> None:
+        """Close the database. Never raises."""
+        with contextlib.suppress(Exception):
+            self.db.close()
+
+
+def dead_letter_headers(
+    reason: str, stage: str, source: str, *, fmt: str, extra: Headers | None = None
+) -> Headers:
+    """Dead-letter headers, same names as the stream's (``streams.app.dlq_headers``)."""
+    return [
+        ("wardwatch.reason", reason.encode()),
+        ("wardwatch.stage", stage.encode()),
+        ("wardwatch.source.topic", source.encode()),
+        ("wardwatch.source.partition", b"-1"),
+        ("wardwatch.source.offset", b"-1"),
+        ("wardwatch.dead_lettered_at", str(int(time.time() * 1000)).encode()),
+        ("wardwatch.format", fmt.encode()),
+        *(extra or []),
+    ]
+
+
+# ---------------------------------------------------------------------- the gateway
+@dataclass(slots=True)
+class GatewayStats:
+    """Counters for logs and tests."""
+
+    hl7_accepted: int = 0
+    hl7_duplicates: int = 0
+    hl7_rejected: int = 0
+    hl7_transient: int = 0
+    http_resources: int = 0
+    http_rejected: int = 0
+    truncated_bytes: int = 0
+
+
+@dataclass(slots=True)
+class Gateway:
+    """The gateway's logic, independent of sockets (tests drive :meth:`handle_hl7`)."""
+
+    settings: Settings
+    bridge: KafkaBridge
+    seen: SeenStore
+    mapping: Hl7Mapping = field(default_factory=load_hl7_mapping)
+    stats: GatewayStats = field(default_factory=GatewayStats)
+    _inflight: dict[tuple[str, str], asyncio.Future[tuple[AckCode, str]]] = field(
+        default_factory=dict
+    )
+
+    @property
+    def key(self) -> bytes:
+        return self.settings.pseudonym_key.get_secret_value().encode()
+
+    async def dead_letter(self, key: bytes, value: bytes, headers: Headers) -> None:
+        """Write a dead letter. Raises DeliveryError (transient) if Kafka does not take it."""
+        await self.bridge.send(self.settings.topic_dlq, key, value, headers)
+
+    async def handle_hl7(self, payload: bytes, peer: str = "") -> bytes:
+        """The ACK (unframed) for one MLLP payload. Never raises: every failure is an ACK
+        (AR/AE for bad input, dead-lettered; AE for Kafka trouble, so the sender resends)."""
+        text = normalise(payload)
+        try:
+            header = read_header(text)
+        except Hl7Error as exc:
+            return await self._reject(payload, None, exc, peer)
+        ident = (header.sender, header.control_id)
+        if header.control_id and self.seen.seen(*ident):
+            self.stats.hl7_duplicates += 1
+            return build_ack(header, "AA", "duplicate of a message already accepted")
+        pending = self._inflight.get(ident) if header.control_id else None
+        if pending is not None:
+            code, why = await asyncio.shield(pending)
+            if code == "AA":
+                self.stats.hl7_duplicates += 1
+                return build_ack(header, "AA", "duplicate of a message already accepted")
+            return build_ack(header, code, why)
+        fut: asyncio.Future[tuple[AckCode, str]] = asyncio.get_running_loop().create_future()
+        if header.control_id:
+            self._inflight[ident] = fut
+        try:
+            ack, outcome = await self._take(payload, text, header, peer)
+            fut.set_result(outcome)
+            return ack
+        except BaseException:
+            fut.set_result(("AE", "gateway error"))
+            raise
+        finally:
+            self._inflight.pop(ident, None)
+
+    async def _take(
+        self, payload: bytes, text: str, header: Hl7Header, peer: str
+    ) -> tuple[bytes, tuple[AckCode, str]]:
+        try:
+            mapped = map_message(
+                text, self.key, default_tz=self.settings.gateway_default_tz, mapping=self.mapping
+            )
+        except Hl7Error as exc:
+            ack = await self._reject(payload, header, exc, peer)
+            return ack, (exc.ack_code, exc.reason)
+        headers: Headers = [
+            ("wardwatch.source", b"hl7v2"),
+            ("wardwatch.hl7.sender", header.sender.encode()),
+            ("wardwatch.hl7.control_id", header.control_id.encode()),
+        ]
+        try:
+            await asyncio.wait_for(
+                self.bridge.send(
+                    self.settings.topic_inbound,
+                    mapped.pseudonym.encode(),
+                    orjson.dumps(mapped.bundle),
+                    headers,
+                ),
+                self.settings.gateway_delivery_timeout_s,
+            )
+        except (DeliveryError, TimeoutError) as exc:
+            self.stats.hl7_transient += 1
+            why = f"Kafka did not acknowledge the write ({exc or 'timeout'}); resend later"
+            log.warning("MLLP %s %s: %s", peer, header.control_id, why)
+            return build_ack(header, "AE", why, error_code=ERR_INTERNAL), ("AE", why)
+        if header.control_id:
+            self.seen.add(header.sender, header.control_id)
+        self.stats.hl7_accepted += 1
+        note = f"{mapped.observations} observations"
+        if mapped.notes:
+            note += f"; {len(mapped.notes)} notes, e.g. {mapped.notes[0]}"
+        return build_ack(header, "AA", note), ("AA", note)
+
+    async def _reject(
+        self, payload: bytes, header: Hl7Header | None, exc: Hl7Error, peer: str
+    ) -> bytes:
+        self.stats.hl7_rejected += 1
+        sender = header.sender if header else ""
+        cid = header.control_id if header else ""
+        log.info("MLLP %s %s rejected %s: %s", peer, cid, exc.ack_code, exc.reason)
+        hdrs = dead_letter_headers(
+            exc.reason,
+            "gateway.mllp",
+            "mllp",
+            fmt="hl7v2",
+            extra=[
+                ("wardwatch.source.sender", sender.encode()),
+                ("wardwatch.source.control_id", cid.encode()),
+                ("wardwatch.hl7.ack", exc.ack_code.encode()),
+            ],
+        )
+        try:
+            await asyncio.wait_for(
+                self.dead_letter(f"hl7v2:{sender}".encode(), payload, hdrs),
+                self.settings.gateway_delivery_timeout_s,
+            )
+        except (DeliveryError, TimeoutError) as dexc:
+            why = f"{exc.reason} (and the dead letter was not written: {dexc}; resend later)"
+            return build_ack(header, "AE", why, error_code=exc.error_code)
+        return build_ack(header, exc.ack_code, exc.reason, error_code=exc.error_code)
+
+    # ------------------------------------------------------------------ MLLP server
+    async def serve_mllp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One MLLP connection: read frames, answer in order (pipelining). Never raises."""
+        peer = str(writer.get_extra_info("peername"))
+        decoder = MllpDecoder(max_bytes=self.settings.gateway_max_body_bytes)
+        queue: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(maxsize=256)
+
+        async def answer() -> None:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                ack = await item
+                writer.write(frame(ack))
+                await writer.drain()
+
+        answering = asyncio.create_task(answer())
+        try:
+            while not answering.done():
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for item in decoder.feed(data):
+                    if isinstance(item, Hl7Error):
+                        self.stats.hl7_rejected += 1
+                        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                        done.set_result(
+                            build_ack(None, item.ack_code, item.reason, error_code=item.error_code)
+                        )
+                        await queue.put(done)
+                    else:
+                        await queue.put(asyncio.ensure_future(self.handle_hl7(item, peer)))
+            if decoder.pending:
+                self.stats.truncated_bytes += decoder.pending
+                log.warning(
+                    "MLLP %s closed inside a frame: %d bytes dropped", peer, decoder.pending
+                )
+            await queue.put(None)
+            await answering
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            log.info("MLLP %s: connection lost (%s)", peer, exc)
+        finally:
+            answering.cancel()
+            with contextlib.suppress(Exception):
+                writer.close()
+                await writer.wait_closed()
+
+    # ------------------------------------------------------------------ FHIR over HTTP
+    async def publish_all(self, items: Sequence[tuple[bytes, bytes]], origin: str) -> None:
+        """Publish (key, value) FHIR messages and wait for all acknowledgements.
+
+        Raises DeliveryError (transient; the client should retry) if any is not acknowledged.
+        """
+        hdrs: Headers = [("wardwatch.source", origin.encode())]
+        coros = [self.bridge.send(self.settings.topic_inbound, k, v, hdrs) for k, v in items]
+        try:
+            await asyncio.wait_for(asyncio.gather(*coros), self.settings.gateway_delivery_timeout_s)
+        except TimeoutError:
+            raise DeliveryError("Kafka did not acknowledge in time") from None
+
+    def check_resource(self, raw: bytes, expected: str | None) -> tuple[bytes, bytes, int]:
+        """Pseudonymise and validate one resource: (key, value, events).
+
+        Raises PermanentInputError (not retryable; answer 4xx) for bad input; unknown
+        Observation codes are accepted and ignored (no events).
+        """
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedJson(f"not JSON: {str(exc)[:200]}") from None
+        if not isinstance(doc, dict):
+            raise MalformedJson(f"top level is a JSON {type(doc).__name__}, not an object")
+        rt = doc.get("resourceType")
+        if expected is not None and rt != expected:
+            raise InvalidResource(
+                f"resourceType {str(rt)[:40]!r} does not match the URL's {expected!r}"
+            )
+        msg = fhir_message(raw, self.key, origin="http", stem="http")
+        result = parse_resource(msg.value, strict=True)
+        return msg.key, msg.value, len(result.events)
+
+
+def operation_outcome(
+    severity: str, code: str, text: str, *, expression: str | None = None
+) -> dict[str, Any]:
+    """A one-issue OperationOutcome."""
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": text[:1000]}
+    if expression:
+        issue["expression"] = [expression]
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def http_status(exc: PermanentInputError) -> tuple[int, str]:
+    """HTTP status and OperationOutcome issue code for a permanent input error:
+    400 for what is not a FHIR resource, 422 for a valid resource WardWatch cannot use."""
+    if isinstance(exc, MalformedJson):
+        return 400, "structure"
+    if isinstance(exc, UnsupportedResource):
+        return 400, "not-supported"
+    if isinstance(exc, InvalidResource):
+        return 400, "invalid"
+    name = type(exc).__name__
+    return 422, {"MissingSubject": "required", "UnknownCode": "code-invalid"}.get(name, "value")
+
+
+CAPABILITY_TYPES = (
+    "Observation",
+    "Patient",
+    "Encounter",
+    "Condition",
+    "Flag",
+    "Goal",
+    "MedicationAdministration",
+    "DocumentReference",
+)
+
+
+def capability_statement(settings: Settings) -> dict[str, Any]:
+    """The gateway's CapabilityStatement (FHIR R4, JSON, create/update, batch, transaction)."""
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": datetime.now(UTC).date().isoformat(),
+        "kind": "instance",
+        "software": {"name": "WardWatch gateway"},
+        "implementation": {
+            "description": "WardWatch edge: FHIR R4 in, pseudonymised, to Kafka",
+            "url": f"http://{settings.gateway_host}:{settings.gateway_http_port}/fhir",
+        },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "POST/PUT resources and batch/transaction/subscription-notification Bundles; "
+                    "202 once Kafka has them. Observations with codes WardWatch does not use are "
+                    "accepted and ignored."
+                ),
+                "resource": [
+                    {"type": t, "interaction": [{"code": "create"}, {"code": "update"}]}
+                    for t in CAPABILITY_TYPES
+                ],
+                "interaction": [{"code": "transaction"}, {"code": "batch"}],
+            }
+        ],
+    }
+
+
+_NOTIFICATION_SKIP = frozenset({"SubscriptionStatus", "Parameters"})
+
+
+def build_http_app(gw: Gateway) -> Any:
+    """The FastAPI app of the FHIR endpoints (see the module docstring)."""
+    app = FastAPI(title="WardWatch gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    limit = gw.settings.gateway_max_body_bytes
+
+    def fhir_json(status: int, body: dict[str, Any]) -> JSONResponse:
+        return JSONResponse(body, status_code=status, media_type="application/fhir+json")
+
+    def bad(exc: PermanentInputError) -> JSONResponse:
+        gw.stats.http_rejected += 1
+        status, code = http_status(exc)
+        return fhir_json(status, operation_outcome("error", code, str(exc)))
+
+    async def body_of(request: Request) -> bytes | JSONResponse:
+        too_big = fhir_json(
+            413,
+            operation_outcome(
+                "error",
+                "too-long",
+                f"request body is larger than {limit} bytes; split it (e.g. a Bundle per "
+                "patient) or raise WARDWATCH_GATEWAY_MAX_BODY_BYTES",
+            ),
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return too_big
+        chunks = bytearray()
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > limit:
+                return too_big
+        return bytes(chunks)
+
+    async def publish_or_503(
+        items: Sequence[tuple[bytes, bytes]], body: dict[str, Any], status: int
+    ) -> JSONResponse:
+        try:
+            await gw.publish_all(items, "fhir-http")
+        except DeliveryError as exc:
+            return fhir_json(
+                503, operation_outcome("error", "transient", f"{exc}; retry the request")
+            )
+        gw.stats.http_resources += len(items)
+        return fhir_json(status, body)
+
+    async def single(request: Request, rtype: str) -> JSONResponse:
+        raw = await body_of(request)
+        if isinstance(raw, JSONResponse):
+            return raw
+        try:
+            key, value, n = gw.check_resource(raw, rtype)
+        except PermanentInputError as exc:
+            return bad(exc)
+        return await publish_or_503(
+            [(key, value)],
+            operation_outcome("information", "informational", f"accepted; {n} clinical events"),
+            202,
+        )
+
+    @app.get("/fhir/metadata")
+    async def metadata() -> JSONResponse:
+        return fhir_json(200, capability_statement(gw.settings))
+
+    @app.post("/fhir/{rtype}")
+    async def create(rtype: str, request: Request) -> JSONResponse:
+        return await single(request, rtype)
+
+    @app.put("/fhir/{rtype}/{rid}")
+    async def update(rtype: str, rid: str, request: Request) -> JSONResponse:
+        return await single(request, rtype)
+
+    @app.post("/fhir")
+    async def bundle(request: Request) -> JSONResponse:
+        raw = await body_of(request)
+        if isinstance(raw, JSONResponse):
+            return raw
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            return bad(MalformedJson(f"not JSON: {str(exc)[:200]}"))
+        if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
+            return bad(
+                InvalidResource(
+                    "POST /fhir takes a Bundle (batch, transaction, history or "
+                    "subscription-notification); post other resources to /fhir/<type>"
+                )
+            )
+        btype = doc.get("type")
+        entries = doc.get("entry") or []
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            return bad(InvalidResource("Bundle.entry must be a list of objects"))
+        if btype not in ("batch", "transaction", "history", "subscription-notification"):
+            try:
+                key, value, n = gw.check_resource(raw, "Bundle")
+            except PermanentInputError as exc:
+                return bad(exc)
+            return await publish_or_503(
+                [(key, value)],
+                operation_outcome("information", "informational", f"accepted; {n} events"),
+                202,
+            )
+        notification = btype in ("history", "subscription-notification")
+        items: list[tuple[bytes, bytes]] = []
+        responses: list[dict[str, Any]] = []
+        errors: list[tuple[int, PermanentInputError]] = []
+        for i, e in enumerate(entries):
+            r = e.get("resource")
+            if r is None:
+                responses.append({"response": {"status": "200 OK"}})
+                continue
+            if notification and isinstance(r, dict) and r.get("resourceType") in _NOTIFICATION_SKIP:
+                responses.append({"response": {"status": "200 OK"}})
+                continue
+            try:
+                key, value, _ = gw.check_resource(orjson.dumps(r), None)
+            except PermanentInputError as exc:
+                errors.append((i, exc))
+                status, code = http_status(exc)
+                responses.append(
+                    {
+                        "response": {
+                            "status": f"{status}",
+                            "outcome": operation_outcome(
+                                "error", code, str(exc), expression=f"Bundle.entry[{i}]"
+                            ),
+                        }
+                    }
+                )
+                continue
+            items.append((key, value))
+            responses.append({"response": {"status": "201 Created"}})
+        if btype == "transaction" and errors:
+            gw.stats.http_rejected += 1
+            oo: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": []}
+            for i, err in errors:
+                oo["issue"].append(
+                    {
+                        "severity": "error",
+                        "code": http_status(err)[1],
+                        "diagnostics": str(err)[:500],
+                        "expression": [f"Bundle.entry[{i}]"],
+                    }
+                )
+            status = max(http_status(err)[0] for _, err in errors)
+            return fhir_json(status, oo)
+        if notification and errors:
+            # the notifying server cannot fix its data: keep the bad entries as dead letters
+            for i, err in errors:
+                with contextlib.suppress(DeliveryError, TimeoutError):
+                    await asyncio.wait_for(
+                        gw.dead_letter(
+                            b"unparsed",
+                            strip_phi_bytes(entries[i].get("resource"), gw.key),
+                            dead_letter_headers(str(err), "gateway.http", "http", fmt="fhir+json"),
+                        ),
+                        gw.settings.gateway_delivery_timeout_s,
+                    )
+        if notification:
+            body = operation_outcome(
+                "information" if not errors else "warning",
+                "informational" if not errors else "processing",
+                f"{len(items)} resources accepted, {len(errors)} dead-lettered",
+            )
+            return await publish_or_503(items, body, 200)
+        resp = {"resourceType": "Bundle", "type": f"{btype}-response", "entry": responses}
+        return await publish_or_503(items, resp, 200)
+
+    return app
+
+
+def strip_phi_bytes(resource: object, key: bytes) -> bytes:
+    """JSON bytes of a pseudonymised copy of ``resource`` (as-is if it is not an object)."""
+    if isinstance(resource, dict):
+        with contextlib.suppress(Exception):
+            return orjson.dumps(strip_phi(resource, key))
+    return orjson.dumps(resource)
+
+
+# ---------------------------------------------------------------------- running it
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass(slots=True)
+class GatewayServer:
+    """Both listeners in the running event loop. ``start()`` binds (port 0: a free port,
+    see ``mllp_port``/``http_port``); ``stop()`` closes everything."""
+
+    settings: Settings
+    gateway: Gateway | None = None
+    mllp_port: int = 0
+    http_port: int = 0
+    _mllp: asyncio.base_events.Server | None = None
+    _http_task: asyncio.Task[None] | None = None
+    _uvicorn: Any = None
+
+    async def start(self) -> None:
+        """Bind and start. Raises OSError (not retried) when a port is taken, ValueError
+        for a bad mapping table or time zone."""
+        from zoneinfo import ZoneInfo
+
+        import uvicorn
+
+        ZoneInfo(self.settings.gateway_default_tz)  # fail fast on a bad time zone
+        s = self.settings
+        gw = self.gateway = Gateway(
+            s, KafkaBridge(s), SeenStore(s.gateway_dedup_path, s.gateway_dedup_days)
+        )
+        msock = _bind(s.gateway_host, s.gateway_mllp_port)
+        hsock = _bind(s.gateway_host, s.gateway_http_port)
+        self.mllp_port = msock.getsockname()[1]
+        self.http_port = hsock.getsockname()[1]
+        self._mllp = await asyncio.start_server(
+            gw.serve_mllp, sock=msock, limit=s.gateway_max_body_bytes + 1024
+        )
+        config = uvicorn.Config(
+            build_http_app(gw), log_level="warning", lifespan="off", access_log=False
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[hsock]))
+        while not self._uvicorn.started:
+            if self._http_task.done():
+                self._http_task.result()
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Stop listening, flush Kafka, close the resend store. Never raises."""
+        if self._mllp is not None:
+            self._mllp.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._mllp.wait_closed(), 5)
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._http_task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http_task, 5)
+        if self.gateway is not None:
+            await asyncio.to_thread(self.gateway.bridge.close)
+            self.gateway.seen.close()
+
+
+async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run both listeners until ``stop`` is set (or the task is cancelled)."""
+    server = GatewayServer(settings)
+    await server.start()
+    log.warning(
+        "gateway: MLLP on %s:%d, FHIR on http://%s:%d/fhir -> %s",
+        settings.gateway_host,
+        server.mllp_port,
+        settings.gateway_host,
+        server.http_port,
+        settings.topic_inbound,
+    )
+    try:
+        await (stop or asyncio.Event()).wait()
+    finally:
+        await server.stop()
+
+
+__all__ = [
+    "DeliveryError",
+    "Gateway",
+    "GatewayServer",
+    "KafkaBridge",
+    "SeenStore",
+    "build_http_app",
+    "capability_statement",
+    "dead_letter_headers",
+    "http_status",
+    "operation_outcome",
+    "run_gateway",
+]
