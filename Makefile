@@ -49,6 +49,10 @@ demo: venv ## The main job end to end: services, worker, replay, summary, stop
 	  $(PY) -m streams demo $(DEMO_ARGS) || rc=$$?; \
 	$(SERVICES) down; exit $$rc
 
+bench: venv ## Benchmarks on the local services; writes BENCHMARKS.md
+	$(SERVICES) up
+	rc=0; $(PY) -m streams bench $(BENCH_ARGS) || rc=$$?; $(SERVICES) down; exit $$rc
+
 test: venv ## All tests: unit, then integration and end-to-end on the local services
 	$(SERVICES) up
 	rc=0; $(PY) -m pytest $(PYTEST_ARGS) || rc=$$?; $(SERVICES) down; exit $$rc

@@ -29,6 +29,7 @@ Main commands:
   demo      end to end on the local services: worker + replay + summary
   synth     write a synthetic ICU feed (PhysioNet .psv format)
   train     train and export the transformer risk model
+  bench     measure throughput and latency on the local services
 
 Settings come from WARDWATCH_* environment variables (see README.md).
 """
@@ -173,7 +174,38 @@ def train_cmd(ctx: click.Context) -> None:
     sys.exit(train_main(list(ctx.args)))
 
 
-COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd)
+@click.command(name="bench")
+@click.option("--patients", type=int, default=100, show_default=True, help="Stays replayed.")
+@click.option(
+    "--load",
+    "loads",
+    type=float,
+    multiple=True,
+    default=(50.0, 100.0),
+    show_default=True,
+    help="Offered load (messages/s) for a latency measurement; repeat for several.",
+)
+@click.option("--seconds", type=float, default=20.0, show_default=True, help="Per measurement.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("BENCHMARKS.md"),
+    show_default=True,
+    help="Markdown report to write.",
+)
+def bench_cmd(patients: int, loads: tuple[float, ...], seconds: float, out: Path) -> None:
+    """Measure the pipeline on the running local services and write BENCHMARKS.md.
+
+    Baseline (consume + parse), the full pipeline per worker, latency at fixed offered
+    loads, Triton batching, the edge's FHIR validation rate and database writes. Needs
+    `make up` (`make bench` does it all).
+    """
+    from .bench import run_bench
+
+    run_bench(settings(), patients=patients, loads=loads, seconds=seconds, out=out)
+
+
+COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd, bench_cmd)
 
 # Each area keeps its commands in a module of its own and lists them in ``COMMANDS``.
 COMMAND_MODULES = ("streams.cli_edge", "streams.cli_model", "streams.cli_analyst")

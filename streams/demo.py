@@ -9,7 +9,6 @@ the database and a second run's counts are as meaningful as the first's.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
@@ -26,7 +25,7 @@ from confluent_kafka import Consumer, Message, TopicPartition
 from pydantic import SecretStr
 
 from .replay import publish, replay
-from .settings import PROJECT_ROOT, VAR_DIR, Settings
+from .settings import PROJECT_ROOT, VAR_DIR, Settings, settings_env
 from .sources import psv_messages
 
 SHARED_PHYSIONET = PROJECT_ROOT.parent / "shared" / "data" / "physionet2019" / "training_setB"
@@ -50,6 +49,7 @@ class Follow:
     scored: set[tuple[int, int]] = field(default_factory=set)
     dead: dict[tuple[int, int], str] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list)
+    alert_latencies_ms: list[float] = field(default_factory=list)
     scores: int = 0
     alerts: int = 0
     degraded: int = 0
@@ -67,7 +67,7 @@ def _pick_inputs(data: Path | None, patients: int, workdir: Path) -> tuple[list[
     return sorted(workdir.glob("*.psv")), "synthetic (seed 2019)"
 
 
-def _end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[int, int]]:
+def end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[int, int]]:
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "wardwatch-demo"})
     try:
         out: dict[str, dict[int, int]] = {}
@@ -82,27 +82,30 @@ def _end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[int, i
         c.close()
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of ``values``; NaN when empty."""
     if not values:
         return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """A ``wardwatch worker`` process running with ``settings``, logging to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "streams", "worker", "-l", "warn"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=PROJECT_ROOT,
-        env=os.environ.copy(),
-        start_new_session=True,
-    )
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker", "-l", "warn"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=PROJECT_ROOT,
+            env=settings_env(settings),
+            start_new_session=True,
+        )
 
 
-def _stop_worker(proc: subprocess.Popen[bytes]) -> None:
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (graceful), then SIGKILL after 30 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -122,17 +125,17 @@ def run_demo(
         update={"pseudonym_key": SecretStr(f"{settings.pseudonym_key.get_secret_value()}-{run_id}")}
     )
     topics = [settings.topic_scores, settings.topic_dlq, settings.topic_alerts]
-    start_offsets = _end_offsets(settings, topics)
+    start_offsets = end_offsets(settings, topics)
     worker_log = VAR_DIR / "log" / "demo-worker.log"
     print(f"demo run {run_id}: starting a worker (log: {worker_log})", flush=True)
-    worker = _start_worker(settings, worker_log)
+    worker = start_worker(settings, worker_log)
     t0 = time.monotonic()
     tmp = tempfile.TemporaryDirectory()
     try:
         inputs, source = _pick_inputs(data, patients, Path(tmp.name))
         if not inputs:
             raise FileNotFoundError(f"no .psv stays to replay in {source}")
-        ready_s = _warm_up(settings, inputs[0], start_offsets, worker, deadline=t0 + timeout)
+        ready_s = warm_up(settings, inputs[0], start_offsets, worker, deadline=t0 + timeout)
         print(f"worker ready after {ready_s:.1f}s (a warm-up message was scored)", flush=True)
         print(f"replaying {len(inputs)} ICU stays from {source} at {rate:.0f} msg/s", flush=True)
         stats = replay(inputs, demo_settings, rate=rate, topic=settings.topic_inbound)
@@ -144,7 +147,9 @@ def run_demo(
         bad_landed = {at: f"malformed-{i}" for i, at in enumerate(bad)}
         expected = set(stats.landed) | set(bad_landed)
         n_events = _count_events(inputs, demo_settings)
-        follow = _follow(settings, start_offsets, expected, deadline=t0 + timeout, worker=worker)
+        follow = follow_scores(
+            settings, start_offsets, expected, deadline=t0 + timeout, worker=worker
+        )
         pseudonyms = _pseudonyms(inputs, demo_settings)
         # The persist agent writes a batch behind the topic: wait for the database too.
         db_scores, db_alerts = _db_counts(settings, pseudonyms)
@@ -153,7 +158,7 @@ def run_demo(
             db_scores, db_alerts = _db_counts(settings, pseudonyms)
         wall = time.monotonic() - t0
     finally:
-        _stop_worker(worker)
+        stop_worker(worker)
         tmp.cleanup()
     accounted = follow.scored | set(follow.dead)
     missing = expected - accounted
@@ -175,15 +180,15 @@ def run_demo(
     print(f"scores in database        {db_scores}")
     print(f"alerts in database        {db_alerts}")
     print(
-        f"event-to-score latency    p50 {_percentile(follow.latencies_ms, 50):.0f} ms, "
-        f"p99 {_percentile(follow.latencies_ms, 99):.0f} ms"
+        f"event-to-score latency    p50 {percentile(follow.latencies_ms, 50):.0f} ms, "
+        f"p99 {percentile(follow.latencies_ms, 99):.0f} ms"
     )
     print(f"unaccounted messages      {len(missing)}")
     print(f"wall time                 {wall:.1f} s")
     return not missing and db_scores >= len(follow.scored)
 
 
-def _warm_up(
+def warm_up(
     settings: Settings,
     first: Path,
     start: dict[str, dict[int, int]],
@@ -202,7 +207,7 @@ def _warm_up(
     start_at = datetime.fromisoformat(settings.physionet_stay_start)
     msg = next(psv_messages(first, key, start_at))
     landed = publish(settings, settings.topic_inbound, [(msg.key, msg.value)])
-    follow = _follow(
+    follow = follow_scores(
         settings,
         {settings.topic_scores: start[settings.topic_scores]},
         set(landed),
@@ -247,7 +252,7 @@ def headers(msg: Message) -> dict[str, str]:
     return out
 
 
-def _follow(
+def follow_scores(
     settings: Settings,
     start: dict[str, dict[int, int]],
     expected: set[tuple[int, int]],
@@ -255,7 +260,12 @@ def _follow(
     deadline: float,
     worker: subprocess.Popen[bytes],
 ) -> Follow:
+    """Read scores, alerts and dead letters from ``start`` until every ``expected``
+    inbound (partition, offset) is scored or dead-lettered, the deadline passes or the
+    worker exits. Latencies are Kafka timestamps: score (or alert) minus inbound."""
     follow = Follow()
+    inbound_ts: dict[tuple[str, str], int] = {}  # (patient, time) -> inbound timestamp
+    alerts_seen: list[tuple[tuple[str, str], int]] = []
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -292,6 +302,7 @@ def _follow(
                         follow.degraded += bool(score.get("degraded"))
                         if score.get("inbound_ts_ms"):
                             follow.latencies_ms.append(msg.timestamp()[1] - score["inbound_ts_ms"])
+                            inbound_ts[(score["patient"], score["time"])] = score["inbound_ts_ms"]
             elif topic == settings.topic_dlq:
                 h = headers(msg)
                 where = (h.get("wardwatch.source.partition"), h.get("wardwatch.source.offset"))
@@ -301,8 +312,17 @@ def _follow(
                         follow.dead[at] = h.get("wardwatch.reason", "?")
             elif topic == settings.topic_alerts:
                 follow.alerts += 1
+                alert = orjson.loads(msg.value() or b"{}")
+                ref = str(alert.get("subject", {}).get("reference", "")).removeprefix("Patient/")
+                alerts_seen.append(
+                    ((ref, str(alert.get("occurrenceDateTime"))), msg.timestamp()[1])
+                )
     finally:
         consumer.close()
+    # An alert leaves in the same batch as its score: match it to the score's input time.
+    follow.alert_latencies_ms = [
+        at - inbound_ts[key] for key, at in alerts_seen if key in inbound_ts
+    ]
     return follow
 
 

@@ -7,6 +7,7 @@ README lists them all with their defaults. Defaults point at the local services 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -98,3 +99,18 @@ class Settings(BaseSettings):
         "2026-01-01T00:00:00+00:00",
         description="When a replayed PhysioNet stay begins (row hour 0).",
     )
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """This process's environment with every setting of ``settings`` as WARDWATCH_*.
+
+    For starting a worker (or any child process) with exactly these settings.
+    """
+    env = dict(os.environ)
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if value is not None:
+            env[f"WARDWATCH_{name.upper()}"] = str(value)
+    return env

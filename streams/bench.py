@@ -1,0 +1,346 @@
+"""``make bench``: measure the pipeline on the local services and write BENCHMARKS.md.
+
+Every number is a ratio against a baseline measured in the same run, or a rate with the
+command and machine it came from. Nothing here asserts a speed: benchmarks report, tests
+check behaviour. Each run uses its own topics, consumer group and SQLite file, so it
+neither sees nor disturbs other data.
+
+Measured:
+
+* baseline: a plain confluent-kafka consume + orjson parse loop over the inbound topic;
+* the full pipeline per worker process (normalise, score with Triton, persist), drained
+  from a pre-filled topic: messages/s and clinical events/s, and the ratio to baseline;
+* event-to-score and event-to-alert latency, p50 and p99, at fixed offered loads;
+* Triton: one request per window against batches of 64, inferences/s;
+* the edge: FHIR Observations/s through ``fhir.parse.parse_resource`` (full R4B
+  validation);
+* database writes, rows/s, SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import secrets
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+# NewTopic is public API, but confluent-kafka's stubs do not re-export it.
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+from .demo import (
+    SHARED_PHYSIONET,
+    end_offsets,
+    follow_scores,
+    percentile,
+    start_worker,
+    stop_worker,
+    warm_up,
+)
+from .replay import landed_at, make_producer
+from .settings import PROJECT_ROOT, VAR_DIR, Settings
+from .sources import psv_messages
+
+PG_URL = "postgresql+psycopg://wardwatch:wardwatch@127.0.0.1:5433/wardwatch"
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the results table."""
+
+    what: str
+    value: str
+    note: str = ""
+
+
+def _stays(n: int, tmp: Path) -> tuple[list[Path], str]:
+    if SHARED_PHYSIONET.is_dir():
+        return sorted(SHARED_PHYSIONET.glob("*.psv"))[:n], "PhysioNet 2019"
+    from fhir.synthetic import generate_stays
+
+    for pid, text in generate_stays(n, seed=7):
+        (tmp / f"{pid}.psv").write_text(text)
+    return sorted(tmp.glob("*.psv")), "synthetic"
+
+
+def _messages(stays: list[Path], key: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    out = [(m.key, m.value) for p in stays for m in psv_messages(p, key, start)]
+    events = sum(len(orjson.loads(v)["entry"]) for _, v in out)
+    return out, events
+
+
+def _produce(
+    producer: Producer, topic: str, items: list[tuple[bytes, bytes]], rate: float = 0.0
+) -> tuple[set[tuple[int, int]], float]:
+    """Send ``items`` (paced at ``rate``/s when > 0); their (partition, offset) and seconds."""
+    landed: set[tuple[int, int]] = set()
+
+    def done(err: object, msg: object) -> None:
+        if err is None:
+            landed.add(landed_at(msg))  # type: ignore[arg-type]
+
+    t0 = time.monotonic()
+    for n, (k, v) in enumerate(items, 1):
+        while True:
+            try:
+                producer.produce(topic, key=k, value=v, on_delivery=done)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        if rate > 0:
+            ahead = n / rate - (time.monotonic() - t0)
+            if ahead > 0:
+                time.sleep(ahead)
+    producer.flush(120)
+    return landed, time.monotonic() - t0
+
+
+def _baseline(s: Settings, n: int) -> float:
+    """Messages/s of a plain consume + orjson parse loop over the inbound topic."""
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"bench-baseline-{secrets.token_hex(3)}",
+            "enable.auto.commit": False,
+        }
+    )
+    md = c.list_topics(s.topic_inbound, timeout=10).topics[s.topic_inbound]
+    c.assign([TopicPartition(s.topic_inbound, p, 0) for p in md.partitions])
+    seen, t0 = 0, time.monotonic()
+    try:
+        while seen < n and time.monotonic() - t0 < 120:
+            for msg in c.consume(1000, 0.5):
+                if not msg.error():
+                    orjson.loads(msg.value() or b"null")
+                    seen += 1
+    finally:
+        c.close()
+    return seen / (time.monotonic() - t0)
+
+
+def _triton(s: Settings, seconds: float) -> tuple[float, float]:
+    """Inferences/s: one window per request, and batches of ``triton_max_batch``."""
+    from inference.client import TritonRiskClient
+    from inference.features import FEATURE_SPEC_FILE, FeatureSpec, newest_version_dir
+
+    spec = FeatureSpec.load(newest_version_dir(s.model_dir) / FEATURE_SPEC_FILE)
+    rng = np.random.default_rng(0)
+    windows = rng.normal(size=(s.triton_max_batch, 48, spec.n_features)).astype(np.float32)
+
+    async def run(batch: int) -> float:
+        client = TritonRiskClient(s.triton_grpc_url, s.triton_model, timeout_s=30)
+        try:
+            await client.predict(windows[:batch])  # warm-up
+            n, t0 = 0, time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                await client.predict(windows[:batch])
+                n += batch
+            return n / (time.monotonic() - t0)
+        finally:
+            await client.close()
+
+    return asyncio.run(run(1)), asyncio.run(run(s.triton_max_batch))
+
+
+def _edge(stays: list[Path]) -> float:
+    """FHIR Observations/s through parse_resource with full validation (one core)."""
+    from fhir.parse import parse_resource
+
+    msgs, _ = _messages(stays[:20], b"bench")
+    bodies = [v for _, v in msgs]
+    n_obs, t0 = 0, time.perf_counter()
+    for body in bodies:
+        n_obs += parse_resource(body).observations
+    return n_obs / (time.perf_counter() - t0)
+
+
+def _db(url: str, n_batches: int = 10) -> float:
+    """Rows/s of idempotent batched score writes (batches of 500)."""
+    from storage.db import ScoreRow, make_engine, migrate, write_scores
+
+    engine = make_engine(url)
+    migrate(engine)
+    t = datetime.now(UTC)
+    run = secrets.token_hex(4)
+    batches = [
+        [
+            ScoreRow(
+                patient=f"pt-bench-{run}-{b}-{i % 50}",
+                scored_at=t + timedelta(hours=i),
+                model="bench",
+                model_version="0",
+                risk=0.1,
+                news2=3,
+                news2_breakdown={"respiration_rate": 0},
+                features={"heart_rate": 80.0},
+            )
+            for i in range(500)
+        ]
+        for b in range(n_batches)
+    ]
+    t0 = time.perf_counter()
+    for rows in batches:
+        write_scores(engine, rows)
+    rate = 500 * n_batches / (time.perf_counter() - t0)
+    engine.dispose()
+    return rate
+
+
+def _isolated(base: Settings, run: str, db: Path) -> Settings:
+    return base.model_copy(
+        update={
+            "app_id": f"wardwatch-bench-{run}",
+            "topic_inbound": f"bench-{run}.fhir.inbound",
+            "topic_dlq": f"bench-{run}.fhir.inbound.dlq",
+            "topic_events": f"bench-{run}.clinical.events",
+            "topic_scores": f"bench-{run}.risk.scores",
+            "topic_alerts": f"bench-{run}.risk.alerts",
+            "database_url": f"sqlite:///{db}",
+            "worker_web_port": 6200 + secrets.randbelow(700),
+        }
+    )
+
+
+def run_bench(
+    base: Settings,
+    *,
+    patients: int,
+    loads: tuple[float, ...],
+    seconds: float,
+    out: Path,
+    say: Callable[[str], None] = print,
+) -> list[Row]:
+    """Run every measurement, print the table, write ``out`` (BENCHMARKS.md)."""
+    run = secrets.token_hex(4)
+    work = VAR_DIR / "bench" / run
+    work.mkdir(parents=True, exist_ok=True)
+    s = _isolated(base, run, work / "scores.db")
+    topics = [s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts]
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    for fut in admin.create_topics([NewTopic(t, s.topic_partitions, 1) for t in topics]).values():
+        fut.result(30)
+    rows: list[Row] = []
+    stays, source = _stays(patients, work)
+    msgs, n_events = _messages(stays, f"bench-{run}".encode())
+    say(f"bench {run}: {len(msgs)} messages ({n_events} events) from {len(stays)} {source} stays")
+    producer = make_producer(s)
+    worker = None
+    try:
+        # 1. The full pipeline: a warmed-up worker drains a burst published at full speed.
+        worker = start_worker(s, work / "worker.log")
+        ready = warm_up(
+            s, stays[0], end_offsets(s, [s.topic_scores]), worker, deadline=time.monotonic() + 300
+        )
+        say(f"worker ready after {ready:.1f}s")
+        start = end_offsets(s, [s.topic_scores, s.topic_dlq, s.topic_alerts])
+        t0 = time.monotonic()
+        landed, secs = _produce(producer, s.topic_inbound, msgs)
+        rows.append(Row("publish (confluent-kafka, acks=all)", f"{len(msgs) / secs:,.0f} msg/s"))
+        follow = follow_scores(s, start, landed, deadline=t0 + 900, worker=worker)
+        rate = len(follow.scored) / (time.monotonic() - t0)
+        per_msg = n_events / len(msgs)
+        # 2. The baseline reads the same topic: consume + parse, nothing else.
+        base_rate = _baseline(s, len(msgs))
+        rows.append(
+            Row(
+                "baseline: confluent-kafka consume + orjson parse",
+                f"{base_rate:,.0f} msg/s",
+                f"{base_rate * per_msg:,.0f} events/s",
+            )
+        )
+        rows.append(
+            Row(
+                "full pipeline, 1 worker process",
+                f"{rate:,.1f} msg/s",
+                f"{rate * per_msg:,.0f} events/s; {rate / base_rate:.4f}x baseline; "
+                f"{len(follow.scored)}/{len(landed)} scored, {follow.degraded} degraded",
+            )
+        )
+        for r in rows[-3:]:
+            say(f"{r.what}: {r.value} {r.note}")
+        # 3. Latency at fixed offered loads (fresh patients per load).
+        for load in loads:
+            lm, _ = _messages(stays, f"bench-{run}-{load}".encode())
+            lm = lm[: int(load * seconds)]
+            start = end_offsets(s, [s.topic_scores, s.topic_dlq, s.topic_alerts])
+            landed, _ = _produce(producer, s.topic_inbound, lm, rate=load)
+            f = follow_scores(s, start, landed, deadline=time.monotonic() + 300, worker=worker)
+            rows.append(
+                Row(
+                    f"latency at {load:g} msg/s offered ({load * per_msg:,.0f} events/s)",
+                    f"score p50 {percentile(f.latencies_ms, 50):,.0f} ms, "
+                    f"p99 {percentile(f.latencies_ms, 99):,.0f} ms",
+                    f"alert p50 {percentile(f.alert_latencies_ms, 50):,.0f} ms, "
+                    f"p99 {percentile(f.alert_latencies_ms, 99):,.0f} ms "
+                    f"({len(f.alert_latencies_ms)} alerts); "
+                    f"{len(f.scored)}/{len(landed)} scored",
+                )
+            )
+            say(rows[-1].what + ": " + rows[-1].value + "; " + rows[-1].note)
+    finally:
+        if worker is not None:
+            stop_worker(worker)
+        admin.delete_topics(topics)
+    # 4. Triton, edge, database.
+    one, batched = _triton(s, seconds=10)
+    rows.append(Row("Triton, one window per request", f"{one:,.0f} inferences/s"))
+    rows.append(
+        Row(
+            f"Triton, batches of {s.triton_max_batch}",
+            f"{batched:,.0f} inferences/s",
+            f"{batched / one:.1f}x one per request",
+        )
+    )
+    rows.append(Row("edge: FHIR Observations, full R4B validation", f"{_edge(stays):,.0f} obs/s"))
+    sqlite_url = f"sqlite:///{work / 'db.sqlite'}"
+    rows.append(Row("database writes, SQLite", f"{_db(sqlite_url):,.0f} rows/s"))
+    try:
+        rows.append(Row("database writes, PostgreSQL", f"{_db(PG_URL):,.0f} rows/s"))
+    except Exception as exc:  # a machine without the local PostgreSQL still gets the rest
+        rows.append(Row("database writes, PostgreSQL", "not measured", str(exc)[:100]))
+    _write(out, rows)
+    say(_table(rows))
+    return rows
+
+
+def _table(rows: list[Row]) -> str:
+    lines = ["| measurement | result | notes |", "|---|---|---|"]
+    lines += [f"| {r.what} | {r.value} | {r.note} |" for r in rows]
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def _write(out: Path, rows: list[Row]) -> None:
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT
+    ).stdout.strip()
+    out.write_text(
+        "# Benchmarks\n\n"
+        "Written by `make bench` (`python -m streams bench`); numbers from one run on the "
+        "local services (Kafka, PostgreSQL, Triton started by `make up`).\n\n"
+        f"- when: {datetime.now(UTC).isoformat(timespec='seconds')}\n"
+        f"- commit: {rev or 'unknown'}\n"
+        f"- machine: {_machine()}\n\n" + _table(rows) + "\n"
+    )
