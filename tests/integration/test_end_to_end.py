@@ -32,7 +32,7 @@ from storage.models import Score
 from streams.model_info import load_model_info
 from streams.offline import score_files
 from streams.replay import make_producer, replay
-from streams.settings import PROJECT_ROOT, Settings
+from streams.settings import PROJECT_ROOT, Settings, settings_env
 from tests.conftest import PHYSIONET, require_shared
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.triton, pytest.mark.e2e]
@@ -71,22 +71,6 @@ def run_settings() -> Iterator[Settings]:
         conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
-def _env(s: Settings) -> dict[str, str]:
-    env = os.environ.copy()
-    for name in (
-        "app_id",
-        "topic_inbound",
-        "topic_dlq",
-        "topic_events",
-        "topic_scores",
-        "topic_alerts",
-        "database_url",
-        "worker_web_port",
-    ):
-        env[f"WARDWATCH_{name.upper()}"] = str(getattr(s, name))
-    return env
-
-
 @pytest.fixture(scope="module")
 def worker(run_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -94,7 +78,7 @@ def worker(run_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
         proc = subprocess.Popen(
             [sys.executable, "-m", "streams", "worker", "-l", "info"],
             cwd=PROJECT_ROOT,
-            env=_env(run_settings),
+            env=settings_env(run_settings),
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
