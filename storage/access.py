@@ -108,7 +108,8 @@ def revoke_token(engine: Engine, name: str) -> None:
 
 
 def list_tokens(engine: Engine) -> list[dict[str, Any]]:
-    """Every token's name, role, created_at and revoked_at (never the hash)."""
+    """Every token's name, role, created_at and revoked_at (never the hash).
+    Raises StorageUnavailable if the database is unreachable; not retried."""
     cols = (ApiToken.name, ApiToken.role, ApiToken.created_at, ApiToken.revoked_at)
     with _classified(), engine.connect() as conn:
         return [dict(m) for m in conn.execute(select(*cols).order_by(ApiToken.id)).mappings()]
@@ -154,7 +155,7 @@ def audit(
 
 
 def fetch_audit(engine: Engine, limit: int = 1000) -> list[dict[str, Any]]:
-    """The newest audit entries, newest first."""
+    """The newest audit entries, newest first. Raises StorageUnavailable; not retried."""
     cols = [c for c in AuditEntry.__table__.c if c.name != "id"]
     stmt = select(*cols).order_by(AuditEntry.id.desc()).limit(limit)
     with _classified(), engine.connect() as conn:
@@ -201,7 +202,7 @@ class CursorError(ValueError):
 
 
 def encode_cursor(at: datetime, row_id: int) -> str:
-    """An opaque cursor for the row after (at, id)."""
+    """An opaque cursor for the row after (at, id). Raises nothing."""
     raw = f"{at.astimezone(UTC).isoformat()}|{row_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -290,7 +291,8 @@ def iter_scores(
     patient: str | None = None,
     chunk: int = 5000,
 ) -> Iterator[list[dict[str, Any]]]:
-    """Scores in chunks, oldest first, for exports (keyset pages, bounded memory)."""
+    """Scores in chunks, oldest first, for exports (keyset pages, bounded memory).
+    Raises StorageUnavailable when the database is unreachable; not retried."""
     cursor: str | None = None
     while True:
         rows, cursor = query_scores(
@@ -303,7 +305,8 @@ def iter_scores(
 
 
 def get_patient(engine: Engine, patient: str) -> dict[str, Any] | None:
-    """The ``patients`` row of a pseudonym, or None."""
+    """The ``patients`` row of a pseudonym, or None. Raises StorageUnavailable; not
+    retried."""
     stmt = select(*Patient.__table__.c).where(Patient.patient == patient)
     with _classified(), engine.connect() as conn:
         row = conn.execute(stmt).mappings().first()
@@ -380,7 +383,8 @@ def query_alerts(
 
 
 def max_alert_id(engine: Engine) -> int:
-    """The largest alert row id (0 when there is none)."""
+    """The largest alert row id (0 when there is none). Raises StorageUnavailable; not
+    retried."""
     with _classified(), engine.connect() as conn:
         return int(conn.execute(select(func.coalesce(func.max(Alert.id), 0))).scalar_one())
 

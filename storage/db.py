@@ -321,15 +321,25 @@ _STATE_COLUMNS = (
 )
 
 
-def _upsert_patients(conn: Connection, params: Sequence[dict[str, Any]]) -> None:
-    """Upsert ``patients`` from a score batch, idempotently and order-independently:
-    first_seen = min, last_seen = max, and the state columns follow the newest score
-    (a late, older score never overwrites a newer state)."""
-    states = _patient_states(params)
-    if not states:
-        return
-    dialect = conn.dialect.name
+def _patients_upsert(dialect: str) -> Any:
+    """``INSERT INTO patients ... ON CONFLICT (patient) DO UPDATE``: first_seen = min,
+    last_seen = max, and the state columns follow the newest score (so a late, older
+    score never overwrites a newer state, and a replay changes nothing)."""
     ins: Any = postgresql.insert(Patient) if dialect == "postgresql" else sqlite.insert(Patient)
+    if dialect == "postgresql":
+        # the whole batch as ONE JSON parameter, as for the scores (see _pg_recordset_insert)
+        table = Patient.__table__
+        typed = [
+            column(c.name, DateTime(timezone=True) if isinstance(c.type, UTCDateTime) else c.type)
+            for c in table.columns
+        ]
+        rows = (
+            func.jsonb_to_recordset(cast(bindparam("rows", type_=Text), JSONB))
+            .table_valued(*typed)
+            .render_derived(with_types=True)
+        )
+        names = [c.name for c in table.columns]
+        ins = ins.from_select(names, select(*[rows.c[n] for n in names]))
     exc = ins.excluded
     tbl = Patient.__table__.c
     newer = exc.last_seen >= tbl.last_seen
@@ -339,8 +349,21 @@ def _upsert_patients(conn: Connection, params: Sequence[dict[str, Any]]) -> None
     }
     for name in _STATE_COLUMNS:
         updates[name] = case((newer, exc[name]), else_=tbl[name])
-    stmt = ins.on_conflict_do_update(index_elements=["patient"], set_=updates)
-    conn.execute(stmt, states)
+    return ins.on_conflict_do_update(index_elements=["patient"], set_=updates)
+
+
+_UPSERT_PATIENTS = {d: _patients_upsert(d) for d in ("postgresql", "sqlite")}
+
+
+def _upsert_patients(conn: Connection, params: Sequence[dict[str, Any]]) -> None:
+    """Upsert ``patients`` from a score batch (one row per patient, in patient order)."""
+    states = _patient_states(params)
+    if not states:
+        return
+    if conn.dialect.name == "postgresql":
+        conn.execute(_UPSERT_PATIENTS["postgresql"], {"rows": _json_dumps(states)})
+    else:
+        conn.execute(_UPSERT_PATIENTS["sqlite"], states)
 
 
 def _write(

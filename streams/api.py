@@ -24,8 +24,8 @@ Database errors: :class:`~storage.errors.StorageUnavailable` becomes 503 with a
 ``Retry-After`` header (clients may retry); nothing is retried inside the server.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI resolves the dependency annotations
+# of the handlers, which name closures of create_api, at definition time.
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime

@@ -176,6 +176,13 @@ function drawChart(data) {
   const risk = data.scores.filter((s) => s.risk !== null).map((s) => ({ x: t(s.scored_at), y: s.risk }));
   const news2 = data.scores.filter((s) => s.news2 !== null).map((s) => ({ x: t(s.scored_at), y: s.news2 }));
   const marks = data.alerts.map((a) => ({ x: t(a.raised_at), y: a.risk ?? 1, severity: a.severity, reason: a.reason }));
+  // x ticks on whole hours (UTC), at most about ten of them
+  const xs = risk.concat(news2, marks).map((pt) => pt.x);
+  const hour = 3600e3;
+  const lo = Math.min(...xs), hi = Math.max(...xs);
+  const step = [1, 2, 3, 6, 12, 24, 48, 168].find((h) => (hi - lo) / (h * hour) <= 10) || 336;
+  const xmin = Math.floor(lo / (step * hour)) * step * hour;
+  const xmax = Math.ceil(hi / (step * hour)) * step * hour;
   if (chart) chart.destroy();
   chart = new Chart($("chart"), {
     type: "line",
@@ -191,7 +198,8 @@ function drawChart(data) {
       animation: false, maintainAspectRatio: false, parsing: true,
       interaction: { mode: "nearest", intersect: false },
       scales: {
-        x: { type: "linear", ticks: { callback: (v) => new Date(v).toISOString().slice(5, 16).replace("T", " ") },
+        x: { type: "linear", min: xs.length ? xmin : undefined, max: xs.length ? xmax : undefined,
+             ticks: { stepSize: step * hour, callback: (v) => new Date(v).toISOString().slice(5, 16).replace("T", " ") },
              title: { display: true, text: "time (UTC)" } },
         risk: { position: "left", min: 0, max: 1, title: { display: true, text: "risk" } },
         news2: { position: "right", min: 0, max: 20, grid: { drawOnChartArea: false }, title: { display: true, text: "NEWS2" } },

@@ -128,7 +128,8 @@ def schema(admin: Engine) -> Iterator[str]:
 @pytest.fixture
 def engine(admin: Engine, schema: str) -> Iterator[Engine]:
     with admin.begin() as conn:
-        conn.execute(text(f'TRUNCATE "{schema}".scores, "{schema}".alerts'))
+        tables = ("scores", "alerts", "patients", "dead_letters", "audit_log", "api_tokens")
+        conn.execute(text("TRUNCATE " + ", ".join(f'"{schema}".{t}' for t in tables)))
     eng = make_engine(schema_url(schema))
     yield eng
     eng.dispose()
@@ -143,9 +144,19 @@ def test_migrate_down_and_up(admin: Engine) -> None:
         eng = make_engine(url)
         insp = inspect(eng)
         assert {"scores", "alerts", "alembic_version"} <= set(insp.get_table_names(name))
+        assert {"patients", "dead_letters", "audit_log", "api_tokens"} <= set(
+            insp.get_table_names(name)
+        )
+        assert {"v_hourly_scores", "v_alert_outcomes"} <= set(insp.get_view_names(name))
         cols = {c["name"]: c for c in insp.get_columns("scores", name)}
         assert str(cols["features"]["type"]) == "JSONB"
         assert getattr(cols["scored_at"]["type"], "timezone", None) is True
+        assert write_scores(eng, [score(1)]) == 1
+        downgrade(url, "0001")  # 0002 down and up again, the scores kept
+        assert "patients" not in inspect(eng).get_table_names(name)
+        assert inspect(eng).get_view_names(name) == []
+        migrate(url)
+        assert count_scores(eng) == 1
         downgrade(url)
         assert set(inspect(eng).get_table_names(name)) <= {"alembic_version"}
         migrate(url)
@@ -264,3 +275,28 @@ def test_concurrent_writers_overlapping_batches(engine: Engine, schema: str) -> 
             )
         ).scalar_one()
     assert dupes == 0
+
+
+def test_patients_upsert_and_bi_views(engine: Engine) -> None:
+    from storage import access
+
+    rows = [score(i, patient="pv") for i in (0, 20, 40, 70)]
+    assert write_scores(engine, rows[1:]) == 3
+    assert write_scores(engine, rows[:1]) == 1  # late and older: only first_seen moves
+    assert write_scores(engine, rows) == 0
+    p = access.get_patient(engine, "pv")
+    assert p is not None
+    assert p["first_seen"] == T0 and p["last_seen"] == T0 + timedelta(minutes=70)
+    assert p["last_risk"] == 0.7 and p["last_news2"] == 70 % 21
+    with engine.connect() as conn:
+        hourly = conn.execute(
+            text("SELECT hour, n_scores, max_risk FROM v_hourly_scores ORDER BY hour")
+        ).all()
+    assert [(h[1], h[2]) for h in hourly] == [(3, 0.4), (1, 0.7)]
+    assert hourly[0][0] == datetime(2026, 1, 1, 8, 0)
+    write_alerts(engine, [alert(5, patient="pv")])
+    access.transition_alert(engine, "a000005", "resolve", "doctor")
+    with engine.connect() as conn:
+        out = conn.execute(text("SELECT * FROM v_alert_outcomes")).mappings().one()
+    assert out["status"] == "resolved" and out["resolved_by"] == "doctor"
+    assert out["seconds_to_resolve"] > 0 and out["seconds_to_acknowledge"] is None

@@ -191,7 +191,36 @@ def test_purge_keeps_recent_rows_and_the_audit_log(engine: Engine) -> None:
     assert dry == {"scores": 1, "alerts": 1, "dead_letters": 0, "patients": 1}
     assert access.purge(engine, 30) == dry
     assert access.purge(engine, 30) == {"scores": 0, "alerts": 0, "dead_letters": 0, "patients": 0}
-    assert [p for p in patients(engine)] == ["pA"]
+    assert list(patients(engine)) == ["pA"]
     assert len(access.fetch_audit(engine)) == 1
     with pytest.raises(ValueError, match="positive"):
         access.purge(engine, 0)
+
+
+def test_dead_letter_row_from_headers() -> None:
+    from streams.persist import dead_letter_row
+
+    headers = [
+        ("wardwatch.reason", b"MalformedJson: not JSON"),
+        ("wardwatch.stage", b"normalise"),
+        ("wardwatch.source.topic", b"fhir.inbound"),
+        ("wardwatch.source.partition", b"5"),
+        ("wardwatch.source.offset", b"1234"),
+        ("wardwatch.dead_lettered_at", b"1767254400000"),
+    ]
+    row = dead_letter_row(headers, ("fhir.inbound.dlq", 0, 9))
+    assert (row.topic, row.partition, row.offset, row.stage) == (
+        "fhir.inbound",
+        5,
+        1234,
+        "normalise",
+    )
+    assert row.reason == "MalformedJson: not JSON"
+    assert row.received_at == datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
+    odd = dead_letter_row({"wardwatch.source.partition": b"x"}, ("fhir.inbound.dlq", 0, 9))
+    assert (odd.topic, odd.partition, odd.offset, odd.stage) == (
+        "fhir.inbound.dlq",
+        0,
+        9,
+        "unknown",
+    )
