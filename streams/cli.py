@@ -29,6 +29,15 @@ Main commands:
   demo      end to end on the local services: worker + replay + summary
   synth     write a synthetic ICU feed (PhysioNet .psv format)
   train     train and export the transformer risk model
+  evaluate  write the model's evaluation report (metrics, plots, baselines)
+  gateway   the edge: HL7 v2 over MLLP and FHIR over HTTP into Kafka
+  convert   run the edge's parsing offline (canonical events + rejects)
+  dlq       list and re-drive dead letters
+  api       the analyst and alerting API, with the live dashboard
+  token     create and revoke API tokens
+  scores    print stored scores; alerts: print stored alerts
+  export    write scores for analysts (csv, parquet)
+  purge     delete scores and alerts past the retention window
   bench     measure throughput and latency on the local services
 
 Settings come from WARDWATCH_* environment variables (see README.md).
