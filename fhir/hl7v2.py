@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
+import orjson
 import yaml
 
 from fhir.codes import CodeTable, load_code_table
@@ -614,6 +615,7 @@ def map_message(
     *,
     default_tz: str | tzinfo = "UTC",
     mapping: Hl7Mapping | None = None,
+    check: bool = True,
 ) -> MappedMessage:
     """Map one HL7 v2 message to a pseudonymised FHIR R4 transaction Bundle.
 
@@ -621,15 +623,22 @@ def map_message(
     offset (each use is listed in ``notes``). Raises :class:`Hl7Error` (permanent, not
     retryable; dead-letter and answer AE/AR) for: no MSH / bad delimiters / python-hl7 cannot
     parse (AR), an unsupported message type or event (AR), a missing PID segment or PID-3.1
-    (AE), a bad OBX value, unit-less time or timestamp (AE). Nothing else escapes.
+    (AE), a bad OBX value, unit-less time or timestamp (AE); with ``check`` (default) also
+    whatever :func:`fhir.parse.parse_resource` refuses in the mapped Bundle (implausible
+    value, unknown unit: AE, data type error). Nothing else escapes.
     """
     text = normalise(raw)
     try:
-        return _map(text, key, default_tz, mapping or load_hl7_mapping())
+        mapped = _map(text, key, default_tz, mapping or load_hl7_mapping())
+        if check:
+            from fhir.parse import parse_resource
+
+            parse_resource(orjson.dumps(mapped.bundle), strict=True)
+        return mapped
     except Hl7Error:
         raise
     except PermanentInputError as exc:
-        raise Hl7Error(exc.reason, error_code=ERR_DATA_TYPE) from None
+        raise Hl7Error(str(exc), error_code=ERR_DATA_TYPE) from None
     except RecursionError:
         raise Hl7Error("message nested too deeply", ack_code="AR") from None
     except Exception as exc:  # contract: only Hl7Error escapes

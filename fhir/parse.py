@@ -11,9 +11,23 @@ Result contract (:class:`ParseResult`):
 
 * ``events``: the canonical events, in input order.
 * ``ignored``: one human-readable line per *Observation* that was understood but gives no
-  event (a code WardWatch does not use, status cancelled/registered/unknown, no value). Other
-  resource types (Patient, Encounter, Claim, ...) are skipped silently: counted in
-  ``resources`` only.
+  event (a code WardWatch does not use, status cancelled/registered/unknown, no value), and
+  per context resource that gives none (below). Other resource types (Patient, Claim, ...)
+  are skipped silently: counted in ``resources`` only.
+
+Context resources (:data:`CONTEXT_TYPES`) give context events, ``value_code`` =
+``"<system>|<code>"`` of the first coding: Condition -> kind/code ``condition`` (time
+recordedDate, else onsetDateTime, else meta.lastUpdated; entered-in-error when
+verificationStatus is entered-in-error or refuted); Flag -> ``flag``/``flag``; Goal ->
+``flag``/``goal`` (description, else target measure); MedicationAdministration of a drug
+listed under ``context_medications`` in codes.yaml -> ``medication``/``antibiotic`` or
+``vasopressor``; Encounter -> ``encounter``/``admission``, ``transfer``, ``discharge`` (from
+the HL7 v2 trigger tag the gateway sets, else period.start / period.end when finished;
+value_code = class); DocumentReference -> ``note``/``note`` with the text of a text/*
+attachment in ``text`` (absent after the edge's strip_phi, which drops attachment data; never
+log it). Times must have a time of day and zone (date-only candidates are skipped). A context
+resource that fails R4B validation, has no coded code or a non-Patient subject is noted in
+``ignored``; no Patient subject at all or no usable time is a rejection.
 * ``rejected``: for a Bundle, one :class:`~fhir.errors.PermanentInputError` per *entry* that
   is bad (invalid Observation, implausible value, unknown unit, missing subject, unknown
   resourceType, ...); the good entries still give their events, so the caller can dead-letter
@@ -43,11 +57,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
+from pathlib import Path
 from typing import Any, cast
 
 import orjson
+import yaml
 
-from fhir.codes import CodeSpec, CodeTable, load_code_table
+from fhir.codes import CODES_FILE, CodeSpec, CodeTable, load_code_table
 from fhir.errors import (
     InvalidResource,
     InvalidTime,
@@ -518,6 +535,300 @@ def _observation(obs: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> Par
     return res
 
 
+# ------------------------------------------------------------------ context resources
+# Resource types mapped to context events (kind != vital/lab); see :func:`_context`.
+CONTEXT_TYPES = frozenset(
+    {"Condition", "Flag", "Goal", "MedicationAdministration", "Encounter", "DocumentReference"}
+)
+_V2_EVENT = "http://terminology.hl7.org/CodeSystem/v2-0003"
+# HL7 v2 trigger event (Encounter.meta.tag, set by fhir/hl7v2.py) -> (event code, retracts)
+_ADT_EVENT: dict[str, tuple[str, bool]] = {
+    "A01": ("admission", False),
+    "A04": ("admission", False),
+    "A02": ("transfer", False),
+    "A03": ("discharge", False),
+    "A11": ("admission", True),
+    "A13": ("discharge", True),
+}
+MAX_NOTE_CHARS = 100_000
+
+
+@lru_cache(maxsize=4)
+def load_context_medications(path: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """``context_medications`` of codes.yaml: antibiotic/vasopressor -> "system|code" entries
+    (a trailing ``*`` is a prefix). Cached. Raises ValueError (configuration error, not
+    retryable) naming the entry when the section is malformed."""
+    p = CODES_FILE if path is None else path
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{p}: cannot read context_medications: {exc}") from exc
+    raw = (doc or {}).get("context_medications") or {}
+    if not isinstance(raw, dict) or set(raw) - {"antibiotic", "vasopressor"}:
+        raise ValueError(f"{p}: context_medications must have only antibiotic and vasopressor")
+    out: dict[str, tuple[str, ...]] = {}
+    for cat, entries in raw.items():
+        if not isinstance(entries, list) or not all(
+            isinstance(e, str) and "|" in e and e.split("|", 1)[1] for e in entries
+        ):
+            raise ValueError(f"{p}: context_medications.{cat} must list 'system|code' strings")
+        out[cat] = tuple(entries)
+    return out
+
+
+def _medication_class(cc: object) -> tuple[str | None, str | None]:
+    """(antibiotic/vasopressor or None, "system|code" that matched)."""
+    meds = load_context_medications()
+    for system, code in _codings(cc):
+        sc = f"{system}|{code}"
+        for cat, entries in meds.items():
+            for e in entries:
+                if sc == e or (e.endswith("*") and sc.startswith(e[:-1])):
+                    return cat, sc
+    return None, None
+
+
+def _first_time(
+    doc: Mapping[str, Any],
+    candidates: tuple[tuple[str, object], ...],
+    where: tuple[str, str | None],
+) -> datetime:
+    """The first candidate that is a dateTime with time of day and zone; else InvalidTime."""
+    present = [(what, v) for what, v in candidates if v is not None]
+    for what, v in present:
+        try:
+            return parse_fhir_time(v, what)
+        except InvalidTime:
+            continue
+    names = ", ".join(w for w, _ in candidates)
+    raise InvalidTime(
+        f"none of {names} is a dateTime with a time of day and time zone"
+        + (f" (got {', '.join(f'{w}={str(v)[:30]!r}' for w, v in present)})" if present else ""),
+        resource_type=where[0],
+        resource_id=where[1],
+    )
+
+
+def _meta_updated(doc: Mapping[str, Any]) -> object:
+    meta = doc.get("meta")
+    return meta.get("lastUpdated") if isinstance(meta, dict) else None
+
+
+def _first_coding(cc: object) -> str | None:
+    codings = _codings(cc)
+    return f"{codings[0][0]}|{codings[0][1]}" if codings else None
+
+
+def _note_text(doc: Mapping[str, Any]) -> str | None:
+    """Plain-text content of a DocumentReference (base64 ``data`` of a text/* attachment).
+    The edge's strip_phi drops attachment data, so this is None for pseudonymised input."""
+    import base64
+    import binascii
+
+    for c in doc.get("content") or ():
+        att = c.get("attachment") if isinstance(c, dict) else None
+        if not isinstance(att, dict):
+            continue
+        ct, data = att.get("contentType"), att.get("data")
+        if isinstance(ct, str) and ct.startswith("text/") and isinstance(data, str):
+            try:
+                return base64.b64decode(data).decode("utf-8", "replace")[:MAX_NOTE_CHARS]
+            except (binascii.Error, ValueError):
+                return None
+    return None
+
+
+def _context(doc: Mapping[str, Any], ctx: _Ctx, rt: str, full_url: str | None) -> ParseResult:
+    """Condition, Flag, Goal, MedicationAdministration (antibiotic/vasopressor), Encounter,
+    DocumentReference -> context events. Raises PermanentInputError (permanent) for an
+    invalid resource, a missing Patient subject or no usable time."""
+    res = ParseResult(resources=1)
+    rid_raw = doc.get("id")
+    rid = rid_raw if isinstance(rid_raw, str) and _FHIR_ID.match(rid_raw) else None
+    where: tuple[str, str | None] = (rt, rid)
+    if ctx.validate:
+        try:
+            _validate(rt, doc, rid)
+        except InvalidResource as exc:  # context is optional: note it, never reject for it
+            res.ignored.append(f"{rt}/{rid or ''}: {exc.reason}")
+            return res
+    if rid is not None:
+        source = f"{rt}/{rid}"
+    elif full_url:
+        source = full_url
+    else:
+        digest = hashlib.blake2b(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), digest_size=10)
+        source = f"{rt}/#{digest.hexdigest()}"
+    status: EventStatus = "final"
+    kind: str
+    code: str
+    value_code: str | None
+    text: str | None = None
+    if rt == "MedicationAdministration":
+        cat, value_code = _medication_class(doc.get("medicationCodeableConcept"))
+        if cat is None:
+            res.ignored.append(f"{source}: not an antibiotic or vasopressor WardWatch knows")
+            return res
+        if doc.get("status") == "not-done":
+            res.ignored.append(f"{source}: status not-done")
+            return res
+        kind, code = "medication", cat
+        status = "entered-in-error" if doc.get("status") == "entered-in-error" else "final"
+        cands: tuple[tuple[str, object], ...] = (
+            ("effectiveDateTime", doc.get("effectiveDateTime")),
+            ("effectivePeriod.start", (doc.get("effectivePeriod") or {}).get("start")),
+        )
+    elif rt == "Condition":
+        kind, code = "condition", "condition"
+        value_code = _first_coding(doc.get("code"))
+        vs = {c for _, c in _codings(doc.get("verificationStatus"))}
+        if vs & {"entered-in-error", "refuted"}:
+            status = "entered-in-error"
+        cands = (
+            ("recordedDate", doc.get("recordedDate")),
+            ("onsetDateTime", doc.get("onsetDateTime")),
+            ("meta.lastUpdated", _meta_updated(doc)),
+        )
+    elif rt == "Flag":
+        kind, code = "flag", "flag"
+        value_code = _first_coding(doc.get("code"))
+        if doc.get("status") == "inactive":
+            res.ignored.append(f"{source}: inactive flag")
+            return res
+        if doc.get("status") == "entered-in-error":
+            status = "entered-in-error"
+        cands = (
+            ("period.start", (doc.get("period") or {}).get("start")),
+            ("meta.lastUpdated", _meta_updated(doc)),
+        )
+    elif rt == "Goal":
+        kind, code = "flag", "goal"
+        value_code = _first_coding(doc.get("description"))
+        if value_code is None:
+            targets = doc.get("target") or []
+            t0 = targets[0] if targets and isinstance(targets[0], dict) else {}
+            value_code = _first_coding(t0.get("measure"))
+        if doc.get("lifecycleStatus") in ("entered-in-error", "cancelled", "rejected"):
+            status = "entered-in-error"
+        cands = (
+            ("statusDate", doc.get("statusDate")),
+            ("startDate", doc.get("startDate")),
+            ("meta.lastUpdated", _meta_updated(doc)),
+        )
+    elif rt == "DocumentReference":
+        kind, code = "note", "note"
+        value_code = _first_coding(doc.get("type"))
+        if doc.get("status") == "entered-in-error":
+            status = "entered-in-error"
+        elif doc.get("docStatus") == "preliminary":
+            status = "preliminary"
+        text = _note_text(doc)
+        cands = (("date", doc.get("date")), ("meta.lastUpdated", _meta_updated(doc)))
+    else:  # Encounter
+        return _encounter_events(doc, ctx, source, where)
+    if value_code is None:
+        res.ignored.append(f"{source}: no coded code")
+        return res
+    patient = _context_subject(doc, ctx, where, res, source)
+    if patient is None:
+        return res
+    time = _first_time(doc, cands, where)
+    res.events.append(
+        ClinicalEvent(
+            patient=patient,
+            time=time,
+            code=code,
+            kind=cast(Any, kind),
+            value_code=value_code,
+            status=status,
+            source=source,
+            text=text,
+        )
+    )
+    return res
+
+
+def _context_subject(
+    doc: Mapping[str, Any], ctx: _Ctx, where: tuple[str, str | None], res: ParseResult, label: str
+) -> str | None:
+    """The Patient of a context resource; None (noted in ``ignored``) when its subject is not
+    a Patient (a Group, a Location); MissingSubject (permanent) when it has none."""
+    subj = doc.get("subject")
+    if isinstance(subj, dict) and isinstance(subj.get("reference"), str):
+        ref = subj["reference"]
+        if not ref.startswith("urn:uuid:") and _PATIENT_REF.search(ref) is None:
+            res.ignored.append(f"{label}: subject is not a Patient")
+            return None
+    return _subject(doc, ctx, where)
+
+
+def _encounter_events(
+    doc: Mapping[str, Any], ctx: _Ctx, source: str, where: tuple[str, str | None]
+) -> ParseResult:
+    res = ParseResult(resources=1)
+    st = doc.get("status")
+    if st in ("planned", "unknown"):
+        res.ignored.append(f"{source}: status {st}")
+        return res
+    retracted_all = st in ("entered-in-error", "cancelled")
+    cls = doc.get("class")
+    value_code = (
+        f"{cls.get('system', '')}|{cls.get('code', '')}"
+        if isinstance(cls, dict) and cls.get("code")
+        else None
+    )
+    period = doc.get("period") if isinstance(doc.get("period"), dict) else {}
+    assert isinstance(period, dict)
+    meta = doc.get("meta")
+    tags = meta.get("tag") if isinstance(meta, dict) else None
+    trigger = next(
+        (
+            t.get("code")
+            for t in (tags if isinstance(tags, list) else [])
+            if isinstance(t, dict) and t.get("system") == _V2_EVENT
+        ),
+        None,
+    )
+    wanted: list[tuple[str, bool, tuple[tuple[str, object], ...]]] = []
+    updated = ("meta.lastUpdated", _meta_updated(doc))
+    if isinstance(trigger, str):
+        if trigger not in _ADT_EVENT:
+            res.ignored.append(f"{source}: ADT {trigger} gives no encounter event")
+            return res
+        ev, retracts = _ADT_EVENT[trigger]
+        if ev == "admission":
+            cands: tuple[tuple[str, object], ...] = (("period.start", period.get("start")), updated)
+        elif ev == "discharge":
+            cands = (("period.end", period.get("end")), updated)
+        else:
+            cands = (updated, ("period.start", period.get("start")))
+        wanted.append((ev, retracts, cands))
+    else:
+        if "start" in period:
+            wanted.append(("admission", False, (("period.start", period.get("start")),)))
+        if st == "finished" and "end" in period:
+            wanted.append(("discharge", False, (("period.end", period.get("end")),)))
+        if not wanted:
+            res.ignored.append(f"{source}: no period.start")
+            return res
+    patient = _context_subject(doc, ctx, where, res, source)
+    if patient is None:
+        return res
+    for ev, retracts, cands in wanted:
+        res.events.append(
+            ClinicalEvent(
+                patient=patient,
+                time=_first_time(doc, cands, where),
+                code=ev,
+                kind="encounter",
+                value_code=value_code,
+                status="entered-in-error" if (retracts or retracted_all) else "final",
+                source=source,
+            )
+        )
+    return res
+
+
 def _resource(doc: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> ParseResult:
     rt = doc.get("resourceType")
     if not isinstance(rt, str) or not rt:
@@ -529,6 +840,8 @@ def _resource(doc: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> ParseR
         return _bundle(doc, ctx)
     if rt == "Observation":
         return _observation(doc, ctx, full_url)
+    if rt in CONTEXT_TYPES:
+        return _context(doc, ctx, rt, full_url)
     return ParseResult(resources=1)
 
 
@@ -651,4 +964,12 @@ def parse_events(raw: bytes | bytearray | memoryview | str) -> list[ClinicalEven
     return parse_resource(raw, strict=True).events
 
 
-__all__ = ["MAX_DEPTH", "ParseResult", "parse_events", "parse_fhir_time", "parse_resource"]
+__all__ = [
+    "CONTEXT_TYPES",
+    "MAX_DEPTH",
+    "ParseResult",
+    "load_context_medications",
+    "parse_events",
+    "parse_fhir_time",
+    "parse_resource",
+]

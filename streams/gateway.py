@@ -35,14 +35,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import orjson
 from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Message as KafkaMessage
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from confluent_kafka import Message as KafkaMessage
 
 from fhir.errors import (
     InvalidResource,
@@ -231,7 +232,17 @@ class Gateway:
 
     async def handle_hl7(self, payload: bytes, peer: str = "") -> bytes:
         """The ACK (unframed) for one MLLP payload. Never raises: every failure is an ACK
-        (AR/AE for bad input, dead-lettered; AE for Kafka trouble, so the sender resends)."""
+        (AR/AE for bad input, dead-lettered; AE for Kafka trouble or an internal error such
+        as an unwritable resend store, so the sender resends)."""
+        try:
+            return await self._handle_hl7(payload, peer)
+        except Exception as exc:  # contract: an ACK for everything
+            log.exception("MLLP %s: internal error", peer)
+            return build_ack(
+                None, "AE", f"gateway internal error ({type(exc).__name__}); resend later"
+            )
+
+    async def _handle_hl7(self, payload: bytes, peer: str) -> bytes:
         text = normalise(payload)
         try:
             header = read_header(text)
@@ -364,7 +375,8 @@ class Gateway:
                 log.warning(
                     "MLLP %s closed inside a frame: %d bytes dropped", peer, decoder.pending
                 )
-            await queue.put(None)
+            if not answering.done():
+                await queue.put(None)
             await answering
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("MLLP %s: connection lost (%s)", peer, exc)
@@ -404,7 +416,12 @@ class Gateway:
             raise InvalidResource(
                 f"resourceType {str(rt)[:40]!r} does not match the URL's {expected!r}"
             )
-        msg = fhir_message(raw, self.key, origin="http", stem="http")
+        try:
+            msg = fhir_message(raw, self.key, origin="http", stem="http")
+        except RecursionError:
+            raise InvalidResource("resource nested too deeply") from None
+        except Exception as exc:  # strip_phi on a shape it does not expect
+            raise InvalidResource(f"cannot pseudonymise: {type(exc).__name__}") from None
         result = parse_resource(msg.value, strict=True)
         return msg.key, msg.value, len(result.events)
 
@@ -539,6 +556,7 @@ def build_http_app(gw: Gateway) -> Any:
         )
 
     @app.get("/fhir/metadata")
+    @app.get("/metadata")
     async def metadata() -> JSONResponse:
         return fhir_json(200, capability_statement(gw.settings))
 
@@ -600,7 +618,7 @@ def build_http_app(gw: Gateway) -> Any:
                 responses.append(
                     {
                         "response": {
-                            "status": f"{status}",
+                            "status": f"{status} {HTTPStatus(status).phrase}",
                             "outcome": operation_outcome(
                                 "error", code, str(exc), expression=f"Bundle.entry[{i}]"
                             ),
@@ -689,11 +707,15 @@ class GatewayServer:
 
         ZoneInfo(self.settings.gateway_default_tz)  # fail fast on a bad time zone
         s = self.settings
+        msock = _bind(s.gateway_host, s.gateway_mllp_port)
+        try:
+            hsock = _bind(s.gateway_host, s.gateway_http_port)
+        except OSError:
+            msock.close()
+            raise
         gw = self.gateway = Gateway(
             s, KafkaBridge(s), SeenStore(s.gateway_dedup_path, s.gateway_dedup_days)
         )
-        msock = _bind(s.gateway_host, s.gateway_mllp_port)
-        hsock = _bind(s.gateway_host, s.gateway_http_port)
         self.mllp_port = msock.getsockname()[1]
         self.http_port = hsock.getsockname()[1]
         self._mllp = await asyncio.start_server(

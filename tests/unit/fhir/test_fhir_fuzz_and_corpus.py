@@ -87,6 +87,8 @@ def test_mutated_observations(mutations: list[tuple[tuple[Any, ...], Any, bool]]
         try:
             for p in path[:-1]:
                 node = node[p]
+            if isinstance(node, dict) and not isinstance(path[-1], str):
+                continue  # an earlier mutation turned a list into an object: JSON keys are text
             if delete and isinstance(node, dict):
                 node.pop(path[-1], None)
             else:
