@@ -274,6 +274,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 auto.create.topics.enable=true
+# Up to 10 MiB per message: the gateway accepts FHIR bodies up to 5 MB
+# (WARDWATCH_GATEWAY_MAX_BODY_BYTES) and dead-letters refused ones whole.
+message.max.bytes=10485760
 # No point delaying the first rebalance when there is one worker on a laptop.
 group.initial.rebalance.delay.ms=0
 

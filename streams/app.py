@@ -105,6 +105,8 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A dead letter carries its original bytes, up to the gateway's body limit.
+        producer_max_request_size=10_485_760,
         web_port=settings.worker_web_port,
         web_host="127.0.0.1",
         autodiscover=False,

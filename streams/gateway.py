@@ -504,9 +504,31 @@ def build_http_app(gw: Gateway) -> Any:
     def fhir_json(status: int, body: dict[str, Any]) -> JSONResponse:
         return JSONResponse(body, status_code=status, media_type="application/fhir+json")
 
-    def bad(exc: PermanentInputError) -> JSONResponse:
+    async def bad(exc: PermanentInputError, raw: bytes) -> JSONResponse:
+        """Refuse a body: dead-letter its original bytes with the reason, answer 4xx.
+
+        The client learns what to fix from the OperationOutcome; the dead letter keeps the
+        input for an operator (`wardwatch dlq`). If even the dead-letter write fails the
+        answer is 503, so the client resends instead of believing it was recorded.
+        """
         gw.stats.http_rejected += 1
         status, code = http_status(exc)
+        try:
+            await asyncio.wait_for(
+                gw.dead_letter(
+                    b"unparsed",
+                    raw,
+                    dead_letter_headers(str(exc), "gateway.http", "http", fmt="fhir+json"),
+                ),
+                gw.settings.gateway_delivery_timeout_s,
+            )
+        except (DeliveryError, TimeoutError):
+            return fhir_json(
+                503,
+                operation_outcome(
+                    "error", "transient", f"refused ({exc}), and Kafka is unavailable; retry"
+                ),
+            )
         return fhir_json(status, operation_outcome("error", code, str(exc)))
 
     async def body_of(request: Request) -> bytes | JSONResponse:
@@ -548,7 +570,7 @@ def build_http_app(gw: Gateway) -> Any:
         try:
             key, value, n = gw.check_resource(raw, rtype)
         except PermanentInputError as exc:
-            return bad(exc)
+            return await bad(exc, raw)
         return await publish_or_503(
             [(key, value)],
             operation_outcome("information", "informational", f"accepted; {n} clinical events"),
@@ -576,23 +598,24 @@ def build_http_app(gw: Gateway) -> Any:
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            return bad(MalformedJson(f"not JSON: {str(exc)[:200]}"))
+            return await bad(MalformedJson(f"not JSON: {str(exc)[:200]}"), raw)
         if not isinstance(doc, dict) or doc.get("resourceType") != "Bundle":
-            return bad(
+            return await bad(
                 InvalidResource(
                     "POST /fhir takes a Bundle (batch, transaction, history or "
                     "subscription-notification); post other resources to /fhir/<type>"
-                )
+                ),
+                raw,
             )
         btype = doc.get("type")
         entries = doc.get("entry") or []
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            return bad(InvalidResource("Bundle.entry must be a list of objects"))
+            return await bad(InvalidResource("Bundle.entry must be a list of objects"), raw)
         if btype not in ("batch", "transaction", "history", "subscription-notification"):
             try:
                 key, value, n = gw.check_resource(raw, "Bundle")
             except PermanentInputError as exc:
-                return bad(exc)
+                return await bad(exc, raw)
             return await publish_or_503(
                 [(key, value)],
                 operation_outcome("information", "informational", f"accepted; {n} events"),
@@ -628,8 +651,25 @@ def build_http_app(gw: Gateway) -> Any:
                 continue
             items.append((key, value))
             responses.append({"response": {"status": "201 Created"}})
-        if btype == "transaction" and errors:
+        if errors and btype in ("batch", "transaction"):
+            # The client is told per entry; the dead letter keeps the original body for an
+            # operator (a re-drive repeats the good entries, whose effects are idempotent).
             gw.stats.http_rejected += 1
+            reasons = "; ".join(f"entry[{i}]: {err}" for i, err in errors[:10])
+            try:
+                await asyncio.wait_for(
+                    gw.dead_letter(
+                        b"unparsed",
+                        raw,
+                        dead_letter_headers(reasons, "gateway.http", "http", fmt="fhir+json"),
+                    ),
+                    gw.settings.gateway_delivery_timeout_s,
+                )
+            except (DeliveryError, TimeoutError):
+                return fhir_json(
+                    503, operation_outcome("error", "transient", "Kafka is unavailable; retry")
+                )
+        if btype == "transaction" and errors:
             oo: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": []}
             for i, err in errors:
                 oo["issue"].append(

@@ -51,7 +51,7 @@ def make_producer(settings: Settings, **extra: Any) -> Producer:
         "partitioner": "murmur2_random",
         "linger.ms": 5,
         "compression.type": "lz4",
-        "message.max.bytes": 10_000_000,
+        "message.max.bytes": 10_485_760,
     }
     conf.update(extra)
     return Producer(conf)

@@ -186,7 +186,13 @@ def test_http_bad_input(
     assert r.status_code == status, r.text
     oo = r.json()
     assert oo["resourceType"] == "OperationOutcome" and oo["issue"][0]["code"] == code
-    assert bridge.sent == []
+    if status == 413:
+        assert bridge.sent == []  # over the limit: not read whole, the sender keeps it
+    else:
+        # refused, and kept: the original bytes in the dead-letter topic with the reason
+        assert [(t, v) for t, _, v, _ in bridge.sent] == [("dlq", body)]
+        headers = dict(bridge.sent[0][3])
+        assert headers["wardwatch.reason"] and headers["wardwatch.stage"] == b"gateway.http"
 
 
 def test_http_unknown_code_is_accepted_and_ignored(http: tuple[TestClient, FakeBridge]) -> None:
@@ -217,13 +223,13 @@ def test_http_batch_and_transaction(http: tuple[TestClient, FakeBridge]) -> None
     body = r.json()
     assert body["type"] == "batch-response"
     assert [e["response"]["status"][:3] for e in body["entry"]] == ["201", "400"]
-    assert len(bridge.sent) == 1
+    assert sorted(t for t, *_ in bridge.sent) == ["dlq", "in"]  # the good entry, and the body
     r = c.post("/fhir", content=_bundle("transaction", OBS, bad))
     assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
-    assert len(bridge.sent) == 1  # all or nothing
+    assert [t for t, *_ in bridge.sent[2:]] == ["dlq"]  # all or nothing, and kept
     r = c.post("/fhir", content=_bundle("transaction", OBS, OBS))
     assert r.status_code == 200 and r.json()["type"] == "transaction-response"
-    assert len(bridge.sent) == 3
+    assert [t for t, *_ in bridge.sent[3:]] == ["in", "in"]
 
 
 def test_http_subscription_notifications(http: tuple[TestClient, FakeBridge]) -> None:
@@ -275,4 +281,4 @@ def test_http_deeply_nested_json_is_a_400(http: tuple[TestClient, FakeBridge]) -
     c, bridge = http
     nested = '{"resourceType": "Observation", "extension": ' + '{"a": ' * 900 + "1" + "}" * 901
     r = c.post("/fhir/Observation", content=nested.encode())
-    assert r.status_code == 400 and bridge.sent == []
+    assert r.status_code == 400 and [t for t, *_ in bridge.sent] == ["dlq"]
