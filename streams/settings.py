@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(8, description="Partitions for the project's topics.")
     app_id: str = Field("wardwatch", description="Faust app id (consumer group, table topics).")
     worker_web_port: int = Field(6066, description="Faust worker web port.")
+    worker_session_timeout_s: float = Field(
+        10.0,
+        description="A worker silent this long leaves the group and its partitions move on.",
+    )
     batch_size: int = Field(500, description="Events an agent takes per batch.")
     batch_within_s: float = Field(0.2, description="Longest wait to fill a batch, seconds.")
 
