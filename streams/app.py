@@ -105,6 +105,9 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # A killed worker's partitions go to the others after this, not Kafka's 45-60 s.
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
         # A dead letter carries its original bytes, up to the gateway's body limit.
         producer_max_request_size=10_485_760,
         web_port=settings.worker_web_port,
@@ -151,12 +154,25 @@ def create_app(settings: Settings) -> faust.App:
     sink = persist.Sink(settings.database_url)
 
     async def dead_letter(event: EventT[Any], reason: str, stage: str) -> None:
-        # Awaited to the broker's acknowledgement: if the dead-letter write fails, the
-        # error propagates and the worker stops before this event is acknowledged.
-        fut = await dlq.send(
-            key=event.key, value=event.value, headers=dlq_headers(event, reason, stage)
-        )
-        await fut
+        """Write ``event`` to the dead-letter topic and wait for the broker's ack.
+
+        If that fails the event can be neither processed nor parked: the worker crashes
+        (exits non-zero) with the event unacknowledged, so its offset is never committed
+        and it is read again after the cause is fixed. Not retried here.
+        """
+        try:
+            fut = await dlq.send(
+                key=event.key, value=event.value, headers=dlq_headers(event, reason, stage)
+            )
+            await fut
+        except Exception as exc:
+            log.critical(
+                "cannot dead-letter %s (%s): stopping without committing it",
+                source_of(event),
+                reason_of(exc),
+            )
+            await app.crash(exc)
+            raise
         log.warning("dead-lettered %s at %s: %s", source_of(event), stage, reason)
 
     @app.agent(inbound, name="normalise")
