@@ -7,7 +7,8 @@ able to predict it:
 * **enter** when the model's risk reaches the threshold, or NEWS2 reaches 7 (the RCP's
   "high" band, an emergency response whatever the model says — this keeps alerts flowing
   while the model is unavailable);
-* **stay** while risk >= threshold - margin (hysteresis) or NEWS2 >= 5; a missing risk
+* **stay** while risk >= threshold - margin (hysteresis; the margin is capped at half
+  the threshold, see :attr:`AlertPolicy.clear_below`) or NEWS2 >= 5; a missing risk
   (model unavailable) never clears an alert on its own;
 * **raise** an alert message on entering, unless one was raised less than the
   suppression window ago at the same or higher severity; an escalation of severity while
@@ -37,6 +38,14 @@ class AlertPolicy:
     threshold: float
     clear_margin: float = 0.05
     suppress_hours: float = 6.0
+
+    @property
+    def clear_below(self) -> float:
+        """The risk under which an alert may clear: ``threshold - clear_margin``, but never
+        below half the threshold. Without that floor an absolute margin larger than the
+        threshold (0.05 against the committed model's 0.021) would keep every alert on for
+        ever. Raises nothing."""
+        return max(self.threshold - self.clear_margin, self.threshold / 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +116,7 @@ def step(
             risk_high
             or news2_high
             or risk is None  # the model being away never clears an alert by itself
-            or risk >= policy.threshold - policy.clear_margin
+            or risk >= policy.clear_below
             or (news2 is not None and news2 >= NEWS2_STAY)
         )
         if not stay:

@@ -90,12 +90,19 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    """A ``wardwatch worker`` process running with ``settings``, logging to ``log_path``."""
+def start_worker(
+    settings: Settings, log_path: Path, *, web_port: int | None = None
+) -> subprocess.Popen[bytes]:
+    """A ``wardwatch worker`` process running with ``settings``, logging to ``log_path``.
+
+    ``web_port`` gives the worker's web server a port of its own (several workers on one
+    host); by default it is ``settings.worker_web_port``.
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    port = web_port or settings.worker_web_port
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker", "-l", "warn"],
+            [sys.executable, "-m", "streams", "worker", "-l", "warn", "--web-port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=PROJECT_ROOT,

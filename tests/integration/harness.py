@@ -75,7 +75,9 @@ class Workers:
 
     def start(self) -> subprocess.Popen[bytes]:
         self.n += 1
-        proc = start_worker(self.s, self.log_dir / f"worker-{self.n}.log")
+        # each worker process on this host needs a web port of its own
+        port = self.s.worker_web_port + self.n
+        proc = start_worker(self.s, self.log_dir / f"worker-{self.n}.log", web_port=port)
         self.procs.append(proc)
         return proc
 

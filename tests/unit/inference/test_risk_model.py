@@ -87,6 +87,25 @@ def test_train_cli_end_to_end_on_synthetic_stays(tmp_path: Path) -> None:
     with pytest.raises(ModelError):
         model.predict(np.zeros((2, WINDOW, model.spec.n_features), np.int32))
 
+    # the evaluation report on the same stays (the test split: it has positives)
+    from inference.evaluate import evaluate
+
+    report = evaluate(mdir, data, tmp_path / "report", split="test", n_boot=20, progress=False)
+    names = list(report["methods"])
+    assert names[1:] == [
+        "NEWS2 >= 5",
+        "qSOFA >= 2",
+        "gradient boosting (HistGradientBoosting)",
+    ]
+    for m in report["methods"].values():
+        lo, hi = m["auroc_ci95"]
+        assert lo <= hi and m["alerts_per_patient_day"] >= 0
+    for f in ("report.md", "metrics.json", "roc.png", "precision_recall.png"):
+        assert (tmp_path / "report" / f).stat().st_size > 0
+    assert (tmp_path / "report" / "calibration.png").exists()
+    assert (tmp_path / "report" / "utility_vs_threshold.png").exists()
+    assert "| NEWS2 >= 5 |" in (tmp_path / "report" / "report.md").read_text()
+
 
 def test_split_is_fixed_and_about_70_15_15() -> None:
     stems = [f"p{100001 + i}" for i in range(6000)]

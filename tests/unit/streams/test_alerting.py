@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
-from streams.alerting import AlertPolicy, AlertState, alert_fields, risk_assessment, step
+from streams.alerting import (
+    AlertDecision,
+    AlertPolicy,
+    AlertState,
+    alert_fields,
+    build_card,
+    bundle_actions,
+    card_of,
+    card_summary,
+    risk_assessment,
+    step,
+)
+from streams.persist import alert_row
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = AlertPolicy(threshold=0.5, clear_margin=0.1, suppress_hours=6)
@@ -93,3 +106,107 @@ def test_state_round_trip() -> None:
     )
     assert AlertState.from_dict(s.to_dict()) == s
     assert AlertState.from_dict(None) == AlertState()
+
+
+def _decision(risk: float | None = 0.8, news2: int | None = 8) -> AlertDecision:
+    _, d = step(AlertState(), patient="pt-abc", as_of=T0, risk=risk, news2=news2, policy=POLICY)
+    assert d is not None
+    return d
+
+
+TOP = [
+    {"feature": "lactate", "contribution": 0.21},
+    {"feature": "heart_rate", "contribution": 0.1},
+    {"feature": "mean_bp", "contribution": 0.05},
+    {"feature": "wbc", "contribution": 0.02},
+    {"feature": "temperature", "contribution": 0.01},
+    {"feature": "bun", "contribution": 0.0},
+]
+NEWS2 = {
+    "total": 8,
+    "band": "high",
+    "breakdown": {"respiratory_rate": 3, "spo2": 0, "heart_rate": 2},
+    "spo2_scale": 1,
+    "partial": False,
+}
+READINGS = {"lactate": 4.5, "systolic_bp": 85.0, "mean_bp": 60.0, "heart_rate": 125.0}
+
+
+def test_card_fields() -> None:
+    d = _decision()
+    card = build_card(
+        d,
+        model="sepsis_transformer",
+        model_version="2",
+        threshold=0.5,
+        news2=NEWS2,
+        top_features=TOP,
+        attribution_method="occlusion",
+        readings=READINGS,
+    )
+    assert len(card["summary"]) < 140 and "80%" in card["summary"]
+    assert card["indicator"] == d.severity == "critical"
+    ext = card["extension"]
+    assert ext["news2"]["breakdown"] == NEWS2["breakdown"]
+    assert [f["feature"] for f in ext["top_features"]] == [
+        "lactate",
+        "heart_rate",
+        "mean_bp",
+        "wbc",
+        "temperature",
+    ]
+    assert ext["top_features"][0]["value"] == 4.5 and ext["attribution_method"] == "occlusion"
+    rec = {s["label"]: s["isRecommended"] for s in card["suggestions"]}
+    assert len(rec) == 5 and all(rec.values())  # hypotension, lactate >= 4, MAP < 65
+
+
+def test_bundle_actions_follow_the_readings_and_context() -> None:
+    acts = bundle_actions({"lactate": 1.2, "systolic_bp": 120.0, "mean_bp": 80.0})
+    rec = [a["isRecommended"] for a in acts]
+    assert rec == [True, True, True, False, False]
+    acts = bundle_actions({"lactate": 4.0}, {"antibiotic": ["http://snomed.info/sct|372687004"]})
+    assert [a["isRecommended"] for a in acts] == [True, False, False, True, False]
+
+
+def test_summary_is_cut_below_140() -> None:
+    d = replace(_decision(), reason="x" * 300, severity="warning")
+    s = card_summary(d, 0.5, "medium" * 30)
+    assert len(s) < 140
+
+
+@pytest.mark.parametrize(("risk", "news2"), [(0.8, 2), (0.8, 9), (None, 9)])
+def test_alert_with_card_validates_and_reads_back(risk: float | None, news2: int) -> None:
+    d = _decision(risk, news2)
+    card = build_card(
+        d, model="sepsis_transformer", model_version="2", news2=NEWS2, top_features=TOP[:5]
+    )
+    res = risk_assessment(
+        d,
+        model="sepsis_transformer",
+        model_version="2",
+        basis=["Observation/o1", "Observation/o2"],
+        card=card,
+    )
+    ra = RiskAssessment.model_validate(res)
+    assert ra.method is not None and ra.method.coding is not None
+    assert ra.method.coding[0].version == "2"
+    assert res["prediction"][0]["whenRange"]["high"]["value"] == 6
+    assert res["note"][0]["text"] == card["summary"] and res["mitigation"]
+    f = alert_fields(res)
+    assert f["card"] == card and f["severity"] == d.severity
+    assert card_of(res) == card
+    assert alert_row(res).alert_id == d.alert_id
+
+
+def test_alert_without_card_or_basis_still_validates() -> None:
+    res = risk_assessment(_decision(), model="m", model_version="1", basis=[])
+    RiskAssessment.model_validate(res)
+    assert card_of(res) is None and alert_fields(res)["card"] is None
+
+
+def test_a_margin_larger_than_the_threshold_still_clears() -> None:
+    low = AlertPolicy(threshold=0.02, clear_margin=0.05)
+    assert low.clear_below == pytest.approx(0.01)
+    got = run([(0.03, 0), (0.015, 0), (0.009, 0)], policy=low)
+    assert got == [(True, "warning"), (True, None), (False, None)]
+    assert POLICY.clear_below == pytest.approx(0.4)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
 from fhir.errors import PermanentInputError
-from fhir.events import NUMERIC_CODES
+from fhir.events import NUMERIC_CODES, ClinicalEvent
 from fhir.physionet import COLUMNS
 from inference.features import WINDOW, FeatureSpec
 from streams.alerting import AlertPolicy
@@ -197,3 +198,95 @@ def test_persist_decoding_separates_bad_records(stay: Path) -> None:
     assert [e for e, _ in pairs] == [good]
     assert [e for e, _ in refused] == bad
     assert all("undecodable" in why for _, why in refused)
+
+
+def _vitals_env(patient: str, extra: tuple[ClinicalEvent, ...] = ()) -> Envelope:
+    vals = {
+        "respiratory_rate": 18.0,
+        "spo2": 90.0,
+        "systolic_bp": 120.0,
+        "heart_rate": 80.0,
+        "temperature": 37.0,
+    }
+    events = tuple(
+        ClinicalEvent(
+            patient=patient,
+            time=START,
+            code=code,
+            kind="vital",
+            value=v,
+            source=f"Observation/{code}",
+        )
+        for code, v in vals.items()
+    )
+    return Envelope(patient, "test", None, extra + events)
+
+
+def test_prepare_selects_spo2_scale2_from_a_listed_condition() -> None:
+    plain = prepare(PatientRecord(), _vitals_env("p1"), spec=SPEC, staleness_hours=12)
+    assert plain is not None
+    assert plain.news2.spo2_scale == 1 and plain.news2.breakdown["spo2"] == 3
+    cond = ClinicalEvent(
+        patient="p1",
+        time=START - timedelta(days=30),
+        code="condition",
+        kind="condition",
+        value_code="http://hl7.org/fhir/sid/icd-10-cm|J96.12",
+        source="Condition/c1",
+    )
+    rec = PatientRecord()
+    p = prepare(rec, _vitals_env("p1", (cond,)), spec=SPEC, staleness_hours=12)
+    assert p is not None
+    assert p.news2.spo2_scale == 2 and p.news2.breakdown["spo2"] == 0  # 90 % on air, scale 2
+    assert p.context == {"condition": ["http://hl7.org/fhir/sid/icd-10-cm|J96.12"]}
+    # the old Condition does not move the stay-time feature
+    assert rec.state.first_seen == START.timestamp()
+    assert "Observation/spo2" in p.basis
+    score, _ = finish(rec, p, 0.1, model=MODEL, policy=POLICY)
+    assert score["features"]["news2_spo2_scale"] == 2
+
+
+def test_an_alert_carries_a_card_with_the_explainers_top_five() -> None:
+    from fhir.resources.R4B.riskassessment import RiskAssessment
+
+    from inference.attribution import Attribution, Contribution
+    from streams.alerting import card_of
+
+    calls: list[int] = []
+
+    def explain(window: object) -> Attribution:
+        calls.append(1)
+        contribs = tuple(Contribution(c, 0.1 - i / 100) for i, c in enumerate(NUMERIC_CODES[:7]))
+        return Attribution(risk=0.9, method="fake occlusion", contributions=contribs)
+
+    rec = PatientRecord()
+    p = prepare(rec, _vitals_env("p2"), spec=SPEC, staleness_hours=12)
+    assert p is not None
+    _, quiet = finish(rec, p, 0.1, model=MODEL, policy=POLICY, explain=explain)
+    assert quiet is None and calls == [], "explanations only for alerts"
+    _, alert = finish(rec, p, 0.9, model=MODEL, policy=POLICY, explain=explain)
+    assert alert is not None and calls == [1]
+    RiskAssessment.model_validate(alert)
+    card = card_of(alert)
+    assert card is not None and card["indicator"] == "warning"
+    top = card["extension"]["top_features"]
+    assert [f["feature"] for f in top] == list(NUMERIC_CODES[:5])
+    assert card["extension"]["attribution_method"] == "fake occlusion"
+    assert card["extension"]["news2"]["breakdown"] == p.news2.breakdown
+    assert {b["reference"] for b in alert["basis"]} >= {"Observation/heart_rate"}
+
+
+def test_a_failing_explainer_does_not_stop_the_alert() -> None:
+    from streams.alerting import card_of
+
+    def explain(window: object) -> Any:
+        raise RuntimeError("model file missing")
+
+    rec = PatientRecord()
+    p = prepare(rec, _vitals_env("p3"), spec=SPEC, staleness_hours=12)
+    assert p is not None
+    _, alert = finish(rec, p, 0.9, model=MODEL, policy=POLICY, explain=explain)
+    assert alert is not None
+    card = card_of(alert)
+    assert card is not None and card["extension"]["top_features"] == []
+    assert "unavailable" in card["extension"]["attribution_method"]

@@ -1,0 +1,455 @@
+"""``wardwatch evaluate``: the evaluation report of the exported risk model.
+
+On one split of the PhysioNet stays (default: the validation split, held out from every
+training choice), hour by hour, it scores
+
+* the exported model (the newest version in the model folder, run with
+  :class:`~inference.runtime.LocalTorchModel`, at the model card's alert threshold),
+* NEWS2 >= 5 and qSOFA >= 2 (:mod:`inference.early_warning`, from the latest readings of
+  each hour, 12 h staleness; PhysioNet has no consciousness record, so both are partial),
+* a gradient-boosting baseline (scikit-learn ``HistGradientBoostingClassifier``) on the
+  same features: the last hour of the model's window plus summaries of the window (48 h
+  and 6 h means of the values and measured-masks, the 6 h change of each value), fitted
+  on the train split, its threshold chosen like the model's (best utility on the test
+  split),
+
+and writes a report folder: ``metrics.json``, ``report.md`` and PNG plots (ROC,
+precision-recall, calibration, utility against threshold).
+
+Metrics: hourly AUROC and AUPRC with 95 % bootstrap intervals (patients resampled with
+replacement, percentile intervals), the PhysioNet 2019 normalised utility at the threshold,
+and alerts per patient-day (rising edges of ``score >= threshold``: an alarm that stays on
+counts once, the way the stream's alert policy raises one alert per episode).
+
+Raises ``FileNotFoundError`` when the data or model folder is missing; nothing is retried.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from fhir.events import Reading
+from inference.early_warning import news2, qsofa
+from inference.features import WINDOW, FeatureSpec
+from inference.runtime import LocalTorchModel
+from inference.utility import best_threshold, normalized_utility
+
+F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
+_RULE_CODES = (
+    "respiratory_rate",
+    "spo2",
+    "systolic_bp",
+    "heart_rate",
+    "temperature",
+    "fio2",
+    "o2_flow",
+    "gcs_total",
+)
+
+
+# (per-stay hourly risks, per-stay hourly NEWS2 with -1 = null) -> alerts raised
+PolicyAlerts = Callable[[Sequence[F64], Sequence[F64]], int]
+
+
+@dataclass
+class Scored:
+    """One method's hourly scores on the evaluated rows, and its alarm threshold."""
+
+    name: str
+    score: F64
+    threshold: float
+    probability: bool  # a calibrated probability (calibration plot) or a points score
+
+
+def rule_scores(matrix: npt.NDArray[np.float64], codes: Sequence[str]) -> tuple[F64, F64]:
+    """Hourly (NEWS2, qSOFA) of one stay's hourly matrix, with the stream's functions.
+
+    NEWS2 is -1 where it is null (a required parameter stale or never measured): it
+    never alarms and ranks below every real score. qSOFA counts the criteria known to be
+    met. Raises nothing.
+    """
+    n = matrix.shape[0]
+    idx = {c: codes.index(c) for c in _RULE_CODES if c in codes}
+    last = {}
+    for c, k in idx.items():
+        seen = np.where(~np.isnan(matrix[:, k]), np.arange(n), -1)
+        last[c] = np.maximum.accumulate(seen) if n else seen
+    n2 = np.empty(n)
+    qs = np.empty(n)
+    for t in range(n):
+        as_of = _T0 + timedelta(hours=t)
+        latest = {
+            c: Reading(time=_T0 + timedelta(hours=int(last[c][t])), value=matrix[last[c][t], k])
+            for c, k in idx.items()
+            if last[c][t] >= 0
+        }
+        r = news2(latest, as_of)
+        n2[t] = -1 if r.total is None else r.total
+        q = qsofa(latest, as_of)
+        qs[t] = sum(v for v in q.breakdown.values() if v is not None)
+    return n2, qs
+
+
+def gbm_features(rows: F32, starts: npt.NDArray[np.int64], n_codes: int) -> F32:
+    """Per sample row: last hour (all features), 48 h and 6 h means of values and masks,
+    and the 6 h change of each value; ``rows``/``starts`` as in ``train.Bank``."""
+    c2 = 2 * n_codes
+    cs = np.concatenate([np.zeros((1, c2)), np.cumsum(rows[:, :c2], axis=0, dtype=np.float64)])
+    end = starts + WINDOW
+    last = rows[end - 1]
+    mean48 = (cs[end] - cs[starts]) / WINDOW
+    mean6 = (cs[end] - cs[end - 6]) / 6
+    delta6 = rows[end - 1, :n_codes] - rows[end - 7, :n_codes]
+    out: F32 = np.concatenate([last, mean48, mean6, delta6], axis=1).astype(np.float32)
+    return out
+
+
+def rising_edges(alarms: Sequence[npt.NDArray[np.bool_]]) -> int:
+    """How many times an alarm switches on (per stay, the first hour counts if on)."""
+    return int(sum(np.count_nonzero(np.diff(a.astype(np.int8), prepend=0) == 1) for a in alarms))
+
+
+def bootstrap_ci(
+    labels: Sequence[npt.NDArray[np.int8]],
+    scores: Sequence[F64],
+    metric: Callable[[Any, Any], float],
+    n_boot: int,
+    rng: np.random.Generator,
+) -> tuple[float, float]:
+    """95 % percentile interval of ``metric`` over patient-level bootstrap resamples."""
+    n = len(labels)
+    vals = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n, n)
+        y = np.concatenate([labels[i] for i in pick])
+        if y.min() == y.max():
+            continue
+        vals.append(metric(y, np.concatenate([scores[i] for i in pick])))
+    lo, hi = np.percentile(vals, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def calibration_bins(y: npt.NDArray[np.int8], p: F64, bins: int = 10) -> tuple[F64, F64]:
+    """Mean predicted vs observed rate in ``bins`` quantile bins of ``p``."""
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+    pred = np.array([p[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()])
+    obs = np.array([y[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()])
+    return pred, obs
+
+
+def _split_by_stay(values: npt.NDArray[Any], stay_of: npt.NDArray[np.int64]) -> list[Any]:
+    bounds = np.flatnonzero(np.diff(stay_of)) + 1
+    return list(np.split(values, bounds))
+
+
+def evaluate(
+    model_dir: Path,
+    data_dir: Path,
+    out_dir: Path | None = None,
+    *,
+    split: str = "validation",
+    n_boot: int = 200,
+    max_patients: int | None = None,
+    threads: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+    policy_alerts: PolicyAlerts | None = None,
+) -> dict[str, Any]:
+    """Write the report folder (default ``var/report/<model version>``); returns metrics.
+
+    ``policy_alerts`` (given by ``wardwatch evaluate``: the stream's alert policy with its
+    hysteresis, suppression window and NEWS2 >= 7 entry) counts the alerts the stream
+    would raise from the model's hourly risks and NEWS2, reported per patient-day.
+
+    Raises ``FileNotFoundError`` when the model or data is missing, ``ValueError`` when the
+    split has no positive rows.
+    """
+    import torch
+
+    # deferred: train imports the model code (transformers), which the CLI need not load
+    from inference import train as tr
+
+    t0 = time.monotonic()
+    torch.set_num_threads(threads)
+    model = LocalTorchModel.from_dir(model_dir)
+    card = model.card
+    spec: FeatureSpec = model.spec
+    split_seed = int(card.get("split", {}).get("seed", 2019))
+    out = out_dir or Path("var") / "report" / str(card["version"])
+    out.mkdir(parents=True, exist_ok=True)
+    if not data_dir.exists():
+        raise FileNotFoundError(f"no PhysioNet data at {data_dir}")
+
+    stays = tr.load_stays(data_dir, split_seed, max_patients)
+    fit = [s for s in stays if s.split == "train"]
+    tune = [s for s in stays if s.split == "test"]
+    evals = [s for s in stays if s.split == split]
+    if not evals:
+        raise ValueError(f"no stays in split {split!r}")
+    bank = tr.make_bank(evals, spec)
+    y = bank.labels.astype(np.int8)
+    if not y.any():
+        raise ValueError(f"split {split!r} has no positive rows")
+
+    # the exported model
+    probs = np.concatenate(
+        [
+            model.predict(bank.windows(np.arange(i, min(i + 1024, y.size))).numpy())
+            for i in range(0, y.size, 1024)
+        ]
+    ).astype(np.float64)
+    methods = [Scored(f"{card['name']} v{card['version']}", probs, model.alert_threshold, True)]
+
+    # rules, with the stream's own functions
+    n2s, qss = [], []
+    for s in evals:
+        a, b = rule_scores(s.matrix, spec.codes)
+        n2s.append(a)
+        qss.append(b)
+    methods.append(Scored("NEWS2 >= 5", np.concatenate(n2s), 5.0, False))
+    methods.append(Scored("qSOFA >= 2", np.concatenate(qss), 2.0, False))
+
+    # gradient boosting on the same features
+    c = len(spec.codes)
+    fit_bank, tune_bank = tr.make_bank(fit, spec), tr.make_bank(tune, spec)
+    gbm = HistGradientBoostingClassifier(
+        max_iter=300,
+        learning_rate=0.05,
+        max_leaf_nodes=31,
+        l2_regularization=1.0,
+        early_stopping=True,
+        validation_fraction=0.1,
+        n_iter_no_change=20,
+        random_state=seed,
+    )
+    gbm.fit(gbm_features(fit_bank.rows, fit_bank.starts, c), fit_bank.labels)
+    tune_p = gbm.predict_proba(gbm_features(tune_bank.rows, tune_bank.starts, c))[:, 1]
+    gbm_th, _ = best_threshold(
+        _split_by_stay(tune_bank.labels, tune_bank.stay_of),
+        _split_by_stay(tune_p, tune_bank.stay_of),
+    )
+    gbm_p = gbm.predict_proba(gbm_features(bank.rows, bank.starts, c))[:, 1].astype(np.float64)
+    methods.append(Scored("gradient boosting (HistGradientBoosting)", gbm_p, gbm_th, True))
+
+    labels = _split_by_stay(y, bank.stay_of)
+    patient_days = y.size / 24.0
+    rng = np.random.default_rng(seed)
+    results: dict[str, Any] = {}
+    for m in methods:
+        scores = _split_by_stay(m.score, bank.stay_of)
+        alarms = [s >= m.threshold for s in scores]
+        results[m.name] = {
+            "auroc": float(roc_auc_score(y, m.score)),
+            "auroc_ci95": bootstrap_ci(labels, scores, roc_auc_score, n_boot, rng),
+            "auprc": float(average_precision_score(y, m.score)),
+            "auprc_ci95": bootstrap_ci(labels, scores, average_precision_score, n_boot, rng),
+            "threshold": m.threshold,
+            "utility": normalized_utility(labels, alarms),
+            "alerts_per_patient_day": rising_edges(alarms) / patient_days,
+            "alarm_hours_fraction": float(np.mean(m.score >= m.threshold)),
+        }
+    if policy_alerts is not None:
+        first = results[methods[0].name]
+        n_alerts = policy_alerts(
+            _split_by_stay(methods[0].score, bank.stay_of),
+            _split_by_stay(methods[1].score, bank.stay_of),
+        )
+        first["policy_alerts_per_patient_day"] = n_alerts / patient_days
+    report = {
+        "model": {"name": card["name"], "version": card["version"], "dir": str(model_dir)},
+        "split": split,
+        "split_seed": split_seed,
+        "n_patients": len(evals),
+        "n_rows": int(y.size),
+        "positive_rows": int(y.sum()),
+        "septic_patients": int(sum(int(x.any()) for x in labels)),
+        "patient_days": patient_days,
+        "bootstrap": {"resamples": n_boot, "unit": "patient", "interval": "percentile 95%"},
+        "gbm": {"n_iter": int(gbm.n_iter_), "threshold_rule": "best utility on the test split"},
+        "methods": results,
+        "targets": {"auroc": 0.85, "utility": 0.40},
+        "wall_seconds": round(time.monotonic() - t0, 1),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _plots(out, y, methods, labels, bank.stay_of)
+    (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    return report
+
+
+def _plots(
+    out: Path,
+    y: npt.NDArray[np.int8],
+    methods: list[Scored],
+    labels: list[npt.NDArray[np.int8]],
+    stay_of: npt.NDArray[np.int64],
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for m, col in zip(methods, colours, strict=False):
+        fpr, tpr, _ = roc_curve(y, m.score)
+        ax.plot(fpr, tpr, color=col, label=f"{m.name} (AUROC {roc_auc_score(y, m.score):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
+    ax.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC, hourly rows")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for m, col in zip(methods, colours, strict=False):
+        prec, rec, _ = precision_recall_curve(y, m.score)
+        ap = average_precision_score(y, m.score)
+        ax.plot(rec, prec, color=col, label=f"{m.name} (AUPRC {ap:.3f})")
+    ax.axhline(y.mean(), color="grey", ls=":", lw=1, label=f"prevalence {y.mean():.3f}")
+    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall, hourly rows")
+    ax.set_ylim(0, 0.4)  # the interesting part: precision is low at ~1.4 % prevalence
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "precision_recall.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    top = 0.0
+    for m, col in zip(methods, colours, strict=False):
+        if not m.probability:
+            continue
+        pred, obs = calibration_bins(y, m.score)
+        top = max(top, float(pred.max()), float(obs.max()))
+        ax.plot(pred, obs, "o-", color=col, label=m.name)
+    top = min(1.0, top * 1.1 + 1e-3)
+    ax.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="perfect calibration")
+    ax.set(
+        xlabel="mean predicted probability (decile bins)",
+        ylabel="observed positive rate",
+        title="Calibration",
+        xlim=(0, top),
+        ylim=(0, top),
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "calibration.png", dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for m, col in zip(methods, colours, strict=False):
+        if not m.probability:
+            continue
+        scores = _split_by_stay(m.score, stay_of)
+        grid = np.unique(np.quantile(m.score, np.linspace(0.3, 0.999, 40)))
+        us = [normalized_utility(labels, [s >= t for s in scores]) for t in grid]
+        ax.plot(grid, us, color=col, label=m.name)
+        chosen = normalized_utility(labels, [s >= m.threshold for s in scores])
+        ax.plot([m.threshold], [chosen], "o", color=col, ms=8)
+    for m, col in zip(methods, colours, strict=False):
+        if m.probability:
+            continue
+        u = normalized_utility(labels, [s >= m.threshold for s in _split_by_stay(m.score, stay_of)])
+        ax.axhline(u, color=col, ls="--", lw=1, label=f"{m.name}: {u:.3f}")
+    ax.set_xscale("log")
+    ax.set(
+        xlabel="alert threshold (probability, log scale); dot = chosen threshold",
+        ylabel="PhysioNet normalised utility",
+        title="Utility against threshold",
+    )
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "utility_vs_threshold.png", dpi=110)
+    plt.close(fig)
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    """The report's ``report.md``. Raises nothing."""
+
+    def ci(x: tuple[float, float]) -> str:
+        return f"{x[0]:.3f}-{x[1]:.3f}"
+
+    lines = [
+        f"# Evaluation: {r['model']['name']} version {r['model']['version']}",
+        "",
+        f"Split **{r['split']}** (seed {r['split_seed']}): {r['n_patients']} patients, "
+        f"{r['n_rows']} hourly rows, {r['positive_rows']} positive rows, "
+        f"{r['septic_patients']} septic patients, {r['patient_days']:.0f} patient-days. "
+        "Every choice (early stopping, calibration, thresholds) was made on the train/test "
+        "splits; this split is reported once.",
+        "",
+        "| method | AUROC (95% CI) | AUPRC (95% CI) | threshold | utility | "
+        "alerts / patient-day | alarm hours |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in r["methods"].items():
+        lines.append(
+            f"| {name} | {m['auroc']:.3f} ({ci(m['auroc_ci95'])}) | "
+            f"{m['auprc']:.3f} ({ci(m['auprc_ci95'])}) | {m['threshold']:.4g} | "
+            f"{m['utility']:.3f} | {m['alerts_per_patient_day']:.2f} | "
+            f"{m['alarm_hours_fraction']:.1%} |"
+        )
+    best = max(r["methods"].items(), key=lambda kv: kv[1]["auroc"])[0]
+    best_u = max(r["methods"].items(), key=lambda kv: kv[1]["utility"])[0]
+    model_name = f"{r['model']['name']} v{r['model']['version']}"
+    mm = r["methods"][model_name]
+    t = r["targets"]
+    lines += [
+        "",
+        f"Targets: AUROC >= {t['auroc']} (model: {mm['auroc']:.3f}, "
+        f"{'met' if mm['auroc'] >= t['auroc'] else 'not met'}), normalised utility >= "
+        f"{t['utility']} (model: {mm['utility']:.3f}, "
+        f"{'met' if mm['utility'] >= t['utility'] else 'not met'}).",
+        f"Highest AUROC: **{best}**; highest utility: **{best_u}**."
+        + (
+            " Gradient boosting beats the transformer on "
+            + " and ".join(
+                k for k, b in (("AUROC", best), ("utility", best_u)) if b.startswith("gradient")
+            )
+            + " on this split."
+            if best.startswith("gradient") or best_u.startswith("gradient")
+            else ""
+        ),
+        "",
+        "Notes",
+        "",
+        "* AUROC/AUPRC are over hourly rows; intervals are percentile intervals over "
+        f"{r['bootstrap']['resamples']} bootstrap resamples of patients.",
+        "* Utility: PhysioNet/CinC 2019 normalised utility of the hourly alarms "
+        "`score >= threshold` (../shared/data/README.md).",
+        "* Alerts per patient-day count alarm onsets (an alarm that stays on counts once); "
+        "alarm hours is the share of rows at or above the threshold.",
+        "* NEWS2 is null (never alarms) when a required parameter is stale (> 12 h) or never "
+        "measured; PhysioNet has no consciousness record, so NEWS2 and qSOFA here are partial "
+        "(mentation counted as normal).",
+        "* The model's threshold is the model card's (best utility on the test split); the "
+        "gradient-boosting baseline's is chosen the same way.",
+        *(
+            [
+                f"* With the stream's alert policy (hysteresis, suppression window, NEWS2 >= 7 "
+                f"also alerts) the model raises "
+                f"**{mm['policy_alerts_per_patient_day']:.2f} alerts per patient-day**."
+            ]
+            if "policy_alerts_per_patient_day" in mm
+            else []
+        ),
+        "",
+        "Plots: `roc.png`, `precision_recall.png`, `calibration.png`, `utility_vs_threshold.png`.",
+        "",
+    ]
+    return "\n".join(lines)
