@@ -189,27 +189,3 @@ def test_dead_letter_write_failing_stops_the_worker_without_committing(tmp_path:
             assert dead == [poison], "the poison message, original bytes, dead-lettered once"
         finally:
             workers.stop_all()
-
-
-def test_workers_join_and_leave_mid_stream(tmp_path: Path) -> None:
-    """Two, then three workers share the partitions; one leaves; nothing is lost."""
-    files = _files(25, skip=500)
-    with isolated_run("chaos-group") as s:
-        workers = Workers(s, tmp_path)
-        try:
-            workers.start()
-            workers.start()
-            rep = Replayer(s, files, rate=80)
-            rep.start()
-            time.sleep(4)
-            third = workers.start()  # joins mid-stream: a rebalance moves partitions
-            time.sleep(6)
-            first = workers.procs[0]
-            first.send_signal(signal.SIGTERM)  # leaves mid-stream: its partitions move on
-            first.wait(60)
-            expected = rep.expected()
-            rows = wait_for_scores(s, set(expected), timeout=300)
-            assert_exactly_once(s, rows, expected, files, logs=workers.logs())
-            assert third.poll() is None
-        finally:
-            workers.stop_all()
