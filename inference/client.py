@@ -34,6 +34,10 @@ def classify(exc: BaseException, what: str) -> Exception:
     """Map a client-side exception to ModelError (permanent) or ModelUnavailable."""
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
+        # A model being (un)loaded, as while Triton starts or stops, answers NOT_FOUND
+        # "has no available versions": that is unavailability, not a bad request.
+        if "no available versions" in str(exc.message()):
+            return ModelUnavailable(f"{what}: {status} {exc.message()}")
         if any(code in status for code in _PERMANENT):
             return ModelError(f"{what}: {status} {exc.message()}")
         return ModelUnavailable(f"{what}: {status or 'error'} {exc.message()}")

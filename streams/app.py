@@ -29,7 +29,7 @@ from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
 
 from inference.client import TritonRiskClient
-from inference.errors import ModelUnavailable
+from inference.errors import ModelError, ModelUnavailable
 from storage.errors import StoragePermanentError
 
 from . import persist
@@ -206,6 +206,11 @@ def create_app(settings: Settings) -> faust.App:
             return await triton.predict(windows)
         except ModelUnavailable as exc:
             log.warning("model unavailable, scoring rules only: %s", reason_of(exc))
+            return None
+        except ModelError as exc:
+            # A permanent model fault (wrong shape, unknown model) must not stop the rule
+            # scores either: every score says it is degraded, and this says why.
+            log.error("model error, scoring rules only: %s", reason_of(exc))
             return None
 
     @app.agent(events_topic, name="score")

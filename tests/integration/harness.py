@@ -10,6 +10,7 @@ import io
 import os
 import secrets
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,6 +81,19 @@ class Workers:
         proc = start_worker(self.s, self.log_dir / f"worker-{self.n}.log", web_port=port)
         self.procs.append(proc)
         return proc
+
+    def supervise(self) -> threading.Event:
+        """Restart the newest worker whenever it exits, as the deployment's restart
+        policy does (compose: ``restart: unless-stopped``). Set the event to stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(1.0):
+                if self.procs and self.procs[-1].poll() is not None:
+                    self.start()
+
+        threading.Thread(target=loop, daemon=True).start()
+        return stop
 
     def logs(self) -> str:
         return "\n".join(p.read_text()[-2000:] for p in sorted(self.log_dir.glob("worker-*.log")))

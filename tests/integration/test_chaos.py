@@ -87,14 +87,16 @@ def test_worker_killed_mid_replay_and_restarted(tmp_path: Path) -> None:
 
 
 def test_broker_restarted_mid_stream(tmp_path: Path) -> None:
+    """A worker may exit when the broker goes away; its supervisor restarts it."""
     files = _files(20, skip=100)
     with isolated_run("chaos-kafka") as s:
         workers = Workers(s, tmp_path)
+        supervisor = workers.supervise()
         try:
             workers.start()
             rep = Replayer(s, files, rate=60)
             rep.start()
-            time.sleep(4)
+            time.sleep(10)
             service("down", "kafka")
             time.sleep(5)
             service("up", "kafka")
@@ -102,6 +104,7 @@ def test_broker_restarted_mid_stream(tmp_path: Path) -> None:
             rows = wait_for_scores(s, set(expected), timeout=300)
             assert_exactly_once(s, rows, expected, files, logs=workers.logs())
         finally:
+            supervisor.set()
             workers.stop_all()
 
 
