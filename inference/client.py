@@ -30,6 +30,18 @@ _PERMANENT: Final = ("INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED", "OUT_OF_R
 F32 = npt.NDArray[np.float32]
 
 
+# gRPC backs off reconnecting up to 120 s by default: after a Triton restart the model
+# would stay "unavailable" (scores degraded) long after it is back. Retry every <= 2 s.
+# The other entries are what tritonclient sets when given no channel_args.
+_CHANNEL_ARGS: Final = [
+    ("grpc.max_send_message_length", 2**31 - 1),
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
 def classify(exc: BaseException, what: str) -> Exception:
     """Map a client-side exception to ModelError (permanent) or ModelUnavailable."""
     if isinstance(exc, InferenceServerException):
@@ -72,7 +84,9 @@ class TritonRiskClient:
 
     def _get(self) -> Any:
         if self._client is None:
-            self._client = grpcclient.InferenceServerClient(url=self.url)
+            self._client = grpcclient.InferenceServerClient(
+                url=self.url, channel_args=_CHANNEL_ARGS
+            )
         return self._client
 
     async def close(self) -> None:

@@ -109,7 +109,7 @@ def test_broker_restarted_mid_stream(tmp_path: Path) -> None:
 
 
 def test_triton_away_for_30s_degrades_then_resumes(tmp_path: Path) -> None:
-    files = _files(20, skip=200)
+    files = _files(25, skip=200)
     with isolated_run("chaos-triton") as s:
         workers = Workers(s, tmp_path)
         try:
