@@ -24,21 +24,9 @@ from storage.db import make_engine, migrate
 from storage.errors import StorageError
 from storage.models import ROLES
 
-EXPORT_COLUMNS = (
-    "patient",
-    "scored_at",
-    "model",
-    "model_version",
-    "risk",
-    "degraded",
-    "news2",
-    "news2_breakdown",
-    "qsofa",
-    "sirs",
-    "alert",
-    "features",
-    "event_offset",
-)
+EXPORT_COLUMNS = tuple(
+    c for c in access.SCORE_COLUMNS if c != "id"
+)  # the scores table, less its key
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from fhir.hl7v2 import Hl7Error, map_message, split_messages
 from fhir.parse import ParseResult, parse_resource
 
 from .settings import Settings
-from .sources import fhir_message, psv_messages
+from .sources import expand, fhir_message, psv_messages
 
 KINDS = {
     ".json": "fhir-json",
@@ -78,14 +78,7 @@ def expand_inputs(paths: Sequence[Path], psv_sample: int = 0) -> list[Path]:
     """Files to convert (folders searched for the known suffixes, sorted). With
     ``psv_sample`` > 0 only the first that many ``.psv`` files (in name order) are taken.
     Raises FileNotFoundError naming a path that does not exist."""
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix in KINDS and q.is_file()))
-        elif p.exists():
-            out.append(p)
-        else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+    out = expand(paths, KINDS)
     if psv_sample > 0:
         psv = [p for p in out if p.suffix == ".psv"][:psv_sample]
         keep = set(psv)

@@ -504,31 +504,33 @@ def build_http_app(gw: Gateway) -> Any:
     def fhir_json(status: int, body: dict[str, Any]) -> JSONResponse:
         return JSONResponse(body, status_code=status, media_type="application/fhir+json")
 
-    async def bad(exc: PermanentInputError, raw: bytes) -> JSONResponse:
-        """Refuse a body: dead-letter its original bytes with the reason, answer 4xx.
+    async def park(raw: bytes, reason: str) -> JSONResponse | None:
+        """Dead-letter a refused body, original bytes and reason, for `wardwatch dlq`.
 
-        The client learns what to fix from the OperationOutcome; the dead letter keeps the
-        input for an operator (`wardwatch dlq`). If even the dead-letter write fails the
-        answer is 503, so the client resends instead of believing it was recorded.
+        Returns None once Kafka has it, else a 503 so the client resends instead of
+        believing its input was recorded. Not retried here.
         """
         gw.stats.http_rejected += 1
-        status, code = http_status(exc)
+        headers = dead_letter_headers(reason, "gateway.http", "http", fmt="fhir+json")
         try:
             await asyncio.wait_for(
-                gw.dead_letter(
-                    b"unparsed",
-                    raw,
-                    dead_letter_headers(str(exc), "gateway.http", "http", fmt="fhir+json"),
-                ),
-                gw.settings.gateway_delivery_timeout_s,
+                gw.dead_letter(b"unparsed", raw, headers), gw.settings.gateway_delivery_timeout_s
             )
         except (DeliveryError, TimeoutError):
             return fhir_json(
                 503,
                 operation_outcome(
-                    "error", "transient", f"refused ({exc}), and Kafka is unavailable; retry"
+                    "error", "transient", f"refused ({reason}), and Kafka is unavailable; retry"
                 ),
             )
+        return None
+
+    async def bad(exc: PermanentInputError, raw: bytes) -> JSONResponse:
+        """Refuse a body: dead-letter it (see :func:`park`) and answer 4xx with what to fix."""
+        unavailable = await park(raw, str(exc))
+        if unavailable is not None:
+            return unavailable
+        status, code = http_status(exc)
         return fhir_json(status, operation_outcome("error", code, str(exc)))
 
     async def body_of(request: Request) -> bytes | JSONResponse:
@@ -654,21 +656,10 @@ def build_http_app(gw: Gateway) -> Any:
         if errors and btype in ("batch", "transaction"):
             # The client is told per entry; the dead letter keeps the original body for an
             # operator (a re-drive repeats the good entries, whose effects are idempotent).
-            gw.stats.http_rejected += 1
             reasons = "; ".join(f"entry[{i}]: {err}" for i, err in errors[:10])
-            try:
-                await asyncio.wait_for(
-                    gw.dead_letter(
-                        b"unparsed",
-                        raw,
-                        dead_letter_headers(reasons, "gateway.http", "http", fmt="fhir+json"),
-                    ),
-                    gw.settings.gateway_delivery_timeout_s,
-                )
-            except (DeliveryError, TimeoutError):
-                return fhir_json(
-                    503, operation_outcome("error", "transient", "Kafka is unavailable; retry")
-                )
+            unavailable = await park(raw, reasons)
+            if unavailable is not None:
+                return unavailable
         if btype == "transaction" and errors:
             oo: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": []}
             for i, err in errors:

@@ -44,9 +44,9 @@ def _psv_pendings(
 ) -> Iterator[tuple[int, PatientRecord, Pending]]:
     """(row, record, pending) for every row of one PhysioNet file, rows 0..t for row t."""
     record = PatientRecord()
-    by_hour = {m.hour: m for m in psv_messages(path, key, stay_start)}
-    n_rows = len(read_psv(path.read_text()))
-    for hour in range(n_rows):
+    rows = read_psv(path.read_text())
+    by_hour = {m.hour: m for m in psv_messages(path, key, stay_start, rows)}
+    for hour in range(len(rows)):
         msg = by_hour.get(hour)
         envs: list[Envelope] = []
         if msg is not None:

@@ -7,7 +7,7 @@ here, at the edge: what leaves this module carries no names, addresses or raw id
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from fhir.physionet import read_psv, row_bundle
+from fhir.physionet import PsvRow, read_psv, row_bundle
 from fhir.pseudonym import pseudonymise, strip_phi
 
 SUFFIXES = (".psv", ".json", ".ndjson", ".jsonl")
@@ -36,15 +36,15 @@ class Message:
     hour: int | None = None
 
 
-def expand(paths: Sequence[Path]) -> list[Path]:
-    """Files to read: the given files, and the known kinds of file under given folders.
+def expand(paths: Sequence[Path], suffixes: Collection[str] = SUFFIXES) -> list[Path]:
+    """Files to read: the given files, and files with ``suffixes`` under given folders.
 
     Raises ``FileNotFoundError`` naming the path when one does not exist.
     """
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix in SUFFIXES and q.is_file()))
+            out.extend(sorted(q for q in p.rglob("*") if q.suffix in suffixes and q.is_file()))
         elif p.exists():
             out.append(p)
         else:
@@ -89,10 +89,15 @@ def fhir_message(raw: bytes, key: bytes, *, origin: str, stem: str) -> Message:
     return Message((subject or "unkeyed").encode(), orjson.dumps(clean), origin, stem)
 
 
-def psv_messages(path: Path, key: bytes, stay_start: datetime) -> Iterator[Message]:
-    """One transaction Bundle per PhysioNet row that has any measurement."""
+def psv_messages(
+    path: Path, key: bytes, stay_start: datetime, rows: Sequence[PsvRow] | None = None
+) -> Iterator[Message]:
+    """One transaction Bundle per PhysioNet row that has any measurement.
+
+    ``rows`` are the file's rows when the caller has read them already.
+    """
     pseudonym = pseudonymise(path.stem, key, system="physionet2019")
-    for hour, row in enumerate(read_psv(path.read_text())):
+    for hour, row in enumerate(read_psv(path.read_text()) if rows is None else rows):
         bundle = row_bundle(pseudonym, stay_start, hour, row)
         if bundle is None:
             continue
