@@ -3,7 +3,8 @@
 Entry point: :func:`parse_resource`. It accepts one resource or a Bundle (batch, transaction,
 collection, searchset, history, message, document, their responses and R4B
 subscription-notification; nested Bundles up to :data:`MAX_DEPTH`), validates what it maps with
-fhir.resources' R4B models (R4B reads R4), and maps Observations -- vital signs including the
+the same decisions as fhir.resources' R4B models (R4B reads R4; see "Validation" below), and
+maps Observations -- vital signs including the
 blood-pressure panel's components, SpO2, temperature, GCS, ACVPU, FiO2, O2 flow, and labs by
 LOINC -- to events in the canonical units of ``fhir/data/codes.yaml``.
 
@@ -40,6 +41,20 @@ whose own structure is invalid (InvalidResource); a *single* (non-Bundle) resour
 entry-level problem above; with ``strict=True`` also the first rejected Bundle entry.
 Nothing else escapes: an unexpected exception inside is turned into InvalidResource.
 
+Validation (``validation=``): Observations and Bundle shells (a Bundle without its entries'
+resources, which are validated one by one) go first through the lean checks of
+:mod:`fhir.lean` (``"lean"``, the default): hand-written checks of the shapes they fully
+understand, a few microseconds against about 300 us for the pydantic models. When those checks
+are not sure (extensions, ``contained``, primitive extensions ``_x``, JSON null, element types
+they do not cover, ...) the full fhir.resources validation runs, so a decision is never looser
+than the full path's; ``tests/unit/fhir/test_fhir_lean.py`` checks that both give the same
+results on the conformance data and on mutated Observations. A lean rejection has the same
+class as the full path's (InvalidTime when the first problem is in effective[x]/issued, else
+InvalidResource) and names the element: ``not a valid R4B Observation: valueQuantity.value:
+'abc' is not a decimal``. ``validation="full"`` always runs the pydantic models (the
+differential test and the benchmarks use it). Context resources are always validated in full
+(they are rare). ``python -m streams.bench_fhir`` times the two.
+
 Checks added on top of fhir.resources (which lets these through): a missing ``resourceType``;
 a JSON string where a number is required (``"value": "72"`` in valueQuantity); an unknown
 resourceType in a Bundle entry (fhir.resources raises a bare KeyError).
@@ -59,7 +74,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import orjson
 import yaml
@@ -76,6 +91,7 @@ from fhir.errors import (
     UnsupportedResource,
 )
 from fhir.events import ClinicalEvent, EventStatus
+from fhir.lean import Problems, check_bundle_shell, check_observation
 
 MAX_DEPTH = 3  # Bundles nested deeper than this are rejected
 _STATUS: dict[str, EventStatus] = {
@@ -200,6 +216,66 @@ def _summarise(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:300]}"
 
 
+Validation = Literal["lean", "full"]
+
+
+def _lean_reason(resource_type: str, problems: Problems) -> str:
+    parts = [f"{loc}: {msg}" for loc, msg in problems[:3]]
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    return f"not a valid R4B {resource_type}: " + ("; ".join(parts) + more)[:400]
+
+
+def _validate_observation(obs: Mapping[str, Any], rid: str | None, mode: Validation) -> None:
+    """R4B validation of an Observation; raises InvalidTime (the first problem is in
+    effective[x]/issued) or InvalidResource, both permanent (not retried).
+
+    ``mode="lean"`` tries :func:`fhir.lean.check_observation` first and runs the full
+    pydantic validation only when the lean checks are not sure, or when their problems fall
+    in both error classes (then only pydantic's error order can say which comes first).
+    """
+    if mode == "lean":
+        problems = check_observation(obs)
+        if problems is not None:
+            if not problems:
+                return
+            timed = {loc.startswith(_TIME_FIELDS) for loc, _ in problems}
+            if len(timed) == 1:
+                cls = InvalidTime if timed.pop() else InvalidResource
+                raise cls(
+                    _lean_reason("Observation", problems),
+                    resource_type="Observation",
+                    resource_id=rid,
+                )
+    try:
+        _validate("Observation", obs, rid)
+    except InvalidResource as exc:
+        # The same classification for both paths: the reason's first location.
+        if exc.reason.split(": ", 2)[1].startswith(_TIME_FIELDS):
+            raise InvalidTime(exc.reason, resource_type="Observation", resource_id=rid) from None
+        raise
+
+
+def _validate_bundle_shell(shell_of: Mapping[str, Any], bid: str | None, mode: Validation) -> None:
+    """R4B validation of a Bundle's own structure, entries' resources left out (each entry
+    is validated on its own); raises InvalidResource (permanent, not retried)."""
+    if mode == "lean":
+        problems = check_bundle_shell(shell_of)  # skips entry.resource itself
+        if problems is not None:
+            if problems:
+                raise InvalidResource(
+                    _lean_reason("Bundle", problems), resource_type="Bundle", resource_id=bid
+                )
+            return
+    entries = cast(list[dict[str, Any]], shell_of.get("entry", []))
+    shell = {k: v for k, v in shell_of.items() if k != "entry"}
+    shell_entries = [{k: v for k, v in e.items() if k != "resource"} for e in entries]
+    if shell_entries:
+        shell["entry"] = [e for e in shell_entries if e]
+        if not shell["entry"]:
+            del shell["entry"]
+    _validate("Bundle", shell, bid)
+
+
 def _validate(resource_type: str, doc: Mapping[str, Any], rid: str | None) -> None:
     cls = _model_class(resource_type)
     try:
@@ -217,6 +293,7 @@ def _validate(resource_type: str, doc: Mapping[str, Any], rid: str | None) -> No
 class _Ctx:
     table: CodeTable
     validate: bool
+    validation: Validation
     patients: dict[str, str]  # Bundle fullUrl -> Patient id
     depth: int = 0
 
@@ -455,12 +532,7 @@ def _observation(obs: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> Par
     where: tuple[str, str | None] = ("Observation", rid)
     _check_json_types(obs, where)
     if ctx.validate:
-        try:
-            _validate("Observation", obs, rid)
-        except InvalidResource as exc:
-            if exc.reason.split(": ", 2)[1].startswith(_TIME_FIELDS):
-                raise InvalidTime(exc.reason, resource_type=where[0], resource_id=rid) from None
-            raise
+        _validate_observation(obs, rid, ctx.validation)
     if rid is not None:
         source = f"Observation/{rid}"
     elif full_url:
@@ -883,13 +955,7 @@ def _bundle(doc: Mapping[str, Any], ctx: _Ctx) -> ParseResult:
         )
     entries = cast(list[dict[str, Any]], entries)
     if ctx.validate:
-        shell = {k: v for k, v in doc.items() if k != "entry"}
-        shell_entries = [{k: v for k, v in e.items() if k != "resource"} for e in entries]
-        if shell_entries:
-            shell["entry"] = [e for e in shell_entries if e]
-            if not shell["entry"]:
-                del shell["entry"]
-        _validate("Bundle", shell, bid)
+        _validate_bundle_shell(doc, bid, ctx.validation)
     patients = dict(ctx.patients)
     for e in entries:
         r, full_url = e.get("resource"), e.get("fullUrl")
@@ -900,7 +966,7 @@ def _bundle(doc: Mapping[str, Any], ctx: _Ctx) -> ParseResult:
                 pid = tail if _FHIR_ID.match(tail) else None
             if pid:
                 patients[full_url] = pid
-    sub = _Ctx(ctx.table, ctx.validate, patients, ctx.depth + 1)
+    sub = _Ctx(ctx.table, ctx.validate, ctx.validation, patients, ctx.depth + 1)
     out = ParseResult()
     for e in entries:
         r = e.get("resource")
@@ -929,16 +995,20 @@ def parse_resource(
     table: CodeTable | None = None,
     strict: bool = False,
     validate: bool = True,
+    validation: Validation = "lean",
 ) -> ParseResult:
     """Parse one FHIR R4 JSON resource or Bundle into canonical events.
 
     ``table`` defaults to :func:`fhir.codes.load_code_table`. ``strict=True`` raises the first
-    rejected Bundle entry instead of collecting it. ``validate=False`` skips the R4B model
-    validation (the project's own checks still run) -- only for trusted, already validated
-    input such as :func:`fhir.physionet.row_bundle` output in benchmarks.
+    rejected Bundle entry instead of collecting it. ``validation`` is ``"lean"`` (default:
+    lean checks, full R4B validation where they are not sure) or ``"full"`` (always the R4B
+    models); both give the same results (module docstring). ``validate=False`` skips R4B
+    validation altogether (the project's own checks still run) -- only for trusted, already
+    validated input.
 
     Raises PermanentInputError (never retryable; dead-letter the input) as described in the
-    module docstring; nothing else.
+    module docstring; ValueError for a ``validation`` other than "lean"/"full" (a programming
+    error, not an input error).
     """
     try:
         doc = orjson.loads(raw)
@@ -948,7 +1018,9 @@ def parse_resource(
         raise MalformedJson(f"input must be bytes or str, got {type(raw).__name__}") from None
     if not isinstance(doc, dict):
         raise MalformedJson(f"top level is a JSON {type(doc).__name__}, not an object")
-    ctx = _Ctx(table or load_code_table(), validate, {})
+    if validation not in ("lean", "full"):
+        raise ValueError(f"validation must be 'lean' or 'full', got {validation!r}")
+    ctx = _Ctx(table or load_code_table(), validate, validation, {})
     rt = doc.get("resourceType")
     rid = doc.get("id")
     where = (rt if isinstance(rt, str) else None, rid if isinstance(rid, str) else None)
