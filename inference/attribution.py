@@ -76,7 +76,16 @@ def occlusion(model: RiskModel, window: npt.NDArray[np.float32], spec: FeatureSp
     Raises ``ValueError`` on a window that does not match ``spec`` and whatever
     ``model.predict`` raises (:class:`inference.errors.ModelError`); not retried here.
     """
-    probs = np.asarray(model.predict(occlusion_windows(window, spec)), dtype=np.float64)
+    return from_occlusion(model.predict(occlusion_windows(window, spec)), spec)
+
+
+def from_occlusion(probs: npt.ArrayLike, spec: FeatureSpec) -> Attribution:
+    """The attribution from the model's outputs on :func:`occlusion_windows` (``1 + C``
+    probabilities, the unoccluded window first), however they were computed: in-process
+    or by the inference server. Raises ``ValueError`` on the wrong number of outputs."""
+    probs = np.asarray(probs, dtype=np.float64).reshape(-1)
+    if probs.shape[0] != 1 + len(spec.codes):
+        raise ValueError(f"{probs.shape[0]} outputs for {1 + len(spec.codes)} occluded windows")
     base = float(probs[0])
     contribs = [
         Contribution(code, round(base - float(p), 6))

@@ -53,7 +53,8 @@ _NUMERIC: Final = frozenset(NUMERIC_CODES)
 _CATEGORICAL: Final = frozenset(CATEGORICAL_CODES)
 _CONTEXT: Final = frozenset(CONTEXT_CODES)
 _RANK: Final[dict[str, int]] = {"preliminary": 0, "final": 1, "amended": 2, "corrected": 2}
-_SCHEMA: Final = 1
+_SCHEMA: Final = 2
+_SCHEMA_V1: Final = 1  # still read: see PatientState's serialising section
 
 
 def to_epoch(t: TimeLike) -> float:
@@ -244,6 +245,25 @@ class PatientState:
             return [], []
         return s.times, s.values
 
+    def concatenated(self, codes: Iterable[str]) -> tuple[list[float], list[Any], list[int]]:
+        """The observations of ``codes``, code after code: (times, values) in new lists, each
+        code's stretch time-ordered as in :meth:`series`, and each code's count (0 when it
+        has none). One call instead of one :meth:`series` per code, for the feature window.
+        Raises nothing."""
+        times: list[float] = []
+        values: list[Any] = []
+        lens: list[int] = []
+        get = self._series.get
+        for code in codes:
+            s = get(code)
+            if s is None:
+                lens.append(0)
+            else:
+                times += s.times
+                values += s.values
+                lens.append(len(s.times))
+        return times, values, lens
+
     def __len__(self) -> int:
         return sum(len(s) for s in self._series.values())
 
@@ -294,34 +314,70 @@ class PatientState:
         return out
 
     # ------------------------------------------------------------------ serialising
-    def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-ready form. Times are stored relative to ``first_seen``."""
-        base = self.first_seen or 0.0
-        obs: dict[str, list[list[Any]]] = {}
-        for code in sorted(self._series):
-            s = self._series[code]
-            obs[code] = [
-                [_compact(t - base) for t in s.times],
-                list(s.values),
-                list(s.sources),
-                list(s.ranks),
-            ]
+    # Schema 2 (written since the hot-path work) stores absolute epoch seconds as JSON
+    # floats: orjson writes the shortest text that reads back as the same float, so a
+    # round trip is exact with no per-observation work either way. Schema 1 stored times
+    # relative to first_seen, rounded to the millisecond, which needed a Python-level
+    # round() per observation on both sides (most of the codec's cost); it is still read,
+    # since records of that schema stay in changelogs until their patient is rewritten.
+    # Both give the same state: a schema-1 round trip was exact too (times are kept at
+    # millisecond resolution).
+
+    def _payload(self) -> dict[str, Any]:
+        """The schema-2 form, sharing this state's lists (serialise it at once)."""
+        series = self._series
         return {
             "v": _SCHEMA,
             "p": self.patient,
-            "f": None if self.first_seen is None else _compact(self.first_seen),
-            "o": obs,
-            "x": {k: _compact(t - base) for k, t in sorted(self._tombstones.items())},
+            "f": self.first_seen,
+            "o": {
+                code: [s.times, s.values, s.sources, s.ranks] for code, s in sorted(series.items())
+            },
+            "x": dict(sorted(self._tombstones.items())),
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """Canonical JSON-ready form (schema 2: absolute epoch seconds), in new lists."""
+        d = self._payload()
+        d["o"] = {code: [list(x) for x in cols] for code, cols in d["o"].items()}
+        return d
+
     def to_json(self) -> bytes:
-        """Compact JSON bytes (the Faust table value / changelog record)."""
-        return orjson.dumps(self.to_dict())
+        """Compact JSON bytes (the Faust table value / changelog record). Raises nothing."""
+        return orjson.dumps(self._payload())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PatientState:
-        if d.get("v") != _SCHEMA:
-            raise ValueError(f"unknown PatientState schema {d.get('v')!r}")
+        """Inverse of :meth:`to_dict`; also reads schema 1 (times relative to first_seen).
+
+        Raises ``ValueError`` for an unknown schema and ``KeyError``/``TypeError``/
+        ``ValueError`` for a malformed one (permanent: not retried).
+        """
+        v = d.get("v")
+        if v == _SCHEMA:
+            return cls._from_v2(d)
+        if v == _SCHEMA_V1:
+            return cls._from_v1(d)
+        raise ValueError(f"unknown PatientState schema {v!r}")
+
+    @classmethod
+    def _from_v2(cls, d: dict[str, Any]) -> PatientState:
+        st = cls(d.get("p", ""))
+        first = d.get("f")
+        st.first_seen = None if first is None else float(first)
+        for code, (times, values, sources, ranks) in d.get("o", {}).items():
+            s = _Series()
+            # list(): new lists (C-level copies), so the state never shares d's lists.
+            s.times = list(times)
+            s.values = list(values)
+            s.sources = list(sources)
+            s.ranks = list(ranks)
+            st._series[code] = s
+        st._tombstones = dict(d.get("x", {}))
+        return st
+
+    @classmethod
+    def _from_v1(cls, d: dict[str, Any]) -> PatientState:
         st = cls(d.get("p", ""))
         first = d.get("f")
         st.first_seen = None if first is None else float(first)
@@ -338,13 +394,14 @@ class PatientState:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> PatientState:
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json` (either schema). Raises what :meth:`from_dict` raises,
+        and ``orjson.JSONDecodeError`` (a ``ValueError``) for text that is not JSON."""
         return cls.from_dict(orjson.loads(data))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PatientState):
             return NotImplemented
-        return self.to_dict() == other.to_dict()
+        return self._payload() == other._payload()
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -105,7 +105,6 @@ def score_files(
                     float(risk),
                     model=loaded.info,
                     policy=loaded.policy,
-                    advance_alert=bool(pending.basis),
                     explain=explain,
                 )
                 line: dict[str, Any] = {"patient": label[0]}

@@ -26,7 +26,14 @@ from inference.early_warning import news2, qsofa, sirs
 from inference.features import FeatureSpec, feature_window
 from inference.state import PatientState
 
-from .alerting import AlertPolicy, AlertState, build_card, risk_assessment, step
+from .alerting import (
+    AlertDecision,
+    AlertPolicy,
+    AlertState,
+    build_card,
+    risk_assessment,
+    step,
+)
 
 # Explains one window (float32[WINDOW, F]) for an alert's card: see inference.attribution.
 Explainer = Callable[[npt.NDArray[np.float32]], Attribution]
@@ -44,23 +51,30 @@ class PatientRecord:
     alert: AlertState = field(default_factory=AlertState)
 
     def to_bytes(self) -> bytes:
+        """The record as compact JSON: ``{"s": <state>, "a": <alert state>}``. Raises nothing."""
         return orjson.dumps({"s": orjson.Fragment(self.state.to_json()), "a": self.alert.to_dict()})
 
     def to_json(self) -> str:
+        """:meth:`to_bytes` as text (the Faust table's value type). Raises nothing."""
         return self.to_bytes().decode()
 
     @classmethod
     def from_json(cls, raw: str | None) -> PatientRecord:
-        return cls.from_bytes(raw.encode() if raw else None)
+        """Inverse of :meth:`to_json`; a new record for None or "". Reads every state schema
+        :meth:`PatientState.from_dict` reads. Raises ``ValueError`` (JSON or schema) or
+        ``KeyError``/``TypeError`` for a malformed record (permanent: not retried)."""
+        return cls._from_obj(orjson.loads(raw)) if raw else cls()
 
     @classmethod
     def from_bytes(cls, raw: bytes | None) -> PatientRecord:
-        if not raw:
-            return cls()
-        d = orjson.loads(raw)
-        return cls(
-            state=PatientState.from_json(orjson.dumps(d["s"])), alert=AlertState.from_dict(d["a"])
-        )
+        """Inverse of :meth:`to_bytes`; raises what :meth:`from_json` raises."""
+        return cls._from_obj(orjson.loads(raw)) if raw else cls()
+
+    @classmethod
+    def _from_obj(cls, d: dict[str, Any]) -> PatientRecord:
+        # One parse of the whole record: the state is built from the parsed dict (it used
+        # to be dumped back to bytes and parsed a second time).
+        return cls(state=PatientState.from_dict(d["s"]), alert=AlertState.from_dict(d["a"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,24 +215,20 @@ class ModelInfo:
     version: str
 
 
-def finish(
+def advance(
     record: PatientRecord,
     pending: Pending,
     risk: float | None,
     *,
     model: ModelInfo,
     policy: AlertPolicy,
-    advance_alert: bool = True,
-    explain: Explainer | None = None,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Combine rule scores and the model's risk, advance the alert state.
+) -> tuple[dict[str, Any], AlertDecision | None]:
+    """Combine rule scores and the model's risk and advance the alert state.
 
     ``risk`` is None when the model was unavailable: the score is then marked degraded.
-    Returns the score record (``risk.scores``) and, when an alert is raised, the FHIR
-    RiskAssessment (``risk.alerts``) carrying a CDS Hooks card. ``explain`` (called for
-    alerts with a risk only) gives the card its top-five contributing features; when it
-    is None or fails, the card says no attribution is available. Mutates
-    ``record.alert``. Raises nothing (an ``explain`` failure is logged into the card).
+    Returns the score record (``risk.scores``) and the alert decision when an alert is
+    raised (turn it into a RiskAssessment with :func:`alert_resource`). Mutates
+    ``record.alert``. Raises nothing.
     """
     n2 = pending.news2
     record.alert, decision = step(
@@ -252,36 +262,75 @@ def finish(
             "news2_red_flag": n2.red_flag,
         },
     }
-    alert = None
-    if decision is not None:
-        top: list[dict[str, Any]] = []
-        method: str | None = None
-        if explain is not None and risk is not None:
-            try:
-                att = explain(pending.window)
-                top = [c.to_dict() for c in att.top(TOP_K)]
-                method = att.method
-            except Exception as exc:  # an explanation must never stop an alert
-                method = f"unavailable ({type(exc).__name__}: {exc})"
-        card = build_card(
-            decision,
-            model=model.name,
-            model_version=model.version,
-            threshold=policy.threshold,
-            news2=n2.to_dict(),
-            top_features=top,
-            attribution_method=method,
-            readings=pending.readings,
-            context=pending.context,
-        )
-        alert = risk_assessment(
-            decision,
-            model=model.name,
-            model_version=model.version,
-            basis=list(pending.basis),
-            card=card,
-        )
-    return score, alert
+    return score, decision
+
+
+def alert_resource(
+    decision: AlertDecision,
+    pending: Pending,
+    attribution: Attribution | str | None,
+    *,
+    model: ModelInfo,
+    policy: AlertPolicy,
+) -> dict[str, Any]:
+    """The FHIR RiskAssessment for a raised alert, carrying its CDS Hooks card.
+
+    ``attribution`` gives the card its top-five contributing features; a string says why
+    none is available (the card states it); None means none was asked for. Raises nothing.
+    """
+    top: list[dict[str, Any]] = []
+    method: str | None = None
+    if isinstance(attribution, Attribution):
+        top = [c.to_dict() for c in attribution.top(TOP_K)]
+        method = attribution.method
+    elif attribution is not None:
+        method = f"unavailable ({attribution})"
+    card = build_card(
+        decision,
+        model=model.name,
+        model_version=model.version,
+        threshold=policy.threshold,
+        news2=pending.news2.to_dict(),
+        top_features=top,
+        attribution_method=method,
+        readings=pending.readings,
+        context=pending.context,
+    )
+    return risk_assessment(
+        decision,
+        model=model.name,
+        model_version=model.version,
+        basis=list(pending.basis),
+        card=card,
+    )
+
+
+def finish(
+    record: PatientRecord,
+    pending: Pending,
+    risk: float | None,
+    *,
+    model: ModelInfo,
+    policy: AlertPolicy,
+    explain: Explainer | None = None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """:func:`advance`, then :func:`alert_resource` with ``explain``'s attribution when an
+    alert is raised (``explain`` is called for alerts with a risk only; when it is None or
+    fails, the card says no attribution is available). Used where the model runs
+    in-process (offline scoring); the stream explains a batch's alerts in one server
+    request instead. Mutates ``record.alert``. Raises nothing (an ``explain`` failure is
+    stated in the card).
+    """
+    score, decision = advance(record, pending, risk, model=model, policy=policy)
+    if decision is None:
+        return score, None
+    attribution: Attribution | str | None = None
+    if explain is not None and risk is not None:
+        try:
+            attribution = explain(pending.window)
+        except Exception as exc:  # an explanation must never stop an alert
+            attribution = f"{type(exc).__name__}: {exc}"
+    return score, alert_resource(decision, pending, attribution, model=model, policy=policy)
 
 
 def stack_windows(pendings: Sequence[Pending]) -> npt.NDArray[np.float32]:

@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from inference.attribution import METHOD, occlusion, occlusion_windows
+from inference.attribution import METHOD, from_occlusion, occlusion, occlusion_windows
 from inference.features import WINDOW, FeatureSpec
 
 CODES = ("heart_rate", "lactate", "spo2", "temperature", "wbc", "platelets", "bun")
@@ -71,3 +71,13 @@ def test_ties_break_by_name() -> None:
 def test_wrong_window_shape_raises() -> None:
     with pytest.raises(ValueError, match="features"):
         occlusion(LinearModel(), np.zeros((WINDOW, 5), np.float32), SPEC)
+
+
+def test_from_occlusion_matches_in_process_occlusion() -> None:
+    # The stream sends the occluded windows to the inference server and builds the
+    # attribution from its outputs: same result as running the model in-process.
+    w = window()
+    probs = LinearModel().predict(occlusion_windows(w, SPEC))
+    assert from_occlusion(probs, SPEC) == occlusion(LinearModel(), w, SPEC)
+    with pytest.raises(ValueError, match="outputs"):
+        from_occlusion(probs[:-1], SPEC)

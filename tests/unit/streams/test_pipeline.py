@@ -122,6 +122,61 @@ def test_record_round_trips_through_bytes(stay: Path) -> None:
     assert again.state == rec.state and again.alert == rec.alert
 
 
+# The record of the ``stay`` fixture after scoring it and finish(risk=0.95), as the stream
+# wrote it before PatientState's schema 2 (state times relative to first_seen), verbatim:
+# such records stay in the table's changelog until their patient is written again.
+LEGACY_RECORD = (
+    '{"s":{"v":1,"p":"pt-f3sbaniphzcsl6jxjvae","f":1767225600,"o":{"heart_rate":[[0,7'
+    '200],[80.0,135.0],["Observation/pt-f3sbaniphzcsl6jxjvae-0-heart-rate","Observati'
+    'on/pt-f3sbaniphzcsl6jxjvae-2-heart-rate"],[1,1]],"lactate":[[7200],[4.1],["Obser'
+    'vation/pt-f3sbaniphzcsl6jxjvae-2-lactate"],[1]],"respiratory_rate":[[0,7200],[16'
+    '.0,26.0],["Observation/pt-f3sbaniphzcsl6jxjvae-0-respiratory-rate","Observation/'
+    'pt-f3sbaniphzcsl6jxjvae-2-respiratory-rate"],[1,1]],"spo2":[[0,7200],[98.0,90.0]'
+    ',["Observation/pt-f3sbaniphzcsl6jxjvae-0-spo2","Observation/pt-f3sbaniphzcsl6jxj'
+    'vae-2-spo2"],[1,1]],"systolic_bp":[[0,7200],[120.0,88.0],["Observation/pt-f3sban'
+    'iphzcsl6jxjvae-0-systolic-bp","Observation/pt-f3sbaniphzcsl6jxjvae-2-systolic-bp'
+    '"],[1,1]],"temperature":[[0,7200],[37.0,39.5],["Observation/pt-f3sbaniphzcsl6jxj'
+    'vae-0-temperature","Observation/pt-f3sbaniphzcsl6jxjvae-2-temperature"],[1,1]]},'
+    '"x":{}},"a":{"active":true,"severity":"critical","last_raised_s":1767232800.0,"l'
+    'ast_raised_severity":"critical"}}'
+)
+
+
+def test_legacy_record_from_the_changelog_still_loads(stay: Path) -> None:
+    records: dict[str, PatientRecord] = {}
+    envs = [
+        e
+        for m in psv_messages(stay, KEY, START)
+        for e in normalise(m.value, source="s", inbound_ts_ms=None).envelopes
+    ]
+    out = score_envelopes(records, envs, spec=SPEC, staleness_hours=12)
+    rec = next(iter(records.values()))
+    finish(rec, out[-1][1], 0.95, model=MODEL, policy=POLICY)
+    for old in (
+        PatientRecord.from_json(LEGACY_RECORD),
+        PatientRecord.from_bytes(LEGACY_RECORD.encode()),
+    ):
+        assert old.state == rec.state and old.alert == rec.alert
+        assert old.to_json() == rec.to_json()
+        assert orjson.loads(old.to_json())["s"]["v"] == 2
+        # and it scores on exactly as the state it was saved from
+        later = ClinicalEvent(
+            patient=rec.state.patient,
+            time=START + timedelta(hours=3),
+            code="heart_rate",
+            kind="vital",
+            value=99.0,
+            source="Observation/later",
+        )
+        env = Envelope(rec.state.patient, "s", None, (later,))
+        p_old = prepare(old, env, spec=SPEC, staleness_hours=12)
+        p_new = prepare(PatientRecord.from_json(rec.to_json()), env, spec=SPEC, staleness_hours=12)
+        assert p_old is not None and p_new is not None
+        assert p_old.window.tobytes() == p_new.window.tobytes()
+        assert p_old.news2 == p_new.news2 and p_old.readings == p_new.readings
+    assert PatientRecord.from_json(None) == PatientRecord.from_json("") == PatientRecord()
+
+
 def test_envelope_round_trip(stay: Path) -> None:
     m = next(psv_messages(stay, KEY, START))
     env = normalise(m.value, source="fhir.inbound/3/42", inbound_ts_ms=17).envelopes[0]
