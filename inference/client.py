@@ -6,11 +6,18 @@ other patients' requests), and returns probabilities ``float32[B]`` in input ord
 Each call has one deadline (``timeout_s``). Errors follow :mod:`inference.errors`:
 unreachable / not ready / deadline / overloaded -> :class:`ModelUnavailable` (retry);
 a request that does not fit the model -> :class:`ModelError` (do not retry).
+
+``observer`` (optional) is told of every request sent: ``observer(batch, seconds,
+outcome)`` with outcome ``"ok"``, ``"unavailable"`` or ``"error"``; the stream feeds its
+metrics from it (so this package needs no metrics library).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import numpy as np
@@ -28,6 +35,8 @@ OUTPUT_NAME: Final = "RISK"
 _PERMANENT: Final = ("INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED", "OUT_OF_RANGE")
 
 F32 = npt.NDArray[np.float32]
+# Told of each request: (windows in it, seconds it took, "ok" | "unavailable" | "error").
+RequestObserver = Callable[[int, float, str], None]
 
 
 # gRPC backs off reconnecting up to 120 s by default: after a Triton restart the model
@@ -70,8 +79,10 @@ class TritonRiskClient:
         max_batch: int = 64,
         timeout_s: float = 2.0,
         model_version: str = "",
+        observer: RequestObserver | None = None,
     ) -> None:
-        """``n_features``: checked locally before sending when given (else Triton checks)."""
+        """``n_features``: checked locally before sending when given (else Triton checks);
+        ``observer``: told of every request (see the module docstring)."""
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         self.url = url
@@ -80,6 +91,7 @@ class TritonRiskClient:
         self.n_features = n_features
         self.max_batch = max_batch
         self.timeout_s = timeout_s
+        self.observer = observer
         self._client: Any = None
 
     def _get(self) -> Any:
@@ -124,6 +136,23 @@ class TritonRiskClient:
         return np.ascontiguousarray(arr)
 
     async def _infer_chunk(self, chunk: F32) -> F32:
+        if self.observer is None:
+            return await self._send_chunk(chunk)
+        start, outcome = time.perf_counter(), "error"
+        try:
+            out = await self._send_chunk(chunk)
+            outcome = "ok"
+            return out
+        except (ModelUnavailable, asyncio.CancelledError):
+            # cancelled: the call's overall deadline passed (predict raises ModelUnavailable)
+            outcome = "unavailable"
+            raise
+        finally:
+            # Observing must never fail a prediction.
+            with contextlib.suppress(Exception):
+                self.observer(int(chunk.shape[0]), time.perf_counter() - start, outcome)
+
+    async def _send_chunk(self, chunk: F32) -> F32:
         inp = grpcclient.InferInput(INPUT_NAME, list(chunk.shape), "FP32")
         inp.set_data_from_numpy(chunk)
         out = grpcclient.InferRequestedOutput(OUTPUT_NAME)

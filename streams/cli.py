@@ -190,9 +190,10 @@ def train_cmd(ctx: click.Context) -> None:
     "loads",
     type=float,
     multiple=True,
-    default=(50.0, 100.0),
+    default=(500.0, 1000.0, 2000.0),
     show_default=True,
-    help="Offered load (messages/s) for a latency measurement; repeat for several.",
+    help="Offered load, clinical events/s (FHIR Observations), for a latency measurement; "
+    "repeat for several. The target is p99 event-to-alert <= 200 ms at 2,000.",
 )
 @click.option("--seconds", type=float, default=20.0, show_default=True, help="Per measurement.")
 @click.option(
@@ -202,7 +203,16 @@ def train_cmd(ctx: click.Context) -> None:
     show_default=True,
     help="Markdown report to write.",
 )
-def bench_cmd(patients: int, loads: tuple[float, ...], seconds: float, out: Path) -> None:
+@click.option(
+    "--profile/--no-profile",
+    default=True,
+    show_default=True,
+    help="Sample the worker with py-spy during the throughput burst and add where its "
+    "time goes to the report.",
+)
+def bench_cmd(
+    patients: int, loads: tuple[float, ...], seconds: float, out: Path, profile: bool
+) -> None:
     """Measure the pipeline on the running local services and write BENCHMARKS.md.
 
     Baseline (consume + parse), the full pipeline per worker, latency at fixed offered
@@ -211,7 +221,7 @@ def bench_cmd(patients: int, loads: tuple[float, ...], seconds: float, out: Path
     """
     from .bench import run_bench
 
-    run_bench(settings(), patients=patients, loads=loads, seconds=seconds, out=out)
+    run_bench(settings(), patients=patients, loads=loads, seconds=seconds, out=out, profile=profile)
 
 
 COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd, bench_cmd)
@@ -220,12 +230,25 @@ COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd, bench_cmd)
 COMMAND_MODULES = ("streams.cli_edge", "streams.cli_model", "streams.cli_analyst")
 
 
+def _subcommand(args: list[str]) -> str | None:
+    """The first argument that is not an option (the command's name), if any."""
+    return next((a for a in args if not a.startswith("-")), None)
+
+
 def main() -> None:
     """Entry point of the ``wardwatch`` command."""
     from faust.cli.faust import cli
 
     from .app import create_app
+    from .observe import configure_logging
 
+    # JSON (or text) log lines for every command; the worker's own setup (Faust's
+    # logging_config, built in create_app) replaces this when the worker starts.
+    configure_logging(settings().log_format)
+    if settings().log_format == "json" and _subcommand(sys.argv[1:]) == "worker":
+        # Faust prints a start-up banner to stdout unless --quiet (which silences only
+        # that): it would be the one non-JSON block in the worker's output.
+        sys.argv.insert(1, "--quiet")
     app = create_app(settings())
     cli.help = HELP
     for cmd in COMMANDS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,14 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(8, description="Partitions for the project's topics.")
     app_id: str = Field("wardwatch", description="Faust app id (consumer group, table topics).")
     worker_web_port: int = Field(6066, description="Faust worker web port.")
+    worker_web_host: str = Field(
+        "127.0.0.1",
+        description="Address of the worker's web server (/metrics, /healthz, /readyz); "
+        "0.0.0.0 to let Prometheus on another host scrape it.",
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines: one JSON object each (json) or plain text (text)."
+    )
     worker_session_timeout_s: float = Field(
         10.0,
         description="A worker silent this long leaves the group and its partitions move on.",
