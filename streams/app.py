@@ -28,17 +28,31 @@ import orjson
 from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
 
+from inference.attribution import Attribution, from_occlusion, occlusion_windows
 from inference.client import TritonRiskClient
 from inference.errors import ModelError, ModelUnavailable
 from storage.errors import StoragePermanentError
 
-from . import persist
+from . import faust_fixes, persist
 from .errors import is_permanent, reason_of
-from .model_info import load_model_info, occlusion_explainer
+from .model_info import load_model_info
+from .observe import (
+    DatabaseProbe,
+    FlowSensor,
+    Metrics,
+    QuietWorker,
+    event_fields,
+    install_web,
+    safe_reason,
+    wardwatch_version,
+)
+from .observe import logging_config as log_config
 from .pipeline import (
     Envelope,
     PatientRecord,
-    finish,
+    Pending,
+    advance,
+    alert_resource,
     normalise,
     score_envelopes,
     stack_windows,
@@ -111,12 +125,23 @@ def create_app(settings: Settings) -> faust.App:
         # A dead letter carries its original bytes, up to the gateway's body limit.
         producer_max_request_size=10_485_760,
         web_port=settings.worker_web_port,
+        # web_bind is the interface the server listens on (Faust's default is 0.0.0.0);
+        # web_host only names it in the canonical URL.
+        web_bind=settings.worker_web_host,
         web_host="127.0.0.1",
+        # Faust's /table and /router views would serve patient records, unauthenticated.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        logging_config=log_config(settings.log_format),  # JSON lines (streams/observe.py)
+        Worker=QuietWorker,  # no terminal spinner in the log output
         autodiscover=False,
         datadir=str(VAR_DIR / "faust"),
         # Table values are whole patient records; recovery replays the changelog.
         table_standby_replicas=0,
     )
+    faust_fixes.install(app)  # never commit past a message skipped in a rebalance
+    metrics = Metrics()  # served at /metrics; events in/out per topic come from the sensor
+    app.sensors.add(FlowSensor(metrics))
 
     def raw_topic(name: str) -> faust.TopicT:
         # Agents take raw bytes and parse them themselves: Faust acknowledges a message
@@ -141,17 +166,19 @@ def create_app(settings: Settings) -> faust.App:
         "patients", key_type=str, value_type=str, default=None, partitions=settings.topic_partitions
     )
     model = load_model_info(settings)
-    # Alert cards' top features: occlusion with the exported model run in-process, for
-    # alerting patients only (loaded at the first alert).
-    explain = occlusion_explainer(settings.model_dir)
     triton = TritonRiskClient(
         settings.triton_grpc_url,
         settings.triton_model,
         n_features=model.spec.n_features,
         timeout_s=settings.triton_timeout_s,
         max_batch=settings.triton_max_batch,
+        observer=metrics.triton_request,
     )
     sink = persist.Sink(settings.database_url)
+    sources = (settings.topic_inbound, settings.topic_events, settings.topic_scores)
+    lag_topics = (*sources, settings.topic_alerts, settings.topic_dlq)
+    install_web(app, metrics, lag_topics=lag_topics, database=DatabaseProbe(sink.engine))
+    metrics.set_build_info(wardwatch_version(), model.info.name, model.info.version)
 
     async def dead_letter(event: EventT[Any], reason: str, stage: str) -> None:
         """Write ``event`` to the dead-letter topic and wait for the broker's ack.
@@ -170,14 +197,22 @@ def create_app(settings: Settings) -> faust.App:
                 "cannot dead-letter %s (%s): stopping without committing it",
                 source_of(event),
                 reason_of(exc),
+                extra=event_fields(event, stage=stage),
             )
             await app.crash(exc)
             raise
-        log.warning("dead-lettered %s at %s: %s", source_of(event), stage, reason)
+        metrics.dead_letter(stage)
+        # The reason can quote the refused input: the log gets it redacted, the dead
+        # letter's headers (access-restricted, like the input itself) get it whole.
+        where = event_fields(event, stage=stage)
+        log.warning(
+            "dead-lettered %s at %s: %s", source_of(event), stage, safe_reason(reason), extra=where
+        )
 
     @app.agent(inbound, name="normalise")
     async def normalise_agent(stream: StreamT[Any]) -> None:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            metrics.batch("normalise", len(batch))
             for event in batch:
                 value = event.value
                 try:
@@ -213,9 +248,33 @@ def create_app(settings: Settings) -> faust.App:
             log.error("model error, scoring rules only: %s", reason_of(exc))
             return None
 
+    async def explain_alerts(
+        raised: Sequence[tuple[Pending, float | None]],
+    ) -> dict[int, Attribution | str]:
+        """Occlusion attributions for a batch's new alerts, by ``id(pending)``, computed
+        by the inference server in one request (the worker never runs the model). A
+        failure gives every card the reason instead: an explanation never stops an alert.
+        """
+        todo = [p for p, risk in raised if risk is not None]
+        if not todo:
+            return {}
+        try:
+            windows = np.concatenate([occlusion_windows(p.window, model.spec) for p in todo])
+            probs = await triton.predict(windows)
+            per = 1 + len(model.spec.codes)
+            return {
+                id(p): from_occlusion(probs[i * per : (i + 1) * per], model.spec)
+                for i, p in enumerate(todo)
+            }
+        except Exception as exc:
+            log.warning("alert explanations unavailable: %s", reason_of(exc))
+            reason = f"{type(exc).__name__}: {reason_of(exc)}"
+            return dict.fromkeys((id(p) for p in todo), reason)
+
     @app.agent(events_topic, name="score")
     async def score_agent(stream: StreamT[Any]) -> None:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            metrics.batch("score", len(batch))
             envelopes: list[Envelope] = []
             last_event: dict[str, EventT[Any]] = {}
             for event in batch:
@@ -235,14 +294,38 @@ def create_app(settings: Settings) -> faust.App:
                 out = await predict(stack_windows([p for _, p in prepared]))
                 if out is not None:
                     risks = [float(r) for r in out]
-            for (rec, pending), risk in zip(prepared, risks, strict=True):
-                score, alert = finish(
-                    rec, pending, risk, model=model.info, policy=model.policy, explain=explain
+            steps = [
+                (
+                    rec,
+                    pending,
+                    risk,
+                    *advance(rec, pending, risk, model=model.info, policy=model.policy),
                 )
+                for (rec, pending), risk in zip(prepared, risks, strict=True)
+            ]
+            raised = [(p, r) for _, p, r, _, d in steps if d is not None]
+            attributions = await explain_alerts(raised)
+            sent: list[Awaitable[Any]] = []
+            for _, pending, _, score, decision in steps:
                 key = pending.patient.encode()
-                await scores_topic.send(key=key, value=orjson.dumps(score))
-                if alert is not None:
-                    await alerts_topic.send(key=key, value=orjson.dumps(alert))
+                sent.append(await scores_topic.send(key=key, value=orjson.dumps(score)))
+                if decision is not None:
+                    alert = alert_resource(
+                        decision,
+                        pending,
+                        attributions.get(id(pending)),
+                        model=model.info,
+                        policy=model.policy,
+                    )
+                    sent.append(await alerts_topic.send(key=key, value=orjson.dumps(alert)))
+            # Scores and alerts must be durable before the state that follows from them:
+            # if the changelog (new alert state) landed and the alert did not, a replay
+            # after a crash would find the alert already raised and never send it.
+            # Awaiting the broker's acks first means a crash at any point replays the
+            # batch from the old state, which re-emits the same records (idempotent).
+            await asyncio.gather(*sent)
+            for *_, score, decision in steps:  # durable now: count them
+                metrics.scored(score, None if decision is None else decision.severity)
             for patient, rec in records.items():
                 # A table write goes to the changelog partition of the "current event";
                 # in a batch that must be an event of this patient's own partition.
@@ -282,11 +365,13 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(scores_topic, name="persist_scores")
     async def persist_scores(stream: StreamT[Any]) -> None:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            metrics.batch("persist_scores", len(batch))
             await persist_batch(stream, batch, persist.score_row, sink.write_scores)
 
     @app.agent(alerts_topic, name="persist_alerts")
     async def persist_alerts(stream: StreamT[Any]) -> None:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            metrics.batch("persist_alerts", len(batch))
             await persist_batch(stream, batch, persist.alert_row, sink.write_alerts)
 
     @app.agent(dlq, name="persist_dead_letters")
@@ -295,6 +380,7 @@ def create_app(settings: Settings) -> faust.App:
         # and why (the bytes stay in Kafka). Transient errors are retried; a permanent one
         # cannot be dead-lettered again, so it is logged and the batch acknowledged.
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+            metrics.batch("persist_dead_letters", len(batch))
             rows = [
                 persist.dead_letter_row(
                     e.message.headers,

@@ -37,6 +37,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 # NewTopic is public API, but confluent-kafka's stubs do not re-export it.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from . import bench_gateway
 from .demo import (
     SHARED_PHYSIONET,
     end_offsets,
@@ -46,6 +47,7 @@ from .demo import (
     stop_worker,
     warm_up,
 )
+from .profiling import Sampler
 from .replay import landed_at, make_producer
 from .settings import PROJECT_ROOT, VAR_DIR, Settings
 from .sources import psv_messages
@@ -60,6 +62,11 @@ class Row:
     what: str
     value: str
     note: str = ""
+    target: str = ""
+
+
+def _verdict(target: str, met: bool) -> str:
+    return f"{target}: {'met' if met else '**not met**'}"
 
 
 def _stays(n: int, tmp: Path) -> tuple[list[Path], str]:
@@ -153,16 +160,26 @@ def _triton(s: Settings, seconds: float) -> tuple[float, float]:
     return asyncio.run(run(1)), asyncio.run(run(s.triton_max_batch))
 
 
-def _edge(stays: list[Path]) -> float:
-    """FHIR Observations/s through parse_resource with full validation (one core)."""
-    from fhir.parse import parse_resource
+def _edge(stays: list[Path]) -> tuple[float, float]:
+    """FHIR Observations/s through parse_resource on one core: (full R4B validation, lean
+    decoder with full-validation fallback). Both parse the same row Bundles, alternately, and
+    each keeps its best of three passes, so a busy moment on the machine hurts neither more."""
+    from fhir.parse import Validation, parse_resource
 
     msgs, _ = _messages(stays[:20], b"bench")
     bodies = [v for _, v in msgs]
-    n_obs, t0 = 0, time.perf_counter()
-    for body in bodies:
-        n_obs += parse_resource(body).observations
-    return n_obs / (time.perf_counter() - t0)
+
+    def one_pass(mode: Validation) -> float:
+        n_obs, t0 = 0, time.perf_counter()
+        for body in bodies:
+            n_obs += parse_resource(body, validation=mode).observations
+        return n_obs / (time.perf_counter() - t0)
+
+    full = lean = 0.0
+    for _ in range(3):
+        full = max(full, one_pass("full"))
+        lean = max(lean, one_pass("lean"))
+    return full, lean
 
 
 def _db(url: str, n_batches: int = 10) -> float:
@@ -219,6 +236,7 @@ def run_bench(
     loads: tuple[float, ...],
     seconds: float,
     out: Path,
+    profile: bool = False,
     say: Callable[[str], None] = print,
 ) -> list[Row]:
     """Run every measurement, print the table, write ``out`` (BENCHMARKS.md)."""
@@ -231,6 +249,7 @@ def run_bench(
     for fut in admin.create_topics([NewTopic(t, s.topic_partitions, 1) for t in topics]).values():
         fut.result(30)
     rows: list[Row] = []
+    profile_md = ""
     stays, source = _stays(patients, work)
     msgs, n_events = _messages(stays, f"bench-{run}".encode())
     say(f"bench {run}: {len(msgs)} messages ({n_events} events) from {len(stays)} {source} stays")
@@ -244,11 +263,17 @@ def run_bench(
         )
         say(f"worker ready after {ready:.1f}s")
         start = end_offsets(s, [s.topic_scores, s.topic_dlq, s.topic_alerts])
+        sampler = Sampler(worker.pid, work / "worker.pyspy.txt") if profile else None
         t0 = time.monotonic()
         landed, secs = _produce(producer, s.topic_inbound, msgs)
         rows.append(Row("publish (confluent-kafka, acks=all)", f"{len(msgs) / secs:,.0f} msg/s"))
         follow = follow_scores(s, start, landed, deadline=t0 + 900, worker=worker)
         rate = len(follow.scored) / (time.monotonic() - t0)
+        if sampler is not None:
+            prof = sampler.stop()
+            if prof is not None:
+                profile_md = prof.markdown()
+                say(profile_md)
         per_msg = n_events / len(msgs)
         # 2. The baseline reads the same topic: consume + parse, nothing else.
         base_rate = _baseline(s, len(msgs))
@@ -262,29 +287,39 @@ def run_bench(
         rows.append(
             Row(
                 "full pipeline, 1 worker process",
-                f"{rate:,.1f} msg/s",
-                f"{rate * per_msg:,.0f} events/s; {rate / base_rate:.4f}x baseline; "
+                f"{rate * per_msg:,.0f} events/s",
+                f"{rate:,.1f} msg/s; {rate / base_rate:.4f}x baseline; "
                 f"{len(follow.scored)}/{len(landed)} scored, {follow.degraded} degraded",
+                _verdict(">= 20,000 events/s", rate * per_msg >= 20_000),
             )
         )
         for r in rows[-3:]:
             say(f"{r.what}: {r.value} {r.note}")
         # 3. Latency at fixed offered loads (fresh patients per load).
         for load in loads:
+            # ``load`` is clinical events/s offered; messages carry per_msg events each.
+            msg_rate = load / per_msg
             lm, _ = _messages(stays, f"bench-{run}-{load}".encode())
-            lm = lm[: int(load * seconds)]
+            lm = lm[: int(msg_rate * seconds)]
             start = end_offsets(s, [s.topic_scores, s.topic_dlq, s.topic_alerts])
-            landed, _ = _produce(producer, s.topic_inbound, lm, rate=load)
+            landed, _ = _produce(producer, s.topic_inbound, lm, rate=msg_rate)
             f = follow_scores(s, start, landed, deadline=time.monotonic() + 300, worker=worker)
+            alert_p99 = percentile(f.alert_latencies_ms, 99)
             rows.append(
                 Row(
-                    f"latency at {load:g} msg/s offered ({load * per_msg:,.0f} events/s)",
+                    f"latency at {load:,.0f} events/s offered ({msg_rate:,.0f} msg/s)",
                     f"score p50 {percentile(f.latencies_ms, 50):,.0f} ms, "
                     f"p99 {percentile(f.latencies_ms, 99):,.0f} ms",
                     f"alert p50 {percentile(f.alert_latencies_ms, 50):,.0f} ms, "
-                    f"p99 {percentile(f.alert_latencies_ms, 99):,.0f} ms "
+                    f"p99 {alert_p99:,.0f} ms "
                     f"({len(f.alert_latencies_ms)} alerts); "
                     f"{len(f.scored)}/{len(landed)} scored",
+                    _verdict(
+                        "alert p99 <= 200 ms at 2,000 events/s",
+                        bool(f.alert_latencies_ms) and alert_p99 <= 200,
+                    )
+                    if load >= 2000
+                    else "",
                 )
             )
             say(rows[-1].what + ": " + rows[-1].value + "; " + rows[-1].note)
@@ -300,23 +335,48 @@ def run_bench(
             f"Triton, batches of {s.triton_max_batch}",
             f"{batched:,.0f} inferences/s",
             f"{batched / one:.1f}x one per request",
+            _verdict(">= 10x one per request", batched >= 10 * one),
         )
     )
-    rows.append(Row("edge: FHIR Observations, full R4B validation", f"{_edge(stays):,.0f} obs/s"))
+    edge_full, edge_lean = _edge(stays)
+    rows.append(Row("edge: FHIR Observations, full R4B validation", f"{edge_full:,.0f} obs/s"))
+    rows.append(
+        Row(
+            "edge: FHIR Observations, lean decoder (same decisions as full)",
+            f"{edge_lean:,.0f} obs/s",
+            f"{edge_lean / edge_full:.1f}x full validation",
+        )
+    )
+    gw = asyncio.run(bench_gateway.measure(base, 1000, 32, 500, 16))
+    rows.append(
+        Row(
+            "edge: HL7 v2 ORU^R01 over MLLP (5 OBX each), to Kafka, ACKed",
+            f"{gw.mllp_one:,.0f} msg/s on 1 connection",
+            f"{gw.mllp_eight:,.0f} msg/s on 8 connections; window {gw.window}; "
+            "includes mapping, R4B checks, pseudonymisation and the Kafka ack",
+        )
+    )
+    rows.append(
+        Row(
+            "edge: FHIR HTTP POST /fhir/Observation, to Kafka",
+            f"{gw.http:,.0f} resources/s",
+            f"{gw.http_conc} concurrent clients",
+        )
+    )
     sqlite_url = f"sqlite:///{work / 'db.sqlite'}"
     rows.append(Row("database writes, SQLite", f"{_db(sqlite_url):,.0f} rows/s"))
     try:
         rows.append(Row("database writes, PostgreSQL", f"{_db(PG_URL):,.0f} rows/s"))
     except Exception as exc:  # a machine without the local PostgreSQL still gets the rest
         rows.append(Row("database writes, PostgreSQL", "not measured", str(exc)[:100]))
-    _write(out, rows)
+    _write(out, rows, profile_md)
     say(_table(rows))
     return rows
 
 
 def _table(rows: list[Row]) -> str:
-    lines = ["| measurement | result | notes |", "|---|---|---|"]
-    lines += [f"| {r.what} | {r.value} | {r.note} |" for r in rows]
+    lines = ["| measurement | result | target | notes |", "|---|---|---|---|"]
+    lines += [f"| {r.what} | {r.value} | {r.target} | {r.note} |" for r in rows]
     return "\n".join(lines)
 
 
@@ -332,7 +392,7 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
-def _write(out: Path, rows: list[Row]) -> None:
+def _write(out: Path, rows: list[Row], profile_md: str = "") -> None:
     rev = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=PROJECT_ROOT
     ).stdout.strip()
@@ -342,5 +402,12 @@ def _write(out: Path, rows: list[Row]) -> None:
         "local services (Kafka, PostgreSQL, Triton started by `make up`).\n\n"
         f"- when: {datetime.now(UTC).isoformat(timespec='seconds')}\n"
         f"- commit: {rev or 'unknown'}\n"
-        f"- machine: {_machine()}\n\n" + _table(rows) + "\n"
+        f"- machine: {_machine()}\n\n"
+        + _table(rows)
+        + "\n"
+        + (
+            "\n## Where the worker's time goes (full-pipeline burst)\n\n" + profile_md
+            if profile_md
+            else ""
+        )
     )

@@ -17,6 +17,7 @@ import asyncio
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -79,15 +80,36 @@ async def http_clients(port: int, n: int, concurrency: int) -> None:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def main(messages: int, window: int, http_n: int, http_conc: int) -> None:
+@dataclass(frozen=True, slots=True)
+class GatewayRates:
+    """Messages acknowledged per second, wall clock."""
+
+    mllp_one: float
+    mllp_eight: float
+    http: float
+    messages: int
+    window: int
+    http_n: int
+    http_conc: int
+
+
+async def measure(
+    base: Settings, messages: int, window: int, http_n: int, http_conc: int
+) -> GatewayRates:
+    """Run a gateway in-process on ``base``'s Kafka with run-unique topics and measure it.
+
+    Raises RuntimeError when an ACK is not AA; Kafka errors propagate (not retried).
+    """
     run = uuid.uuid4().hex[:8]
     tmp = Path(tempfile.mkdtemp(prefix="ww-bench-"))
-    s = Settings(
-        topic_inbound=f"bench-{run}.fhir.inbound",
-        topic_dlq=f"bench-{run}.dlq",
-        gateway_mllp_port=0,
-        gateway_http_port=0,
-        gateway_dedup_path=tmp / "seen.sqlite",
+    s = base.model_copy(
+        update={
+            "topic_inbound": f"bench-{run}.fhir.inbound",
+            "topic_dlq": f"bench-{run}.dlq",
+            "gateway_mllp_port": 0,
+            "gateway_http_port": 0,
+            "gateway_dedup_path": tmp / "seen.sqlite",
+        }
     )
     srv = GatewayServer(s)
     await srv.start()
@@ -105,10 +127,15 @@ async def main(messages: int, window: int, http_n: int, http_conc: int) -> None:
         http = http_n / (time.perf_counter() - t)
     finally:
         await srv.stop()
+    return GatewayRates(one, eight, http, messages, window, http_n, http_conc)
+
+
+async def main(messages: int, window: int, http_n: int, http_conc: int) -> None:
+    r = await measure(Settings(), messages, window, http_n, http_conc)
     print(
-        f"MLLP ORU^R01 (5 OBX): 1 connection {one:.0f} msg/s, 8 connections {eight:.0f} msg/s "
-        f"(window {window}, {messages} messages each run)\n"
-        f"FHIR HTTP POST /fhir/Observation: {http:.0f} resources/s "
+        f"MLLP ORU^R01 (5 OBX): 1 connection {r.mllp_one:.0f} msg/s, 8 connections "
+        f"{r.mllp_eight:.0f} msg/s (window {window}, {messages} messages each run)\n"
+        f"FHIR HTTP POST /fhir/Observation: {r.http:.0f} resources/s "
         f"({http_n} requests, {http_conc} concurrent clients)"
     )
 

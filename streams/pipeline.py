@@ -8,6 +8,7 @@ stream batches those calls into one Triton request).
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ import orjson
 
 from fhir.events import ClinicalEvent
 from fhir.parse import parse_resource
+from fhir.pseudonym import LENGTH, PREFIX
 from inference.attribution import TOP_K, Attribution
 from inference.context import uses_spo2_scale2
 from inference.early_warning import news2, qsofa, sirs
@@ -132,11 +134,29 @@ def normalise(raw: bytes, *, source: str, inbound_ts_ms: int | None) -> Normalis
     by_patient: dict[str, list[ClinicalEvent]] = defaultdict(list)
     for e in result.events:
         by_patient[e.patient].append(e)
-    envelopes = [
-        Envelope(p, source, inbound_ts_ms, tuple(sorted(evs, key=lambda e: e.time)))
-        for p, evs in by_patient.items()
-    ]
-    return Normalised(envelopes, [str(r) for r in result.rejected])
+    rejected = [str(r) for r in result.rejected]
+    envelopes = []
+    for p, evs in by_patient.items():
+        if not is_pseudonym(p):
+            # Identity must never reach the state, the scores or the logs: input that
+            # skipped the edge is refused (the reason does not repeat the id).
+            rejected.append(
+                f"{len(evs)} events for a subject that is not a WardWatch pseudonym: "
+                "publish through the edge (wardwatch gateway), which pseudonymises identity"
+            )
+            continue
+        envelopes.append(
+            Envelope(p, source, inbound_ts_ms, tuple(sorted(evs, key=lambda e: e.time)))
+        )
+    return Normalised(envelopes, rejected)
+
+
+_PSEUDONYM = re.compile(rf"{re.escape(PREFIX)}[a-z2-7]{{{LENGTH}}}")
+
+
+def is_pseudonym(patient: str) -> bool:
+    """True for an id the edge's :func:`fhir.pseudonym.pseudonymise` could have made."""
+    return _PSEUDONYM.fullmatch(patient) is not None
 
 
 @dataclass(frozen=True, slots=True)

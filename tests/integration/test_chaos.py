@@ -23,6 +23,7 @@ from streams.settings import Settings
 from tests.conftest import PHYSIONET, require_shared
 from tests.integration.harness import (
     Workers,
+    assert_alerts_match_offline,
     assert_exactly_once,
     isolated_run,
     service,
@@ -82,6 +83,9 @@ def test_worker_killed_mid_replay_and_restarted(tmp_path: Path) -> None:
             expected = rep.expected()
             rows = wait_for_scores(s, set(expected), timeout=300)
             assert_exactly_once(s, rows, expected, files, logs=workers.logs())
+            # Every alert raised exactly as offline: none lost to a crash between the
+            # state's changelog and the alerts topic.
+            assert_alerts_match_offline(s, files, rows, require_alerts=False)
         finally:
             workers.stop_all()
 
@@ -103,6 +107,9 @@ def test_broker_restarted_mid_stream(tmp_path: Path) -> None:
             expected = rep.expected()
             rows = wait_for_scores(s, set(expected), timeout=300)
             assert_exactly_once(s, rows, expected, files, logs=workers.logs())
+            # Every alert raised exactly as offline: none lost to a crash between the
+            # state's changelog and the alerts topic.
+            assert_alerts_match_offline(s, files, rows, require_alerts=False)
         finally:
             supervisor.set()
             workers.stop_all()
@@ -148,6 +155,9 @@ def test_postgres_away_for_30s_applies_backpressure(tmp_path: Path) -> None:
             expected = rep.expected()
             rows = wait_for_scores(s, set(expected), timeout=300)
             assert_exactly_once(s, rows, expected, files, logs=workers.logs())
+            # Every alert raised exactly as offline: none lost to a crash between the
+            # state's changelog and the alerts topic.
+            assert_alerts_match_offline(s, files, rows, require_alerts=False)
             assert all(p.poll() is None for p in workers.procs), "the worker must ride it out"
         finally:
             workers.stop_all()

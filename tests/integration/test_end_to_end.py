@@ -22,6 +22,7 @@ from streams.settings import Settings
 from tests.conftest import PHYSIONET, require_shared
 from tests.integration.harness import (
     Workers,
+    assert_alerts_match_offline,
     assert_exactly_once,
     isolated_run,
     offline_scores,
@@ -85,6 +86,8 @@ def test_replayed_stays_are_all_accounted_for_and_match_offline_scores(
         offline = offline_scores(s, files)
         for r in rows:
             assert r.alert == offline[expected[r.event_offset]]["alert"], expected[r.event_offset]
+
+        assert_alerts_match_offline(s, files, rows)
 
         dead = _dead_letters(s, len(BAD), time.monotonic() + 60)
         assert sorted(v for v, _ in dead) == sorted(BAD), "dead letters keep the original bytes"

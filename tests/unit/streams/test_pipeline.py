@@ -345,3 +345,37 @@ def test_a_failing_explainer_does_not_stop_the_alert() -> None:
     card = card_of(alert)
     assert card is not None and card["extension"]["top_features"] == []
     assert "unavailable" in card["extension"]["attribution_method"]
+
+
+def _observation_for(subject: str) -> bytes:
+    return orjson.dumps(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": f"Patient/{subject}"},
+            "effectiveDateTime": "2026-01-01T10:00:00Z",
+            "valueQuantity": {
+                "value": 88,
+                "unit": "/min",
+                "system": "http://unitsofmeasure.org",
+                "code": "/min",
+            },
+        }
+    )
+
+
+def test_input_that_skipped_the_edge_is_refused_without_repeating_the_id() -> None:
+    from fhir.pseudonym import pseudonymise
+    from streams.pipeline import is_pseudonym, normalise
+
+    pt = pseudonymise("MRN-00442817", b"k")
+    assert is_pseudonym(pt)
+    ok = normalise(_observation_for(pt), source="t/0/1", inbound_ts_ms=None)
+    assert [e.patient for e in ok.envelopes] == [pt] and not ok.rejected
+    for raw_id in ("00442817", "p-7731", pt.upper(), pt + "x"):
+        assert not is_pseudonym(raw_id)
+        out = normalise(_observation_for(raw_id), source="t/0/2", inbound_ts_ms=None)
+        assert out.envelopes == []
+        assert len(out.rejected) == 1 and "not a WardWatch pseudonym" in out.rejected[0]
+        assert raw_id not in out.rejected[0]
