@@ -37,7 +37,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 # NewTopic is public API, but confluent-kafka's stubs do not re-export it.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from . import bench_gateway
+from . import bench_gateway, bench_hotpath, bench_rebuild
 from .demo import (
     SHARED_PHYSIONET,
     end_offsets,
@@ -237,6 +237,7 @@ def run_bench(
     seconds: float,
     out: Path,
     profile: bool = False,
+    rebuild_patients: int = 10_000,
     say: Callable[[str], None] = print,
 ) -> list[Row]:
     """Run every measurement, print the table, write ``out`` (BENCHMARKS.md)."""
@@ -347,6 +348,26 @@ def run_bench(
             f"{edge_lean / edge_full:.1f}x full validation",
         )
     )
+    hot = bench_hotpath.run(n_stays=min(patients, 40), repeat=3, batch=s.batch_size)
+    rows.append(
+        Row(
+            "pure per-message work, no Kafka/Triton (normalise + state + scores)",
+            f"{hot['events_per_s_per_core']:,.0f} events/s per core",
+            f"normalise {hot['normalise_us_per_message']:,.0f} us/msg, score path "
+            f"{hot['score_path_us_per_message']:,.0f} us/msg (CPU time, batch {s.batch_size}); "
+            "the ceiling for one worker process before Faust, Kafka and Triton",
+        )
+    )
+    if rebuild_patients:
+        rb = bench_rebuild.rebuild_time(base, patients=rebuild_patients)
+        rows.append(
+            Row(
+                f"state rebuild from the changelog, {rb.records:,} patients",
+                f"{rb.seconds:,.1f} s",
+                f"{rb.records_per_s:,.0f} records/s, {rb.bytes_per_record / 1024:,.1f} KiB per "
+                f"patient; worker start to ready {rb.ready_seconds:,.1f} s",
+            )
+        )
     gw = asyncio.run(bench_gateway.measure(base, 1000, 32, 500, 16))
     rows.append(
         Row(

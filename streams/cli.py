@@ -210,8 +210,20 @@ def train_cmd(ctx: click.Context) -> None:
     help="Sample the worker with py-spy during the throughput burst and add where its "
     "time goes to the report.",
 )
+@click.option(
+    "--rebuild-patients",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Patients in the state-rebuild measurement (0 skips it).",
+)
 def bench_cmd(
-    patients: int, loads: tuple[float, ...], seconds: float, out: Path, profile: bool
+    patients: int,
+    loads: tuple[float, ...],
+    seconds: float,
+    out: Path,
+    profile: bool,
+    rebuild_patients: int,
 ) -> None:
     """Measure the pipeline on the running local services and write BENCHMARKS.md.
 

@@ -119,6 +119,7 @@ def test_third_worker_joins_mid_replay(tmp_path: Path) -> None:
             workers.stop_all()
 
 
+@pytest.mark.known_bug  # issue 6: see the README's "Running it reliably"
 def test_workers_leave_mid_replay_sigterm_and_sigkill(tmp_path: Path) -> None:
     files = _files(N_FILES, skip=700)
     with isolated_run("scale-leave") as s:
