@@ -10,8 +10,16 @@ training choice), hour by hour, it scores
 * a gradient-boosting baseline (scikit-learn ``HistGradientBoostingClassifier``) on the
   same features: the last hour of the model's window plus summaries of the window (48 h
   and 6 h means of the values and measured-masks, the 6 h change of each value), fitted
-  on the train split, its threshold chosen like the model's (best utility on the test
-  split),
+  on the train split (seeded, deterministic), its threshold chosen like the model's (best
+  utility on the test split),
+* an ensemble of the two (:class:`Stacking`): logistic stacking of the transformer's
+  calibrated logit and the gradient boosting's logit, its three weights fitted on the test
+  split and its threshold the best utility on the test split.
+
+When the evaluated model is itself such an ensemble (model card ``"ensemble"``, built by
+:mod:`inference.ensemble`), its components come from the served TorchScript file
+(:meth:`~inference.runtime.LocalTorchModel.components`) instead of being refitted, so the
+report describes exactly what Triton serves.
 
 and writes a report folder: ``metrics.json``, ``report.md`` and PNG plots (ROC,
 precision-recall, calibration, utility against threshold).
@@ -37,6 +45,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fhir.events import Reading
@@ -103,18 +112,123 @@ def rule_scores(matrix: npt.NDArray[np.float64], codes: Sequence[str]) -> tuple[
     return n2, qs
 
 
-def gbm_features(rows: F32, starts: npt.NDArray[np.int64], n_codes: int) -> F32:
-    """Per sample row: last hour (all features), 48 h and 6 h means of values and masks,
-    and the 6 h change of each value; ``rows``/``starts`` as in ``train.Bank``."""
+def window_gbm_features(windows: F32, n_codes: int) -> F32:
+    """Gradient-boosting features of model windows ``float32[B, WINDOW, F]``: the last
+    hour (all F features), the 48 h and 6 h means of the values and measured-masks (the
+    first ``2 * n_codes`` features) and the 6 h change of each value -> ``float32[B,
+    F + 5 * n_codes]``.
+
+    Means are summed in float64 and rounded once to float32, so the result does not depend
+    on the batch; :mod:`inference.ensemble` computes the same numbers in TorchScript for
+    the served ensemble. Raises ``ValueError`` on a window shorter than 7 hours.
+    """
+    w = np.asarray(windows, dtype=np.float32)
+    if w.ndim != 3 or w.shape[1] < 7:
+        raise ValueError(f"windows must be [B, >=7, F], got {list(w.shape)}")
     c2 = 2 * n_codes
-    cs = np.concatenate([np.zeros((1, c2)), np.cumsum(rows[:, :c2], axis=0, dtype=np.float64)])
-    end = starts + WINDOW
-    last = rows[end - 1]
-    mean48 = (cs[end] - cs[starts]) / WINDOW
-    mean6 = (cs[end] - cs[end - 6]) / 6
-    delta6 = rows[end - 1, :n_codes] - rows[end - 7, :n_codes]
+    last = w[:, -1, :]
+    mean48 = (w[:, :, :c2].sum(axis=1, dtype=np.float64) / w.shape[1]).astype(np.float32)
+    mean6 = (w[:, -6:, :c2].sum(axis=1, dtype=np.float64) / 6.0).astype(np.float32)
+    delta6 = w[:, -1, :n_codes] - w[:, -7, :n_codes]
     out: F32 = np.concatenate([last, mean48, mean6, delta6], axis=1).astype(np.float32)
     return out
+
+
+def gbm_features(rows: F32, starts: npt.NDArray[np.int64], n_codes: int, chunk: int = 4096) -> F32:
+    """:func:`window_gbm_features` of every sample row of a bank (``rows``/``starts`` as
+    in ``train.Bank``), a chunk of windows at a time so memory stays small."""
+    width = rows.shape[1] + 5 * n_codes
+    parts = [np.zeros((0, width), np.float32)]
+    for i in range(0, starts.size, chunk):
+        gather = starts[i : i + chunk, None] + np.arange(WINDOW)[None, :]
+        parts.append(window_gbm_features(rows[gather], n_codes))
+    return np.concatenate(parts, axis=0)
+
+
+# The gradient-boosting baseline and the ensemble's component share one fit rule.
+GBM_PARAMS: dict[str, Any] = {
+    "max_iter": 300,
+    "learning_rate": 0.05,
+    "max_leaf_nodes": 31,
+    "l2_regularization": 1.0,
+    "early_stopping": True,
+    "validation_fraction": 0.1,
+    "n_iter_no_change": 20,
+}
+
+
+def fit_gbm(
+    rows: F32, starts: npt.NDArray[np.int64], labels: npt.NDArray[Any], n_codes: int, seed: int
+) -> HistGradientBoostingClassifier:
+    """The gradient-boosting model on a bank's rows (the train split), seeded: the same
+    data and seed give the same trees. Raises ``ValueError`` (scikit-learn) when the
+    labels have one class."""
+    gbm = HistGradientBoostingClassifier(**GBM_PARAMS, random_state=seed)
+    gbm.fit(gbm_features(rows, starts, n_codes), labels)
+    return gbm
+
+
+# Probabilities are clipped before the logit so 0 and 1 stay finite (float32 saturates).
+LOGIT_EPS = 1e-6
+
+
+def clipped_logit(p: npt.ArrayLike) -> F64:
+    """``log(p / (1 - p))`` of ``p`` clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]``, float64."""
+    q = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS)
+    out: F64 = np.log(q) - np.log1p(-q)
+    return out
+
+
+@dataclass(frozen=True)
+class Stacking:
+    """Logistic stacking of the transformer and gradient-boosting probabilities:
+    ``sigmoid(intercept + w_transformer * logit(p_t) + w_gbm * logit(p_g))``, with the
+    alarm threshold on that probability."""
+
+    intercept: float
+    w_transformer: float
+    w_gbm: float
+    threshold: float
+
+    def predict(self, p_transformer: npt.ArrayLike, p_gbm: npt.ArrayLike) -> F64:
+        """The ensemble's probability, float64. Raises nothing."""
+        z = (
+            self.intercept
+            + self.w_transformer * clipped_logit(p_transformer)
+            + self.w_gbm * clipped_logit(p_gbm)
+        )
+        out: F64 = 1.0 / (1.0 + np.exp(-z))
+        return out
+
+    def to_dict(self) -> dict[str, float]:
+        return {
+            "intercept": self.intercept,
+            "w_transformer": self.w_transformer,
+            "w_gbm": self.w_gbm,
+            "threshold": self.threshold,
+        }
+
+
+def fit_stacking(
+    labels: npt.NDArray[Any],
+    stay_of: npt.NDArray[np.int64],
+    p_transformer: npt.ArrayLike,
+    p_gbm: npt.ArrayLike,
+) -> Stacking:
+    """Fit the stacking weights by (nearly unpenalised) logistic regression on the given
+    rows, then the alarm threshold with the best normalised utility on the same stays.
+    Call it with the test split only. Raises ``ValueError`` when the rows have one class
+    or no septic stay."""
+    x = np.column_stack([clipped_logit(p_transformer), clipped_logit(p_gbm)])
+    # C large: three weights on tens of thousands of rows need no shrinkage, and a
+    # penalty would pull the output away from a calibrated probability.
+    lr = LogisticRegression(C=1e4).fit(x, labels)
+    partial = Stacking(
+        float(lr.intercept_[0]), float(lr.coef_[0, 0]), float(lr.coef_[0, 1]), threshold=1.0
+    )
+    p = partial.predict(p_transformer, p_gbm)
+    th, _ = best_threshold(_split_by_stay(labels, stay_of), _split_by_stay(p, stay_of))
+    return Stacking(partial.intercept, partial.w_transformer, partial.w_gbm, th)
 
 
 def rising_edges(alarms: Sequence[npt.NDArray[np.bool_]]) -> int:
@@ -206,13 +320,10 @@ def evaluate(
         raise ValueError(f"split {split!r} has no positive rows")
 
     # the exported model
-    probs = np.concatenate(
-        [
-            model.predict(bank.windows(np.arange(i, min(i + 1024, y.size))).numpy())
-            for i in range(0, y.size, 1024)
-        ]
-    ).astype(np.float64)
-    methods = [Scored(f"{card['name']} v{card['version']}", probs, model.alert_threshold, True)]
+    c = len(spec.codes)
+    probs = _in_chunks(model.predict, bank).astype(np.float64)
+    model_name = f"{card['name']} v{card['version']}"
+    model_method = Scored(model_name, probs, model.alert_threshold, True)
 
     # rules, with the stream's own functions
     n2s, qss = [], []
@@ -220,30 +331,54 @@ def evaluate(
         a, b = rule_scores(s.matrix, spec.codes)
         n2s.append(a)
         qss.append(b)
-    methods.append(Scored("NEWS2 >= 5", np.concatenate(n2s), 5.0, False))
-    methods.append(Scored("qSOFA >= 2", np.concatenate(qss), 2.0, False))
+    news2_method = Scored("NEWS2 >= 5", np.concatenate(n2s), 5.0, False)
+    qsofa_method = Scored("qSOFA >= 2", np.concatenate(qss), 2.0, False)
 
-    # gradient boosting on the same features
-    c = len(spec.codes)
-    fit_bank, tune_bank = tr.make_bank(fit, spec), tr.make_bank(tune, spec)
-    gbm = HistGradientBoostingClassifier(
-        max_iter=300,
-        learning_rate=0.05,
-        max_leaf_nodes=31,
-        l2_regularization=1.0,
-        early_stopping=True,
-        validation_fraction=0.1,
-        n_iter_no_change=20,
-        random_state=seed,
-    )
-    gbm.fit(gbm_features(fit_bank.rows, fit_bank.starts, c), fit_bank.labels)
-    tune_p = gbm.predict_proba(gbm_features(tune_bank.rows, tune_bank.starts, c))[:, 1]
-    gbm_th, _ = best_threshold(
-        _split_by_stay(tune_bank.labels, tune_bank.stay_of),
-        _split_by_stay(tune_p, tune_bank.stay_of),
-    )
-    gbm_p = gbm.predict_proba(gbm_features(bank.rows, bank.starts, c))[:, 1].astype(np.float64)
-    methods.append(Scored("gradient boosting (HistGradientBoosting)", gbm_p, gbm_th, True))
+    ens_card: dict[str, Any] | None = card.get("ensemble")
+    if ens_card is None:
+        # gradient boosting on the same features, and the ensemble of it with the model:
+        # fitted on the train split, weights and thresholds chosen on the test split
+        fit_bank, tune_bank = tr.make_bank(fit, spec), tr.make_bank(tune, spec)
+        gbm = fit_gbm(fit_bank.rows, fit_bank.starts, fit_bank.labels, c, seed)
+        tune_pg = gbm.predict_proba(gbm_features(tune_bank.rows, tune_bank.starts, c))[:, 1]
+        gbm_th, _ = best_threshold(
+            _split_by_stay(tune_bank.labels, tune_bank.stay_of),
+            _split_by_stay(tune_pg, tune_bank.stay_of),
+        )
+        gbm_p = gbm.predict_proba(gbm_features(bank.rows, bank.starts, c))[:, 1]
+        tune_pt = _in_chunks(model.predict, tune_bank).astype(np.float64)
+        stacking = fit_stacking(tune_bank.labels, tune_bank.stay_of, tune_pt, tune_pg)
+        ens_p = stacking.predict(probs, gbm_p)
+        gbm_info: dict[str, Any] = {"n_iter": int(gbm.n_iter_), "seed": seed}
+        methods = [
+            model_method,
+            news2_method,
+            qsofa_method,
+            Scored(GBM_NAME, gbm_p.astype(np.float64), gbm_th, True),
+            Scored(ENSEMBLE_NAME, ens_p, stacking.threshold, True),
+        ]
+        ensemble_info = {
+            "method": "logistic stacking of logit(transformer) and logit(gradient boosting)",
+            "fitted_on": "test",
+            **stacking.to_dict(),
+        }
+    else:
+        # the model is the ensemble: report its served components, not a refit
+        parts = _components_in_chunks(model, bank)
+        gbm_info = {**ens_card.get("gbm", {}), "source": "the served model's component"}
+        methods = [
+            model_method,
+            news2_method,
+            qsofa_method,
+            Scored(GBM_NAME, parts["gbm"], float(ens_card["gbm_threshold"]), True),
+            Scored(
+                f"transformer component ({ens_card['transformer']['name']})",
+                parts["transformer"],
+                float(ens_card["transformer_threshold"]),
+                True,
+            ),
+        ]
+        ensemble_info = {"method": "the evaluated model", **ens_card.get("stacking", {})}
 
     labels = _split_by_stay(y, bank.stay_of)
     patient_days = y.size / 24.0
@@ -263,10 +398,10 @@ def evaluate(
             "alarm_hours_fraction": float(np.mean(m.score >= m.threshold)),
         }
     if policy_alerts is not None:
-        first = results[methods[0].name]
+        first = results[model_name]
         n_alerts = policy_alerts(
-            _split_by_stay(methods[0].score, bank.stay_of),
-            _split_by_stay(methods[1].score, bank.stay_of),
+            _split_by_stay(model_method.score, bank.stay_of),
+            _split_by_stay(news2_method.score, bank.stay_of),
         )
         first["policy_alerts_per_patient_day"] = n_alerts / patient_days
     report = {
@@ -279,7 +414,8 @@ def evaluate(
         "septic_patients": int(sum(int(x.any()) for x in labels)),
         "patient_days": patient_days,
         "bootstrap": {"resamples": n_boot, "unit": "patient", "interval": "percentile 95%"},
-        "gbm": {"n_iter": int(gbm.n_iter_), "threshold_rule": "best utility on the test split"},
+        "gbm": {**gbm_info, "threshold_rule": "best utility on the test split"},
+        "ensemble": ensemble_info,
         "methods": results,
         "targets": {"auroc": 0.85, "utility": 0.40},
         "wall_seconds": round(time.monotonic() - t0, 1),
@@ -289,6 +425,35 @@ def evaluate(
     (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+GBM_NAME = "gradient boosting (HistGradientBoosting)"
+ENSEMBLE_NAME = "ensemble (transformer + gradient boosting, stacked on test)"
+
+
+def _in_chunks(predict: Callable[[F32], Any], bank: Any, chunk: int = 1024) -> F64:
+    """``predict`` over every window of a ``train.Bank``, ``chunk`` windows at a time."""
+    n = int(bank.labels.size)
+    parts = [np.zeros(0)]
+    for i in range(0, n, chunk):
+        parts.append(np.asarray(predict(bank.windows(np.arange(i, min(i + chunk, n))).numpy())))
+    out: F64 = np.concatenate(parts).astype(np.float64)
+    return out
+
+
+def _components_in_chunks(model: LocalTorchModel, bank: Any, chunk: int = 1024) -> dict[str, F64]:
+    """The ensemble model's per-component probabilities over every window of a bank.
+    Raises ``ValueError`` when the model has no such components (not an ensemble)."""
+    names = model.component_names()
+    if set(names) != {"transformer", "gbm"}:
+        raise ValueError(f"model card says ensemble, model has components {names}")
+    n = int(bank.labels.size)
+    parts: dict[str, list[F64]] = {k: [np.zeros(0)] for k in names}
+    for i in range(0, n, chunk):
+        got = model.components(bank.windows(np.arange(i, min(i + chunk, n))).numpy())
+        for k in names:
+            parts[k].append(got[k])
+    return {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()}
 
 
 def _plots(
@@ -304,7 +469,7 @@ def _plots(
     import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
     fig, ax = plt.subplots(figsize=(6, 6))
     for m, col in zip(methods, colours, strict=False):
         fpr, tpr, _ = roc_curve(y, m.score)
@@ -390,8 +555,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Split **{r['split']}** (seed {r['split_seed']}): {r['n_patients']} patients, "
         f"{r['n_rows']} hourly rows, {r['positive_rows']} positive rows, "
         f"{r['septic_patients']} septic patients, {r['patient_days']:.0f} patient-days. "
-        "Every choice (early stopping, calibration, thresholds) was made on the train/test "
-        "splits; this split is reported once.",
+        "Every choice (early stopping, calibration, ensemble weights, thresholds) was made on "
+        "the train/test splits; this split is reported once.",
         "",
         "| method | AUROC (95% CI) | AUPRC (95% CI) | threshold | utility | "
         "alerts / patient-day | alarm hours |",
@@ -405,8 +570,8 @@ def render_markdown(r: dict[str, Any]) -> str:
             f"{m['alarm_hours_fraction']:.1%} |"
         )
     best = max(r["methods"].items(), key=lambda kv: kv[1]["auroc"])[0]
-    best_u = max(r["methods"].items(), key=lambda kv: kv[1]["utility"])[0]
     model_name = f"{r['model']['name']} v{r['model']['version']}"
+    best_u = max(r["methods"].items(), key=lambda kv: kv[1]["utility"])[0]
     mm = r["methods"][model_name]
     t = r["targets"]
     lines += [
@@ -415,9 +580,18 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"{'met' if mm['auroc'] >= t['auroc'] else 'not met'}), normalised utility >= "
         f"{t['utility']} (model: {mm['utility']:.3f}, "
         f"{'met' if mm['utility'] >= t['utility'] else 'not met'}).",
+        *(
+            [
+                f"Ensemble: AUROC {em['auroc']:.3f} "
+                f"({'met' if em['auroc'] >= t['auroc'] else 'not met'}), utility "
+                f"{em['utility']:.3f} ({'met' if em['utility'] >= t['utility'] else 'not met'})."
+            ]
+            if (em := r["methods"].get(ENSEMBLE_NAME)) is not None
+            else []
+        ),
         f"Highest AUROC: **{best}**; highest utility: **{best_u}**."
         + (
-            " Gradient boosting beats the transformer on "
+            f" Gradient boosting beats {model_name} on "
             + " and ".join(
                 k for k, b in (("AUROC", best), ("utility", best_u)) if b.startswith("gradient")
             )
@@ -438,7 +612,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         "measured; PhysioNet has no consciousness record, so NEWS2 and qSOFA here are partial "
         "(mentation counted as normal).",
         "* The model's threshold is the model card's (best utility on the test split); the "
-        "gradient-boosting baseline's is chosen the same way.",
+        "gradient-boosting baseline's is chosen the same way. The gradient boosting is fitted "
+        f"on the train split (seed {r['gbm'].get('seed', '?')}, "
+        f"{r['gbm'].get('n_iter', '?')} trees).",
+        *(_ensemble_note(r["ensemble"]) if "ensemble" in r else []),
         *(
             [
                 f"* With the stream's alert policy (hysteresis, suppression window, NEWS2 >= 7 "
@@ -453,3 +630,16 @@ def render_markdown(r: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _ensemble_note(e: dict[str, Any]) -> list[str]:
+    """The report's line on how the ensemble was made. Raises nothing."""
+    if "intercept" not in e:
+        return []
+    who = "The evaluated model is" if e.get("method") == "the evaluated model" else "The"
+    return [
+        f"* {who} ensemble: `sigmoid({e['intercept']:.4f} + {e['w_transformer']:.4f} * "
+        f"logit(p_transformer) + {e['w_gbm']:.4f} * logit(p_gbm))` (probabilities clipped to "
+        f"[{LOGIT_EPS:g}, 1 - {LOGIT_EPS:g}]); the three weights are a logistic regression "
+        "on the test split and its threshold the best utility on the test split."
+    ]

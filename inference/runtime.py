@@ -4,13 +4,18 @@
 :func:`inference.features.feature_window`) -> probabilities ``float64/float32[B]``.
 :class:`LocalTorchModel` runs the same TorchScript file Triton serves;
 :class:`inference.client.TritonRiskClient` is the served, async counterpart.
+
+An ensemble version (built by :mod:`inference.ensemble`) is one TorchScript file too: the
+transformer, the gradient-boosting trees and the stacking weights are all inside it, so
+loading and :meth:`LocalTorchModel.predict` are unchanged; its components' probabilities
+are available through :meth:`LocalTorchModel.components` (for the evaluation report).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +25,9 @@ from inference.errors import ModelError
 from inference.features import FEATURE_SPEC_FILE, WINDOW, FeatureSpec, newest_version_dir
 
 F32 = npt.NDArray[np.float32]
+# TorchScript methods an ensemble exports next to ``forward`` (inference.ensemble):
+# component name -> method name.
+COMPONENT_METHODS: Final = {"transformer": "transformer_probability", "gbm": "gbm_probability"}
 
 
 @runtime_checkable
@@ -93,3 +101,22 @@ class LocalTorchModel:
             return np.zeros(0, dtype=np.float32)
         probs: F32 = np.concatenate(out)[:, 0].astype(np.float32)
         return probs
+
+    def component_names(self) -> list[str]:
+        """The components this model exports (``[]`` for a single model). Raises nothing."""
+        return [k for k, m in COMPONENT_METHODS.items() if hasattr(self.module, m)]
+
+    def components(self, windows: npt.ArrayLike) -> dict[str, npt.NDArray[np.float64]]:
+        """Each component's probability float64[B] for the windows (``{}`` for a single
+        model); ``ModelError`` for windows of the wrong shape. Nothing is retried."""
+        x = check_windows(windows, self.spec.n_features)
+        out: dict[str, list[npt.NDArray[np.float64]]] = {k: [] for k in self.component_names()}
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], self.max_batch):
+                batch = torch.from_numpy(x[i : i + self.max_batch])
+                for k in out:
+                    method = getattr(self.module, COMPONENT_METHODS[k])
+                    out[k].append(method(batch).double().numpy())
+        return {
+            k: np.concatenate(v) if v else np.zeros(0, dtype=np.float64) for k, v in out.items()
+        }

@@ -96,6 +96,7 @@ def test_train_cli_end_to_end_on_synthetic_stays(tmp_path: Path) -> None:
         "NEWS2 >= 5",
         "qSOFA >= 2",
         "gradient boosting (HistGradientBoosting)",
+        "ensemble (transformer + gradient boosting, stacked on test)",
     ]
     for m in report["methods"].values():
         lo, hi = m["auroc_ci95"]

@@ -1,0 +1,468 @@
+"""Build the ensemble risk model: the transformer stacked with gradient boosting.
+
+    python -m inference.ensemble build --out var/model-v2 --version 2
+    wardwatch evaluate --model-dir var/model-v2/sepsis_transformer \\
+        --out var/model-v2/reports/2
+    python -m inference.ensemble card --model-dir var/model-v2/sepsis_transformer \\
+        --report var/model-v2/reports/2/metrics.json
+
+``build`` takes the newest version of the transformer model folder (its TorchScript file
+and Platt calibration untouched), fits the gradient-boosting model of
+:func:`inference.evaluate.fit_gbm` on the train split (seeded), fits the logistic stacking
+of the two (:func:`inference.evaluate.fit_stacking`) and its alert threshold on the test
+split, and writes a Triton model folder ``<out>/sepsis_transformer`` whose new version is
+ONE TorchScript file holding all of it (:class:`EnsembleRiskModel`: the window's
+gradient-boosting features, the trees, the transformer and the stacking). The served
+backend (``inference/triton_python_model.py``), the Triton config and
+:class:`~inference.runtime.LocalTorchModel` therefore need no change and no new library
+(no scikit-learn in the Triton image). The validation split is not read by ``build``;
+``wardwatch evaluate`` reports it once, and ``card`` copies that report into the card.
+
+Raises ``FileNotFoundError`` for a missing model or data folder, ``RuntimeError`` when the
+exported file does not reproduce scikit-learn's and the stacking's numbers; nothing is
+retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from inference.evaluate import (
+    GBM_PARAMS,
+    LOGIT_EPS,
+    Stacking,
+    _in_chunks,
+    _split_by_stay,
+    fit_gbm,
+    fit_stacking,
+    gbm_features,
+    window_gbm_features,
+)
+from inference.features import FEATURE_SPEC_FILE, WINDOW, newest_version_dir
+from inference.runtime import LocalTorchModel
+from inference.utility import best_threshold, normalized_utility
+
+MODEL_NAME = "sepsis_transformer"
+# The exported file must agree with numpy/scikit-learn to this absolute tolerance.
+ATOL = 1e-5
+
+
+class EnsembleRiskModel(nn.Module):
+    """``float32[B, WINDOW, F]`` windows -> ``float32[B, 1]`` ensemble probability.
+
+    ``forward`` = ``sigmoid(intercept + w_t * logit(p_t) + w_g * logit(p_g))`` in float64,
+    with ``p_t`` the transformer's calibrated probability (its TorchScript module, as
+    exported) and ``p_g`` the gradient boosting's, from the trees of a fitted
+    ``HistGradientBoostingClassifier`` walked with tensor ops (``x <= threshold`` goes
+    left, NaN follows the tree's missing-value side, as scikit-learn does).
+    """
+
+    def __init__(
+        self,
+        transformer: torch.jit.ScriptModule,
+        trees: dict[str, torch.Tensor],
+        baseline: float,
+        depth: int,
+        n_codes: int,
+        stacking: Stacking,
+    ) -> None:
+        super().__init__()
+        self.transformer = transformer
+        for name in ("feature", "threshold", "left", "right", "missing_left", "value", "root"):
+            self.register_buffer(name, trees[name])
+        self.baseline = float(baseline)
+        self.depth = int(depth)
+        self.n_codes = int(n_codes)
+        self.intercept = float(stacking.intercept)
+        self.w_transformer = float(stacking.w_transformer)
+        self.w_gbm = float(stacking.w_gbm)
+        self.eps = float(LOGIT_EPS)
+
+    def gbm_features(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`inference.evaluate.window_gbm_features` in torch, as float64."""
+        c = self.n_codes
+        w = x.shape[1]
+        last = x[:, -1, :]
+        mean48 = (x[:, :, : 2 * c].double().sum(1) / float(w)).float()
+        mean6 = (x[:, -6:, : 2 * c].double().sum(1) / 6.0).float()
+        delta6 = x[:, -1, :c] - x[:, -7, :c]
+        return torch.cat([last, mean48, mean6, delta6], 1).double()
+
+    @torch.jit.export
+    def gbm_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The gradient boosting's probability, float64[B]."""
+        f = self.gbm_features(x)
+        b = f.shape[0]
+        feature: torch.Tensor = self.feature  # type: ignore[assignment]
+        threshold: torch.Tensor = self.threshold  # type: ignore[assignment]
+        missing: torch.Tensor = self.missing_left  # type: ignore[assignment]
+        left: torch.Tensor = self.left  # type: ignore[assignment]
+        right: torch.Tensor = self.right  # type: ignore[assignment]
+        root: torch.Tensor = self.root  # type: ignore[assignment]
+        value: torch.Tensor = self.value  # type: ignore[assignment]
+        node = root.unsqueeze(0).expand(b, root.shape[0])
+        for _ in range(self.depth):
+            xv = torch.gather(f, 1, feature[node])
+            go_left = (xv <= threshold[node]) | (torch.isnan(xv) & missing[node])
+            # a leaf's left and right are itself, so finished trees stay put
+            node = torch.where(go_left, left[node], right[node])
+        return torch.sigmoid(value[node].sum(1) + self.baseline)
+
+    @torch.jit.export
+    def transformer_probability(self, x: torch.Tensor) -> torch.Tensor:
+        """The transformer's calibrated probability, float64[B] (from its float32)."""
+        p: torch.Tensor = self.transformer(x)
+        return p[:, 0].double()
+
+    def _logit(self, p: torch.Tensor) -> torch.Tensor:
+        q = torch.clamp(p, self.eps, 1.0 - self.eps)
+        return torch.log(q) - torch.log1p(-q)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (
+            self.intercept
+            + self.w_transformer * self._logit(self.transformer_probability(x))
+            + self.w_gbm * self._logit(self.gbm_probability(x))
+        )
+        return torch.sigmoid(z).float().unsqueeze(1)
+
+
+def tree_tensors(gbm: Any) -> tuple[dict[str, torch.Tensor], float, int]:
+    """The trees of a fitted binary ``HistGradientBoostingClassifier`` as flat tensors
+    (``[T * N]`` per node field, children as flat indices, leaves pointing at themselves),
+    its baseline raw score and the deepest leaf's depth. Raises ``ValueError`` for a
+    multi-class or categorical model (not supported)."""
+    if gbm.n_trees_per_iteration_ != 1:
+        raise ValueError("only binary gradient boosting is supported")
+    trees = [p[0].nodes for p in gbm._predictors]
+    if any(t["is_categorical"].any() for t in trees):
+        raise ValueError("categorical splits are not supported")
+    n = max(t.size for t in trees)
+    size = len(trees) * n
+    out = {
+        "feature": np.zeros(size, np.int64),
+        "threshold": np.zeros(size, np.float64),
+        "left": np.arange(size, dtype=np.int64),  # padding nodes: self loops, never reached
+        "right": np.arange(size, dtype=np.int64),
+        "missing_left": np.zeros(size, bool),
+        "value": np.zeros(size, np.float64),
+    }
+    depth = 0
+    for i, t in enumerate(trees):
+        base = i * n
+        k = np.arange(t.size)
+        leaf = t["is_leaf"].astype(bool)
+        out["feature"][base + k] = np.where(leaf, 0, t["feature_idx"])
+        out["threshold"][base + k] = np.where(leaf, 0.0, t["num_threshold"])
+        out["left"][base + k] = np.where(leaf, base + k, base + t["left"].astype(np.int64))
+        out["right"][base + k] = np.where(leaf, base + k, base + t["right"].astype(np.int64))
+        out["missing_left"][base + k] = t["missing_go_to_left"].astype(bool) & ~leaf
+        out["value"][base + k] = np.where(leaf, t["value"], 0.0)
+        depth = max(depth, int(t["depth"][leaf].max()))
+    tensors = {k: torch.from_numpy(v) for k, v in out.items()}
+    tensors["root"] = torch.arange(len(trees), dtype=torch.int64) * n
+    return tensors, float(np.asarray(gbm._baseline_prediction).ravel()[0]), depth
+
+
+def export_ensemble(
+    transformer: torch.jit.ScriptModule, gbm: Any, stacking: Stacking, n_codes: int
+) -> torch.jit.ScriptModule:
+    """The ensemble as one TorchScript module (scripted; the transformer stays traced)."""
+    trees, baseline, depth = tree_tensors(gbm)
+    module = EnsembleRiskModel(transformer, trees, baseline, depth, n_codes, stacking).eval()
+    scripted: torch.jit.ScriptModule = torch.jit.script(module)
+    return scripted
+
+
+def check_export(
+    module: torch.jit.ScriptModule,
+    transformer: torch.jit.ScriptModule,
+    gbm: Any,
+    stacking: Stacking,
+    windows: npt.NDArray[np.float32],
+    n_codes: int,
+) -> dict[str, float]:
+    """Largest absolute differences between the exported module and the reference
+    (scikit-learn's ``predict_proba``, the transformer alone, :meth:`Stacking.predict`)
+    on real windows; ``RuntimeError`` past :data:`ATOL`."""
+    x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+    with torch.inference_mode():
+        got = module(x)[:, 0].numpy().astype(np.float64)
+        got_g = module.gbm_probability(x).numpy()
+        p_t = transformer(x)[:, 0].numpy().astype(np.float64)
+    p_g = gbm.predict_proba(window_gbm_features(windows, n_codes))[:, 1]
+    diffs = {
+        "gbm": float(np.abs(got_g - p_g).max()),
+        "ensemble": float(np.abs(got - stacking.predict(p_t, p_g)).max()),
+    }
+    if max(diffs.values()) > ATOL:
+        raise RuntimeError(f"exported ensemble differs from the reference: {diffs}")
+    return diffs
+
+
+def build(
+    base_dir: Path,
+    data_dir: Path,
+    out: Path,
+    *,
+    version: int = 2,
+    seed: int = 0,
+    threads: int = 2,
+    max_patients: int | None = None,
+) -> dict[str, Any]:
+    """Write ``<out>/sepsis_transformer`` (``<version>/``, ``config.pbtxt``,
+    ``model_card.json``) and ``<out>/artifacts/gbm.joblib``; returns the card.
+
+    Raises ``FileNotFoundError`` for a missing model or data folder, ``ValueError`` when
+    the base model is already an ensemble or a split lacks positives, ``RuntimeError``
+    when the export check fails."""
+    import joblib  # type: ignore[import-untyped]
+
+    from inference import train as tr
+
+    t0 = time.monotonic()
+    torch.set_num_threads(threads)
+    if not data_dir.exists():
+        raise FileNotFoundError(f"no PhysioNet data at {data_dir}")
+    base = LocalTorchModel.from_dir(base_dir)
+    if "ensemble" in base.card:
+        raise ValueError(f"{base_dir} is already an ensemble; give the transformer's folder")
+    spec, c = base.spec, len(base.spec.codes)
+    split_seed = int(base.card.get("split", {}).get("seed", 2019))
+
+    # train and test only: the validation split is read by `wardwatch evaluate`, once
+    stays = [
+        s for s in tr.load_stays(data_dir, split_seed, max_patients) if s.split != "validation"
+    ]
+    fit_bank = tr.make_bank([s for s in stays if s.split == "train"], spec)
+    tune_bank = tr.make_bank([s for s in stays if s.split == "test"], spec)
+    t_fit = time.monotonic()
+    gbm = fit_gbm(fit_bank.rows, fit_bank.starts, fit_bank.labels, c, seed)
+    fit_seconds = time.monotonic() - t_fit
+    tune_pg = gbm.predict_proba(gbm_features(tune_bank.rows, tune_bank.starts, c))[:, 1]
+    tune_labels = _split_by_stay(tune_bank.labels, tune_bank.stay_of)
+    gbm_th, _ = best_threshold(tune_labels, _split_by_stay(tune_pg, tune_bank.stay_of))
+    tune_pt = _in_chunks(base.predict, tune_bank)
+    stacking = fit_stacking(tune_bank.labels, tune_bank.stay_of, tune_pt, tune_pg)
+    tune_pe = stacking.predict(tune_pt, tune_pg)
+
+    module = export_ensemble(base.module, gbm, stacking, c)
+    check_windows = tune_bank.windows(np.arange(min(512, tune_bank.labels.size))).numpy()
+    diffs = check_export(module, base.module, gbm, stacking, check_windows, c)
+
+    model_dir = out / MODEL_NAME
+    vdir = model_dir / str(version)
+    vdir.mkdir(parents=True, exist_ok=True)
+    base_vdir = newest_version_dir(base_dir)
+    module.save(str(vdir / "model.pt"))
+    shutil.copyfile(base_vdir / FEATURE_SPEC_FILE, vdir / FEATURE_SPEC_FILE)
+    # the served backend is the transformer's own (it loads model.pt, whatever is inside)
+    shutil.copyfile(base_vdir / "model.py", vdir / "model.py")
+    shutil.copyfile(base_dir / "config.pbtxt", model_dir / "config.pbtxt")
+    (out / "artifacts").mkdir(parents=True, exist_ok=True)
+    joblib.dump(gbm, out / "artifacts" / "gbm.joblib")
+
+    def test_metrics(p: npt.NDArray[np.float64], th: float) -> dict[str, float]:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        split = _split_by_stay(p, tune_bank.stay_of)
+        return {
+            "auroc": round(float(roc_auc_score(tune_bank.labels, p)), 4),
+            "auprc": round(float(average_precision_score(tune_bank.labels, p)), 4),
+            "utility": round(normalized_utility(tune_labels, [q >= th for q in split]), 4),
+            "alert_rate": round(float((p >= th).mean()), 4),
+        }
+
+    card = _card(base.card, version, stacking, gbm, gbm_th, split_seed, seed, max_patients)
+    card["metrics"] = {
+        "test": test_metrics(tune_pe, stacking.threshold),
+        "test_components": {
+            "transformer": test_metrics(tune_pt, base.alert_threshold),
+            "gbm": test_metrics(tune_pg, gbm_th),
+        },
+    }
+    card["ensemble"]["export_check_max_abs_diff"] = diffs
+    card["ensemble"]["gbm"]["fit_seconds"] = round(fit_seconds, 1)
+    card["build_seconds"] = round(time.monotonic() - t0, 1)
+    (model_dir / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def _card(
+    base: dict[str, Any],
+    version: int,
+    stacking: Stacking,
+    gbm: Any,
+    gbm_th: float,
+    split_seed: int,
+    seed: int,
+    max_patients: int | None,
+) -> dict[str, Any]:
+    """Version ``version``'s model card: the transformer's, with the ensemble's parts."""
+    keep = ("name", "intended_use", "data", "split", "feature_spec")
+    card: dict[str, Any] = {k: base[k] for k in keep if k in base}
+    card["version"] = version
+    card["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+    card["split"] = {
+        **base.get("split", {}),
+        "early_stopping_and_calibration_and_threshold": "test",
+        "ensemble_weights_and_threshold": "test",
+        "gbm_fit": "train",
+    }
+    card["model"] = {
+        "architecture": "ensemble: logistic stacking of the transformer (version "
+        f"{base['version']}, unchanged) and gradient boosting on summaries of the same window",
+        "output": "calibrated probability sigmoid(intercept + w_t*logit(p_t) + w_g*logit(p_g))",
+        "transformer": base.get("model", {}),
+    }
+    card["ensemble"] = {
+        "method": "logistic stacking (LogisticRegression, C=1e4) of logit(p_transformer) "
+        "and logit(p_gbm), fitted on the test split; alert threshold = best utility on the "
+        "test split",
+        "stacking": stacking.to_dict(),
+        "logit_clip": LOGIT_EPS,
+        "transformer": {
+            "name": f"{base['name']} v{base['version']}",
+            "platt": base.get("model", {}).get("platt"),
+            "training_command": base.get("training", {}).get("command"),
+        },
+        "transformer_threshold": float(base["alert_threshold"]),
+        "gbm": {
+            "library": "scikit-learn HistGradientBoostingClassifier (trees exported to "
+            "TorchScript; scikit-learn is not needed to serve)",
+            "params": {**GBM_PARAMS, "random_state": seed},
+            "n_iter": int(gbm.n_iter_),
+            "seed": seed,
+            "fitted_on": "train",
+            "features": "last hour of the window (all F), 48 h and 6 h means of values and "
+            "measured-masks, 6 h change of each value (inference.evaluate.window_gbm_features)",
+        },
+        "gbm_threshold": gbm_th,
+        "window_hours": WINDOW,
+    }
+    card["alert_threshold"] = stacking.threshold
+    card["alert_threshold_rule"] = "maximises PhysioNet 2019 normalised utility on the test split"
+    card["alert_threshold_note"] = base.get("alert_threshold_note", "")
+    card["build_command"] = (
+        f"python -m inference.ensemble build --version {version} --seed {seed}"
+        + (f" --max-patients {max_patients}" if max_patients else "")
+    )
+    card["limits"] = [x for x in base.get("limits", []) if not x.startswith("Validation AUROC")] + [
+        "The ensemble's weights and threshold were fitted on the test split (~890 patients, "
+        "~50 septic); the utility is noisy at that size.",
+        "The gradient-boosting part uses the same inputs as the transformer; it shares its "
+        "blind spots (no demographics, notes, drugs or GCS).",
+    ]
+    return card
+
+
+def add_evaluation(model_dir: Path, report_path: Path) -> dict[str, Any]:
+    """Copy a ``wardwatch evaluate`` report (metrics.json) of this model into its card
+    (``metrics.validation`` and ``evaluation``). Raises ``FileNotFoundError`` for a
+    missing file, ``ValueError`` when the report is of another model version."""
+    card: dict[str, Any] = json.loads((model_dir / "model_card.json").read_text())
+    report: dict[str, Any] = json.loads(report_path.read_text())
+    if report["model"]["version"] != card["version"]:
+        raise ValueError(
+            f"report is of version {report['model']['version']}, card of {card['version']}"
+        )
+    name = f"{card['name']} v{card['version']}"
+    mine = report["methods"][name]
+    card["metrics"]["validation"] = {
+        "auroc": round(mine["auroc"], 4),
+        "auprc": round(mine["auprc"], 4),
+        "utility": round(mine["utility"], 4),
+        "alert_rate": round(mine["alarm_hours_fraction"], 4),
+        "positive_rate": round(report["positive_rows"] / report["n_rows"], 4),
+    }
+    rounded = {
+        k: {
+            kk: (
+                [round(x, 4) for x in vv]
+                if isinstance(vv, list)
+                else round(vv, 4)
+                if isinstance(vv, float)
+                else vv
+            )
+            for kk, vv in m.items()
+        }
+        for k, m in report["methods"].items()
+    }
+    t = report["targets"]
+    card["evaluation"] = {
+        "command": f"wardwatch evaluate --model-dir {model_dir} --out {report_path.parent}",
+        "split": report["split"],
+        "n_patients": report["n_patients"],
+        "n_rows": report["n_rows"],
+        "bootstrap": report["bootstrap"],
+        "methods": rounded,
+        "targets": t,
+        "targets_met": {
+            "auroc": mine["auroc"] >= t["auroc"],
+            "utility": mine["utility"] >= t["utility"],
+        },
+    }
+    (model_dir / "model_card.json").write_text(json.dumps(card, indent=1) + "\n")
+    return card
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m inference.ensemble``: ``build`` or ``card``; 0 on success."""
+    from inference import physionet_data as pdata
+
+    here = Path(__file__).resolve().parent
+    p = argparse.ArgumentParser(
+        prog="python -m inference.ensemble",
+        description=(__doc__ or "").split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join((__doc__ or "").split("\n\n")[1:3]),
+    )
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="fit and export the ensemble (train/test splits only)")
+    b.add_argument(
+        "--base-dir",
+        type=Path,
+        default=here / "model_repository" / MODEL_NAME,
+        help="the transformer's Triton model folder (its newest version is used)",
+    )
+    b.add_argument("--data-dir", type=Path, default=pdata.PHYSIONET_DIR)
+    b.add_argument("--out", type=Path, default=Path("var") / "model-v2")
+    b.add_argument("--version", type=int, default=2)
+    b.add_argument("--seed", type=int, default=0, help="gradient boosting's random_state")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--max-patients", type=int, default=None)
+    c = sub.add_parser("card", help="copy a wardwatch evaluate report into the model card")
+    c.add_argument("--model-dir", type=Path, required=True)
+    c.add_argument("--report", type=Path, required=True, help="the report's metrics.json")
+    a = p.parse_args(argv)
+    if a.cmd == "build":
+        card = build(
+            a.base_dir,
+            a.data_dir,
+            a.out,
+            version=a.version,
+            seed=a.seed,
+            threads=a.threads,
+            max_patients=a.max_patients,
+        )
+        print(json.dumps({k: card[k] for k in ("alert_threshold", "metrics")}, indent=1))
+        print(json.dumps(card["ensemble"]["stacking"], indent=1))
+    else:
+        card = add_evaluation(a.model_dir, a.report)
+        print(json.dumps(card["metrics"]["validation"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
