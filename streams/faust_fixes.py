@@ -41,6 +41,39 @@ partition whose committed offset is 0 or unknown is seeked on assignment too (ai
 seeks only to a positive committed offset), so what a stream skipped is read again. Every
 acknowledged run is consecutive, so nothing is committed that a stream did not process.
 
+**Gaps are not trusted.** Faust counts a "gap" in the offsets it delivers (a message
+whose offset jumps past the partition's read offset) as processed, meant for offsets
+Kafka never delivers (transaction markers, compacted records). Our input topics have
+neither (plain, idempotent producers, delete policy), and Faust's read offset is
+itself reset to the committed offset by ``perform_seek`` after a rebalance, so a jump
+there means messages fetched before the seek were delivered after it: the offsets in
+between were skipped by the stream, never processed. In a leave test (one of three
+workers SIGTERMed, another SIGKILLed) ``clinical.events`` partition 1 was committed at 58
+with only offsets 33 and 57 of its last patient ever scored: refused acknowledgements are
+never recorded and every other committed run is consecutive, so only gap offsets can
+have filled 34..56 (23 messages lost). So :meth:`Consumer._new_offset` never fills a run with gap
+offsets (the commit waits at the gap, and whoever owns the partition next reads it
+again), and :meth:`Consumer._add_gap` logs each gap on an acknowledged topic.
+
+**Delivery in offset order.** Faust's fetch loop goes on yielding the records of a fetch
+it started before a seek after the seek (``Consumer._drain_messages`` iterates a batch
+from ``getmany`` while ``perform_seek`` moves the partition back to its committed
+offset): records past the new position reach the stream first, Faust's read offset
+jumps past the seek position, and the records from that position, fetched again, are
+then dropped as already read ("DROPPED MESSAGE ROFF"). The stream processes later
+messages of a partition before earlier ones, which it reads again only at the
+partition's next assignment. For a per-patient state that is a wrong score, not just a
+late one: an hour scored before an earlier hour reached the state is scored on an
+incomplete state, and the database keeps that first score. In a leave test, a patient's
+hours 2-12 were scored with hour 1 missing (bit-exactly what the offline scorer gives
+with hour 1 applied after hour 12). So :meth:`Consumer.getmany` hands the stream each
+partition's records strictly in offset order from where the partition was last seeked:
+a record before that position is a stale duplicate and dropped; a record past it
+(something in between not delivered) is dropped and the partition seeked back to it;
+and Faust's read offset is set to each record handed on, so its fetch loop never drops
+one as already read (a leave test stalled that way: a partition read again from its
+committed offset 59 after records 62.. had moved the read offset past it).
+
 :func:`install` puts the fixed consumer into an app; ``streams/app.py`` calls it right
 after building the app.
 """
@@ -48,7 +81,7 @@ after building the app.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import faust
@@ -64,6 +97,10 @@ class Consumer(AIOKafkaConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._fetch_start: dict[TP, int] = {}
+        # Per source partition: the offset the stream must get next (see getmany), and
+        # the offset a re-seek was asked for (one seek per hole, not one per record).
+        self._next: dict[TP, int] = {}
+        self._reseeking: dict[TP, int] = {}
 
     #: Acknowledgements refused (messages skipped by a stream during a rebalance).
     refused_acks: int = 0
@@ -104,6 +141,7 @@ class Consumer(AIOKafkaConsumer):
                 continue  # tables recover from their changelogs by their own seeks
             if committed is not None and committed > 0:
                 self._fetch_start[tp] = committed
+                self._expect(tp, committed)
                 continue
             start = 0
             if committed is None:
@@ -115,32 +153,124 @@ class Consumer(AIOKafkaConsumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Forget where revoked partitions started, then Faust's handling."""
         for tp in revoked:
-            self._fetch_start.pop(tp, None)
+            self._forget(tp)
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         """Partitions are seeked again on assignment: forget where they started."""
         for tp in assigned:
-            self._fetch_start.pop(tp, None)
+            self._forget(tp)
         await super().on_partitions_assigned(assigned, generation_id)
+
+    def _forget(self, tp: TP) -> None:
+        self._fetch_start.pop(tp, None)
+        self._next.pop(tp, None)
+        self._reseeking.pop(tp, None)
+
+    def _ordered(self, tp: TP) -> bool:
+        """True for a source partition whose records a stream acknowledges."""
+        return not self._is_changelog_tp(tp) and bool(self.app.topics.acks_enabled_for(tp.topic))
+
+    def _expect(self, tp: TP, offset: int) -> None:
+        """The partition was seeked to ``offset``: its records start there again."""
+        if self._ordered(tp):
+            self._next[tp] = offset
+            self._reseeking.pop(tp, None)
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        """Faust's seek, then deliver ``partition`` from ``offset`` on (see getmany).
+        Raises what the broker call raises."""
+        await super().seek(partition, offset)
+        self._expect(TP(partition.topic, partition.partition), offset)
+
+    def in_order(self, tp: TP, offset: int) -> bool | None:
+        """Whether the record at ``offset`` of ``tp`` is the next one to deliver: True
+        (deliver it), False (a stale duplicate: drop it) or None (records before it were
+        not delivered: drop it and seek back to :attr:`_next`). Partitions never seeked
+        since their assignment take the first record they get. Raises nothing."""
+        if not self._ordered(tp):
+            return True
+        expected = self._next.get(tp)
+        if expected is None or offset == expected:
+            self._next[tp] = offset + 1
+            self._reseeking.pop(tp, None)
+            return True
+        return False if offset < expected else None
+
+    # Faust's signature, timeout parameter included.
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109
+        """Faust's records, each source partition's strictly in offset order from where it
+        was last seeked (see the module docstring). Raises what Faust's getmany raises;
+        a seek back that fails is logged and tried again at the next out-of-order record.
+        """
+        async for tp, message in super().getmany(timeout):
+            verdict = self.in_order(tp, message.offset)
+            if verdict:
+                if self._ordered(tp):
+                    # This decides the order: Faust's fetch loop must neither drop the
+                    # record as already read (its read offset can be ahead after a
+                    # seek back) nor count a gap before it.
+                    self._read_offset[tp] = message.offset
+                yield tp, message
+            elif verdict is None:
+                await self._seek_back(tp, message.offset)
+
+    async def _seek_back(self, tp: TP, got: int) -> None:
+        """``got`` arrived while ``tp`` should deliver :attr:`_next` first: seek there (once
+        per hole). A hole the log no longer holds (deleted by retention) is skipped with an
+        error log. Raises nothing: a failed seek is retried at the next record."""
+        expected = self._next[tp]
+        if self._reseeking.get(tp) == expected:
+            return  # the seek back is under way; records fetched before it are dropped
+        try:
+            earliest = (await self.earliest_offsets(tp)).get(tp)
+            if earliest is not None and earliest > expected:
+                log.error(
+                    "%s/%s: offsets %s..%s were deleted before they were processed",
+                    tp.topic,
+                    tp.partition,
+                    expected,
+                    earliest - 1,
+                )
+                expected = earliest
+            log.warning(
+                "%s/%s: got offset %s before %s; reading again from %s",
+                tp.topic,
+                tp.partition,
+                got,
+                expected,
+                expected,
+            )
+            await super().seek(tp, expected)
+            self._next[tp] = expected
+            self._reseeking[tp] = expected
+        except Exception as exc:
+            log.warning("%s/%s: seek back to %s failed: %r", tp.topic, tp.partition, expected, exc)
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        """Faust saw offsets ``offset_from..offset_to - 1`` of ``tp`` skipped while
+        fetching: logged, never counted as processed (see :meth:`_new_offset`). Raises
+        nothing."""
+        log.warning(
+            "%s/%s: offsets %s..%s skipped while fetching; not committing past them",
+            tp.topic,
+            tp.partition,
+            offset_from,
+            offset_to - 1,
+        )
 
     def _new_offset(self, tp: TP) -> int | None:
         """The offset to commit for ``tp``: one past the run of acknowledged offsets that
         starts exactly at the partition's committed offset (or, while Faust holds that as
         unknown, where :meth:`seek_to_committed` put it at assignment); None when there is
-        no such run. Offsets Kafka never delivers (gaps Faust recorded while fetching) count as
-        acknowledged, as in Faust. Raises nothing."""
+        no such run. Unlike Faust, gaps Faust recorded while fetching do not count as
+        acknowledged (see the module docstring). Raises nothing."""
         acked = self._acked[tp]
         if not acked:
             return None
-        gaps = self._gap[tp]
-        if gaps:
-            top = max(acked)
-            spans = sorted(gaps.overlap(0, top), key=lambda iv: iv.begin)
-            if spans:
-                filler = [o for iv in spans for o in range(iv.begin, iv.end)]
-                acked.extend(filler)
-                gaps.chop(0, max(filler[-1], top + 1))
+        # Gap offsets are not counted as processed (see the module docstring): a run
+        # stops at the first offset no stream acknowledged.
+        self._gap.pop(tp, None)
         acked.sort()
         # Faust keeps a committed offset of 0 as None: fall back to where the partition
         # was seeked at its assignment.

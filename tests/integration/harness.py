@@ -37,6 +37,8 @@ from streams.settings import PROJECT_ROOT, Settings
 PG_ADMIN = os.environ.get(
     "WARDWATCH_TEST_POSTGRES_ADMIN", "postgresql://wardwatch:wardwatch@127.0.0.1:5433/wardwatch"
 )
+# Set to 1 to keep a run's topics and database after the test (for inspecting a failure).
+KEEP_RUN_ENV = "WARDWATCH_TEST_KEEP_RUN"
 SERVICES = ["bash", str(PROJECT_ROOT / "compose" / "services.sh")]
 
 
@@ -65,9 +67,13 @@ def isolated_run(prefix: str, **overrides: Any) -> Iterator[Settings]:
     try:
         yield s
     finally:
-        admin.delete_topics(topics)
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        if os.environ.get(KEEP_RUN_ENV) == "1":
+            # Debugging a run: its topics and database stay, to be inspected.
+            print(f"{KEEP_RUN_ENV}: kept app id {s.app_id}, database {db}")
+        else:
+            admin.delete_topics(topics)
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
 class Workers:

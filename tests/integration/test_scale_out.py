@@ -9,7 +9,10 @@ and the scores topic (every score on it is for a published message, and every pu
 message has one).
 
 Faust acknowledges messages its streams skip during a rebalance, which can commit past
-a message nobody processed; ``streams/faust_fixes.py`` refuses those acknowledgements.
+a message nobody processed, and can hand a stream a partition's messages out of order
+after a seek; ``streams/faust_fixes.py`` refuses those acknowledgements and restores the
+order of delivery. Set ``WARDWATCH_TEST_KEEP_RUN=1`` to keep a run's topics and database
+for inspection (``tests/integration/harness.py``).
 """
 
 from __future__ import annotations
