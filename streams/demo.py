@@ -160,7 +160,10 @@ def run_demo(
         pseudonyms = _pseudonyms(inputs, demo_settings)
         # The persist agent writes a batch behind the topic: wait for the database too.
         db_scores, db_alerts = _db_counts(settings, pseudonyms)
-        while db_scores < len(follow.scored) and time.monotonic() < t0 + timeout:
+        # Scores and alerts are persisted by agents of their own: wait for both.
+        while (db_scores < len(follow.scored) or db_alerts < follow.alerts) and (
+            time.monotonic() < t0 + timeout
+        ):
             time.sleep(0.5)
             db_scores, db_alerts = _db_counts(settings, pseudonyms)
         wall = time.monotonic() - t0
