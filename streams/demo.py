@@ -52,6 +52,7 @@ class Follow:
     alert_latencies_ms: list[float] = field(default_factory=list)
     scores: int = 0
     alerts: int = 0
+    alert_ids: set[str] = field(default_factory=set)
     degraded: int = 0
 
 
@@ -161,7 +162,7 @@ def run_demo(
         # The persist agent writes a batch behind the topic: wait for the database too.
         db_scores, db_alerts = _db_counts(settings, pseudonyms)
         # Scores and alerts are persisted by agents of their own: wait for both.
-        while (db_scores < len(follow.scored) or db_alerts < follow.alerts) and (
+        while (db_scores < len(follow.scored) or db_alerts < len(follow.alert_ids)) and (
             time.monotonic() < t0 + timeout
         ):
             time.sleep(0.5)
@@ -323,6 +324,7 @@ def follow_scores(
             elif topic == settings.topic_alerts:
                 follow.alerts += 1
                 alert = orjson.loads(msg.value() or b"{}")
+                follow.alert_ids.add(str(alert.get("id")))
                 ref = str(alert.get("subject", {}).get("reference", "")).removeprefix("Patient/")
                 alerts_seen.append(
                     ((ref, str(alert.get("occurrenceDateTime"))), msg.timestamp()[1])
