@@ -104,7 +104,12 @@ async def retry_transient(fn: Callable[[], Awaitable[T]], what: str) -> T:
 
 
 def batches(stream: StreamT[Any]) -> Any:
-    """``noack_take`` (missing from Faust's StreamT type): batches acknowledged by hand."""
+    """``noack_take`` (missing from Faust's StreamT type): batches acknowledged by hand,
+    holding each source partition's records contiguously in offset order (a record taken
+    after a skipped one is released unprocessed and read again after it; see
+    :func:`streams.faust_fixes.admit_in_order`), so no agent sees a later message of a
+    partition before an earlier one."""
+    faust_fixes.admit_in_order(stream)
     return cast(Stream[Any], stream).noack_take
 
 

@@ -74,6 +74,23 @@ and Faust's read offset is set to each record handed on, so its fetch loop never
 one as already read (a leave test stalled that way: a partition read again from its
 committed offset 59 after records 62.. had moved the read offset past it).
 
+**Processing in offset order.** Delivered in order is not processed in order: a stream
+can still *skip* records it was handed in order (a stale generation, or the flow stopped
+during a rebalance; their acknowledgements are refused, see above) and then go on with
+later records of the same partition. In a leave test the normaliser skipped offsets
+53..70 of an inbound partition, processed 71..93, and got 53..70 again only later, so
+the envelopes reached ``clinical.events`` out of order and 46 scores were computed on an
+incomplete state. So each source partition has a *resume point*: where it was last
+seeked to, or the offset after the last record a stream took. :func:`admit_in_order`
+puts a processor on an agent's stream that asks :meth:`Consumer.admit` for every record
+it takes (an int compare): the record at the resume point is processed; a later one
+means a hole (records skipped before it) and is *released* — never processed,
+acknowledged or committed, and not waited for by a rebalance — and the partition is
+seeked back to the hole once (:meth:`Consumer.getmany` does the seek); an earlier one is
+a copy of a record already taken and is released too. A skipped record at or after the
+resume point asks for the same seek back, so a hole at the end of a partition (nothing
+after it to reveal it) is read again as well.
+
 :func:`install` puts the fixed consumer into an app; ``streams/app.py`` calls it right
 after building the app.
 """
@@ -82,11 +99,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.exceptions import Skip
+from faust.streams import Stream
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
-from faust.types import TP, Message
+from faust.types import TP, Message, StreamT
+from mode.utils.futures import notify
 
 log = logging.getLogger("wardwatch.faust_fixes")
 
@@ -101,9 +121,17 @@ class Consumer(AIOKafkaConsumer):
         # the offset a re-seek was asked for (one seek per hole, not one per record).
         self._next: dict[TP, int] = {}
         self._reseeking: dict[TP, int] = {}
+        # Per source partition: the offset a stream must take next (see admit), the hole
+        # a seek back was asked for (until a stream takes it: one seek per hole), and
+        # the seeks back not yet done (getmany does them; admit and ack cannot await).
+        self._resume: dict[TP, int] = {}
+        self._hole: dict[TP, int] = {}
+        self._to_seek: dict[TP, int] = {}
 
     #: Acknowledgements refused (messages skipped by a stream during a rebalance).
     refused_acks: int = 0
+    #: Records a stream took out of order and released unprocessed (see admit).
+    released: int = 0
 
     def ack(self, message: Message) -> bool:
         """Record ``message`` as processed, unless no stream ever took it.
@@ -120,8 +148,67 @@ class Consumer(AIOKafkaConsumer):
                 message.partition,
                 message.offset,
             )
+            self._skipped(message.tp, message.offset)
             return False
         return bool(super().ack(message))
+
+    def _skipped(self, tp: TP, offset: int) -> None:
+        """A stream skipped ``offset`` of ``tp``: at or past the resume point it must be
+        read again before anything after it is processed, so ask for a seek back to the
+        resume point. An offset before it is a stale copy of one already taken. Raises
+        nothing."""
+        resume = self._resume.get(tp)
+        if resume is not None and offset >= resume:
+            self._want_seek(tp, resume)
+
+    def _want_seek(self, tp: TP, hole: int) -> None:
+        """Ask :meth:`getmany` to seek ``tp`` back to ``hole``, once per hole."""
+        if self._hole.get(tp) != hole:
+            self._hole[tp] = hole
+            self._to_seek[tp] = hole
+            log.warning(
+                "%s/%s: offset %s not processed; holding back later offsets until it is",
+                tp.topic,
+                tp.partition,
+                hole,
+            )
+
+    def admit(self, message: Message) -> bool:
+        """Whether a stream may process ``message``, which it has just taken (tracked):
+        True when it is the partition's next offset (its resume point), or the first
+        taken since the partition's assignment. Otherwise it is released (see
+        :meth:`release`) and False returned; a record past the resume point (a hole before
+        it) also asks for a seek back to the resume point. Called for every record of
+        the agents' source topics (see :func:`admit_in_order`), so it stays an int
+        compare on the common path. Raises nothing."""
+        tp = message.tp
+        offset = message.offset
+        resume = self._resume.get(tp)
+        if offset == resume or resume is None:
+            self._resume[tp] = offset + 1
+            if self._hole:
+                self._hole.pop(tp, None)  # a hole is always at the resume point: filled
+            return True
+        if offset > resume:
+            self._want_seek(tp, resume)
+        self.release(message)
+        return False
+
+    def release(self, message: Message) -> None:
+        """Let go of a tracked ``message`` without processing it: it is marked acknowledged
+        (so nothing records it again, and a rebalance does not wait for it) but its
+        offset is not recorded, so it is never committed, and it is read again after the
+        seek back. Raises nothing."""
+        message.acked = True
+        self._unacked_messages.discard(message)
+        self.released += 1
+        notify(self._waiting_for_ack)  # a rebalance may be waiting for it (wait_empty)
+        log.debug(
+            "%s/%s/%s released: taken out of order",
+            message.topic,
+            message.partition,
+            message.offset,
+        )
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         """Seek every assigned partition to its committed offset, including the ones
@@ -166,16 +253,23 @@ class Consumer(AIOKafkaConsumer):
         self._fetch_start.pop(tp, None)
         self._next.pop(tp, None)
         self._reseeking.pop(tp, None)
+        self._resume.pop(tp, None)
+        self._hole.pop(tp, None)
+        self._to_seek.pop(tp, None)
 
     def _ordered(self, tp: TP) -> bool:
         """True for a source partition whose records a stream acknowledges."""
         return not self._is_changelog_tp(tp) and bool(self.app.topics.acks_enabled_for(tp.topic))
 
     def _expect(self, tp: TP, offset: int) -> None:
-        """The partition was seeked to ``offset``: its records start there again."""
+        """The partition was seeked to ``offset``: its records start there again, and
+        its processing resumes there (any hole before is read again from there)."""
         if self._ordered(tp):
             self._next[tp] = offset
             self._reseeking.pop(tp, None)
+            self._resume[tp] = offset
+            self._hole.pop(tp, None)
+            self._to_seek.pop(tp, None)
 
     async def seek(self, partition: TP, offset: int) -> None:
         """Faust's seek, then deliver ``partition`` from ``offset`` on (see getmany).
@@ -200,10 +294,15 @@ class Consumer(AIOKafkaConsumer):
     # Faust's signature, timeout parameter included.
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:  # noqa: ASYNC109
         """Faust's records, each source partition's strictly in offset order from where it
-        was last seeked (see the module docstring). Raises what Faust's getmany raises;
-        a seek back that fails is logged and tried again at the next out-of-order record.
+        was last seeked (see the module docstring), after the seeks back to holes a
+        stream left (see :meth:`admit`). Raises what Faust's getmany raises; a seek back
+        that fails is logged and tried again at the next out-of-order record.
         """
+        if self._to_seek:
+            await self._seek_holes()
         async for tp, message in super().getmany(timeout):
+            if self._to_seek:
+                await self._seek_holes()
             verdict = self.in_order(tp, message.offset)
             if verdict:
                 if self._ordered(tp):
@@ -215,13 +314,33 @@ class Consumer(AIOKafkaConsumer):
             elif verdict is None:
                 await self._seek_back(tp, message.offset)
 
+    async def _seek_holes(self) -> None:
+        """Seek each partition a stream left a hole in back to the hole (see
+        :meth:`admit`). Raises nothing: a seek that fails is logged, and asked for again
+        by the next record taken past the hole."""
+        todo, self._to_seek = self._to_seek, {}
+        for tp, hole in todo.items():
+            if self._hole.get(tp) != hole:
+                continue  # taken, or the partition seeked elsewhere, since
+            at = await self._reposition(tp, hole, "a stream skipped it")
+            if at is None:
+                self._hole.pop(tp, None)
+            elif at != hole:  # deleted by retention: processing resumes at the earliest
+                self._hole.pop(tp, None)
+                self._resume[tp] = at
+
     async def _seek_back(self, tp: TP, got: int) -> None:
         """``got`` arrived while ``tp`` should deliver :attr:`_next` first: seek there (once
-        per hole). A hole the log no longer holds (deleted by retention) is skipped with an
-        error log. Raises nothing: a failed seek is retried at the next record."""
+        per hole). Raises nothing: a failed seek is retried at the next record."""
         expected = self._next[tp]
         if self._reseeking.get(tp) == expected:
             return  # the seek back is under way; records fetched before it are dropped
+        await self._reposition(tp, expected, f"got offset {got} first")
+
+    async def _reposition(self, tp: TP, expected: int, why: str) -> int | None:
+        """Seek ``tp`` to ``expected`` and deliver its records from there; the offset
+        seeked to, or None if the seek failed (logged). A hole the log no longer holds
+        (deleted by retention) is skipped with an error log. Raises nothing."""
         try:
             earliest = (await self.earliest_offsets(tp)).get(tp)
             if earliest is not None and earliest > expected:
@@ -233,19 +352,14 @@ class Consumer(AIOKafkaConsumer):
                     earliest - 1,
                 )
                 expected = earliest
-            log.warning(
-                "%s/%s: got offset %s before %s; reading again from %s",
-                tp.topic,
-                tp.partition,
-                got,
-                expected,
-                expected,
-            )
+            log.warning("%s/%s: reading again from %s (%s)", tp.topic, tp.partition, expected, why)
             await super().seek(tp, expected)
             self._next[tp] = expected
             self._reseeking[tp] = expected
         except Exception as exc:
             log.warning("%s/%s: seek back to %s failed: %r", tp.topic, tp.partition, expected, exc)
+            return None
+        return expected
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust saw offsets ``offset_from..offset_to - 1`` of ``tp`` skipped while
@@ -288,6 +402,29 @@ class Consumer(AIOKafkaConsumer):
         del acked[:n]
         self._acked_index[tp].difference_update(done)
         return end + 1
+
+
+def admit_in_order(stream: StreamT[Any]) -> None:
+    """Make ``stream`` process each source partition's records contiguously in offset
+    order: a processor asks :meth:`Consumer.admit` for every record the stream takes and
+    skips (never hands to the agent) the ones it releases. Call it before the agent
+    starts iterating, so the processor runs before a ``take``'s buffering; calling it
+    again is a no-op, and so is an app without :class:`Consumer`. Raises nothing."""
+    s = cast(Stream[Any], stream)
+    consumer = s.app.consumer
+    if not isinstance(consumer, Consumer) or getattr(s, "_wardwatch_in_order", False):
+        return
+    admit = consumer.admit
+
+    def in_order(value: Any) -> Any:
+        # Faust sets current_event (the record just taken and tracked) before processors.
+        event = s.current_event
+        if event is not None and not admit(event.message):
+            raise Skip()  # Faust acks it, a no-op: released already
+        return value
+
+    s.add_processor(in_order)
+    s._wardwatch_in_order = True  # type: ignore[attr-defined]
 
 
 def install(app: faust.App) -> None:

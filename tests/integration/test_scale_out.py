@@ -9,10 +9,13 @@ and the scores topic (every score on it is for a published message, and every pu
 message has one).
 
 Faust acknowledges messages its streams skip during a rebalance, which can commit past
-a message nobody processed, and can hand a stream a partition's messages out of order
-after a seek; ``streams/faust_fixes.py`` refuses those acknowledgements and restores the
-order of delivery. Set ``WARDWATCH_TEST_KEEP_RUN=1`` to keep a run's topics and database
-for inspection (``tests/integration/harness.py``).
+a message nobody processed, can hand a stream a partition's messages out of order after
+a seek, and lets a stream go on with later messages of a partition after skipping some;
+``streams/faust_fixes.py`` refuses those acknowledgements, restores the order of
+delivery, and holds back what follows a skipped message until it is read again (so
+every score matches the offline scorer's, which needs each patient's hours in order).
+Set ``WARDWATCH_TEST_KEEP_RUN=1`` to keep a run's topics and database for inspection
+(``tests/integration/harness.py``).
 """
 
 from __future__ import annotations
@@ -122,7 +125,6 @@ def test_third_worker_joins_mid_replay(tmp_path: Path) -> None:
             workers.stop_all()
 
 
-@pytest.mark.known_bug  # issue 6: see the README's "Running it reliably"
 def test_workers_leave_mid_replay_sigterm_and_sigkill(tmp_path: Path) -> None:
     files = _files(N_FILES, skip=700)
     with isolated_run("scale-leave") as s:

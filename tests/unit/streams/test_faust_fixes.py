@@ -1,5 +1,6 @@
-"""The commit gate of :mod:`streams.faust_fixes` (never commit past an unprocessed offset)
-and its delivery order (each partition's records in offset order from its last seek)."""
+"""The commit gate of :mod:`streams.faust_fixes` (never commit past an unprocessed offset),
+its delivery order (each partition's records in offset order from its last seek) and its
+processing order (nothing after a record a stream skipped is processed before it)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+from faust.exceptions import Skip
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 from intervaltree import IntervalTree
 
-from streams.faust_fixes import Consumer
+from streams.faust_fixes import Consumer, admit_in_order
 
 TOPIC = TP("clinical.events", 3)
 
@@ -65,7 +69,9 @@ def test_nothing_acked_commits_nothing() -> None:
 
 def orderer(ordered: bool = True) -> Any:
     """Plain bookkeeping for ``Consumer.in_order`` / ``Consumer._expect``."""
-    c = SimpleNamespace(_next={}, _reseeking={}, _ordered=lambda tp: ordered)
+    c = SimpleNamespace(
+        _next={}, _reseeking={}, _resume={}, _hole={}, _to_seek={}, _ordered=lambda tp: ordered
+    )
     c.in_order = lambda tp, offset: Consumer.in_order(c, tp, offset)  # type: ignore[arg-type]
     c.expect = lambda tp, offset: Consumer._expect(c, tp, offset)  # type: ignore[arg-type]
     return c
@@ -121,6 +127,7 @@ def test_getmany_hands_on_records_in_order_and_seeks_back_once(monkeypatch: Any)
     monkeypatch.setattr(AIOKafkaConsumer, "earliest_offsets", earliest)
     c = Consumer.__new__(Consumer)
     c._next, c._reseeking, c._read_offset = {TOPIC: 33}, {}, {TOPIC: 56}
+    c._to_seek = {}
     monkeypatch.setattr(c, "_ordered", lambda tp: True, raising=False)
 
     async def run() -> list[int]:
@@ -130,3 +137,192 @@ def test_getmany_hands_on_records_in_order_and_seeks_back_once(monkeypatch: Any)
     assert seeks == [33], "one seek back for the hole, not one per record"
     # Faust's fetch loop must not drop 33 as read (its read offset was 56).
     assert c._read_offset[TOPIC] == 34
+
+
+def bare_consumer() -> Any:
+    """A :class:`Consumer` with plain bookkeeping and no broker: every topic acknowledged,
+    every partition ordered, one partition seeked to 53 (as at its assignment)."""
+    c = Consumer.__new__(Consumer)
+    c.app = SimpleNamespace(topics=SimpleNamespace(acks_enabled_for=lambda topic: True))
+    c._fetch_start, c._next, c._reseeking, c._read_offset = {}, {}, {}, {}
+    c._resume, c._hole, c._to_seek = {}, {}, {}
+    c._committed_offset = defaultdict(lambda: None)
+    c._acked, c._acked_index = defaultdict(list), defaultdict(set)
+    c._unacked_messages, c._n_acked, c._waiting_for_ack = set(), 0, None
+    c._ordered = lambda tp: True
+    c._expect(TOPIC, 53)
+    return c
+
+
+def taken(c: Any, offset: int) -> ConsumerMessage:
+    """A record of TOPIC at ``offset`` as a stream takes it: tracked, pending its ack."""
+    m = ConsumerMessage(TOPIC.topic, TOPIC.partition, offset, 0.0, 0, None, None, b"", None)
+    m.tracked = True
+    c._unacked_messages.add(m)
+    return m
+
+
+def skipped(offset: int) -> ConsumerMessage:
+    """A record a stream skipped (stale generation or stopped flow): never tracked."""
+    return ConsumerMessage(TOPIC.topic, TOPIC.partition, offset, 0.0, 0, None, None, b"", None)
+
+
+def test_records_are_processed_from_the_resume_point_on() -> None:
+    c = bare_consumer()
+    msgs = [taken(c, o) for o in range(53, 56)]
+    assert [c.admit(m) for m in msgs] == [True, True, True]
+    assert c._resume[TOPIC] == 56 and c._to_seek == {}
+    for m in msgs:
+        assert m.ack(c) is True  # processed: acknowledged and recorded as usual
+    assert c._acked[TOPIC] == [53, 54, 55] and not c._unacked_messages
+
+
+def test_a_partition_never_seeked_takes_its_first_record() -> None:
+    c = bare_consumer()
+    other = TP("fhir.inbound", 0)
+    m = ConsumerMessage(other.topic, other.partition, 7, 0.0, 0, None, None, b"", None)
+    assert c.admit(m) is True
+    assert c._resume[other] == 8
+
+
+def test_later_records_wait_for_a_skipped_one() -> None:
+    # The leave test's shape: the normaliser skipped 53..70 during a rebalance (acks
+    # refused) and took 71..93; 71..93 must not be processed before 53..70.
+    c = bare_consumer()
+    for o in range(53, 71):
+        assert skipped(o).ack(c) is False, "a skipped record is never acknowledged"
+    assert c._to_seek == {TOPIC: 53}, "one seek back for the hole, not one per record"
+    later = [taken(c, o) for o in range(71, 94)]
+    assert not any(c.admit(m) for m in later)
+    assert c._to_seek == {TOPIC: 53}
+    # Released: not processed, not recorded for a commit, not waited for by a rebalance,
+    # and an ack of it (Faust acks what a processor skips) records nothing.
+    assert all(m.acked for m in later) and not c._unacked_messages
+    assert not any(m.ack(c) for m in later)
+    assert c._acked[TOPIC] == [] and c.released == 23
+    # Read again from 53 (the seek back): all of them processed, in order.
+    again = [taken(c, o) for o in range(53, 94)]
+    assert all(c.admit(m) for m in again)
+    assert c._hole == {} and c._resume[TOPIC] == 94
+
+
+def test_a_record_past_the_resume_point_is_a_hole_even_without_a_refused_ack() -> None:
+    c = bare_consumer()
+    assert c.admit(taken(c, 53)) is True
+    assert c.admit(taken(c, 57)) is False  # 54..56 never taken
+    assert c.admit(taken(c, 58)) is False
+    assert c._to_seek == {TOPIC: 54} and c._hole == {TOPIC: 54}
+    assert c.admit(taken(c, 54)) is True
+    assert c._hole == {}
+
+
+def test_a_copy_of_a_record_already_taken_is_released_without_a_seek() -> None:
+    c = bare_consumer()
+    assert all(c.admit(taken(c, o)) for o in (53, 54, 55))
+    dup = taken(c, 54)
+    assert c.admit(dup) is False
+    assert dup.acked and c._to_seek == {} and c._resume[TOPIC] == 56
+    # A skipped stale copy of an offset already taken asks for nothing either.
+    assert skipped(55).ack(c) is False
+    assert c._to_seek == {}
+
+
+def test_a_skip_before_any_seek_or_take_asks_for_nothing() -> None:
+    # Nothing known about the partition (revoked, or not yet seeked): its next
+    # assignment seeks it to the committed offset, which is not past the skipped record.
+    c = bare_consumer()
+    c._forget(TOPIC)
+    assert skipped(60).ack(c) is False
+    assert c._to_seek == {} and c._hole == {}
+
+
+def test_a_seek_to_committed_resets_the_resume_point_and_holes() -> None:
+    c = bare_consumer()
+    assert skipped(53).ack(c) is False
+    assert c._to_seek == {TOPIC: 53}
+    c._expect(TOPIC, 40)  # a rebalance seeks the partition to its committed offset
+    assert c._to_seek == {} and c._hole == {} and c._resume[TOPIC] == 40
+    assert c.admit(taken(c, 40)) is True
+
+
+def test_getmany_seeks_back_to_a_hole_and_drops_what_was_fetched_before(
+    monkeypatch: Any,
+) -> None:
+    # 53 was skipped; 71.. were fetched before the seek back to 53 could be done.
+    records = [71, 72, 53, 54]
+    seeks: list[int] = []
+
+    async def fetched(self: Any, *_: Any) -> Any:
+        for o in records:
+            yield TOPIC, SimpleNamespace(offset=o)
+
+    async def seek(self: Any, tp: TP, offset: int) -> None:
+        seeks.append(offset)
+
+    async def earliest(self: Any, *tps: TP) -> dict[TP, int]:
+        return {TOPIC: 0}
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", fetched, raising=False)
+    monkeypatch.setattr(AIOKafkaConsumer, "seek", seek)
+    monkeypatch.setattr(AIOKafkaConsumer, "earliest_offsets", earliest)
+    c = bare_consumer()
+    c._next[TOPIC] = 71  # the stream was handed 53..70 and skipped them
+    assert skipped(53).ack(c) is False
+
+    async def run() -> list[int]:
+        return [m.offset async for _, m in c.getmany(1.0)]
+
+    assert asyncio.run(run()) == [53, 54]
+    assert seeks == [53], "one seek for the hole; 71, 72 dropped without another"
+    assert c._to_seek == {} and c._hole == {TOPIC: 53}, "the hole stays until taken"
+
+
+def test_a_hole_taken_before_its_seek_is_not_seeked(monkeypatch: Any) -> None:
+    seeks: list[int] = []
+
+    async def fetched(self: Any, *_: Any) -> Any:
+        for o in ():
+            yield TOPIC, SimpleNamespace(offset=o)
+
+    async def seek(self: Any, tp: TP, offset: int) -> None:
+        seeks.append(offset)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "getmany", fetched, raising=False)
+    monkeypatch.setattr(AIOKafkaConsumer, "seek", seek)
+    c = bare_consumer()
+    assert c.admit(taken(c, 54)) is False  # asks for a seek back to 53
+    assert c.admit(taken(c, 53)) is True  # ... which came anyway
+
+    async def run() -> list[int]:
+        return [m.offset async for _, m in c.getmany(1.0)]
+
+    assert asyncio.run(run()) == []
+    assert seeks == [] and c._to_seek == {}
+
+
+def test_admit_in_order_skips_released_records_in_the_stream() -> None:
+    c = bare_consumer()
+    processors: list[Any] = []
+    stream = SimpleNamespace(
+        app=SimpleNamespace(consumer=c), current_event=None, add_processor=processors.append
+    )
+    admit_in_order(stream)  # type: ignore[arg-type]
+    admit_in_order(stream)  # type: ignore[arg-type]
+    assert len(processors) == 1, "one processor per stream"
+    (in_order,) = processors
+    stream.current_event = SimpleNamespace(message=taken(c, 53))
+    assert in_order("value") == "value"
+    stream.current_event = SimpleNamespace(message=taken(c, 55))
+    with pytest.raises(Skip):
+        in_order("value")
+    stream.current_event = None  # not an event (a value sent to the channel): passed on
+    assert in_order("value") == "value"
+
+
+def test_admit_in_order_leaves_other_consumers_alone() -> None:
+    processors: list[Any] = []
+    stream = SimpleNamespace(
+        app=SimpleNamespace(consumer=object()), current_event=None, add_processor=processors.append
+    )
+    admit_in_order(stream)  # type: ignore[arg-type]
+    assert processors == []
