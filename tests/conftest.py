@@ -37,15 +37,3 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def physionet_dir() -> Path:
     return require_shared(PHYSIONET)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect ``known_bug`` tests (they reproduce an open bug and fail until it is
-    fixed) unless asked for with ``-m known_bug``: they document the bug without keeping
-    every other change from landing."""
-    if "known_bug" in (config.option.markexpr or ""):
-        return
-    keep = [i for i in items if i.get_closest_marker("known_bug") is None]
-    if len(keep) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
-        items[:] = keep
