@@ -30,6 +30,7 @@ from fhir.errors import InvalidResource, InvalidTime, PermanentInputError
 from fhir.lean import check_bundle_shell, check_observation
 from fhir.parse import ParseResult, parse_resource
 from fhir.physionet import read_psv, row_bundle
+from tests.unit.fhir.test_fhir_fuzz_and_corpus import _paths
 
 from .conftest import observation, shared_dir
 from .test_fhir_fuzz_and_corpus import BASE, PATHS, _json
@@ -315,17 +316,6 @@ def _mutants() -> Iterator[tuple[str, Any]]:
                 node = node[p]
             node[path[-1]] = bad
             yield f"{'.'.join(map(str, path))}={str(bad)[:20]!r}", doc
-
-
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    out = [prefix]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, (*prefix, k))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, (*prefix, i))
-    return out
 
 
 def test_mutated_observations_same_decisions() -> None:
