@@ -24,6 +24,32 @@ def _safe_parse(raw: bytes) -> ParseResult | None:
         return None
 
 
+def mutate(
+    base: Any, mutations: list[tuple[tuple[Any, ...], Any, bool]], *, replace_root: bool
+) -> Any:
+    """A deep copy of ``base`` with each (path, value, delete) applied where the path still
+    exists; an empty path replaces the whole document when ``replace_root``."""
+    doc: Any = copy.deepcopy(base)
+    for path, value, delete in mutations:
+        if not path:
+            if replace_root:
+                doc = value
+            continue
+        node = doc
+        try:
+            for p in path[:-1]:
+                node = node[p]
+            if isinstance(node, dict) and not isinstance(path[-1], str):
+                continue  # an earlier mutation turned a list into an object: JSON keys are text
+            if delete and isinstance(node, dict):
+                node.pop(path[-1], None)
+            else:
+                node[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue
+    return doc
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes(raw: bytes) -> None:
@@ -78,23 +104,7 @@ PATHS = _paths(BASE)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(PATHS), _json, st.booleans()), max_size=4))
 def test_mutated_observations(mutations: list[tuple[tuple[Any, ...], Any, bool]]) -> None:
-    doc: Any = copy.deepcopy(BASE)
-    for path, value, delete in mutations:
-        if not path:
-            doc = value
-            continue
-        node = doc
-        try:
-            for p in path[:-1]:
-                node = node[p]
-            if isinstance(node, dict) and not isinstance(path[-1], str):
-                continue  # an earlier mutation turned a list into an object: JSON keys are text
-            if delete and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue
+    doc = mutate(BASE, mutations, replace_root=True)
     _safe_parse(orjson.dumps(doc))
     # the single Observation on its own, too
     entry = doc.get("entry") if isinstance(doc, dict) else None

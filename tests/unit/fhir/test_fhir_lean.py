@@ -30,7 +30,7 @@ from fhir.errors import InvalidResource, InvalidTime, PermanentInputError
 from fhir.lean import check_bundle_shell, check_observation
 from fhir.parse import ParseResult, parse_resource
 from fhir.physionet import read_psv, row_bundle
-from tests.unit.fhir.test_fhir_fuzz_and_corpus import _paths
+from tests.unit.fhir.test_fhir_fuzz_and_corpus import _paths, mutate
 
 from .conftest import observation, shared_dir
 from .test_fhir_fuzz_and_corpus import BASE, PATHS, _json
@@ -400,22 +400,7 @@ def test_bundle_shell_mutations_same_decisions() -> None:
 def test_random_mutations_same_decisions(
     mutations: list[tuple[tuple[Any, ...], Any, bool]],
 ) -> None:
-    doc: Any = copy.deepcopy(BASE)
-    for path, value, delete in mutations:
-        if not path:
-            continue
-        node = doc
-        try:
-            for p in path[:-1]:
-                node = node[p]
-            if isinstance(node, dict) and not isinstance(path[-1], str):
-                continue
-            if delete and isinstance(node, dict):
-                node.pop(path[-1], None)
-            else:
-                node[path[-1]] = value
-        except (KeyError, IndexError, TypeError):
-            continue
+    doc = mutate(BASE, mutations, replace_root=False)
     assert_same(orjson.dumps(doc))
     tally = Tally()
     _walk(doc, tally)

@@ -107,9 +107,8 @@ def test_changelogs_and_unacked_topics_are_left_alone() -> None:
     assert c._next == {}
 
 
-def test_getmany_hands_on_records_in_order_and_seeks_back_once(monkeypatch: Any) -> None:
-    # Records 57, 58 of a fetch started before the seek back to 33, then 33 and 34.
-    records = [57, 58, 33, 34]
+def fake_fetch(monkeypatch: Any, records: list[int]) -> list[int]:
+    """Faust's fetch yields ``records`` (offsets of TOPIC); returns the seeks made."""
     seeks: list[int] = []
 
     async def fetched(self: Any, *_: Any) -> Any:
@@ -125,6 +124,12 @@ def test_getmany_hands_on_records_in_order_and_seeks_back_once(monkeypatch: Any)
     monkeypatch.setattr(AIOKafkaConsumer, "getmany", fetched, raising=False)
     monkeypatch.setattr(AIOKafkaConsumer, "seek", seek)
     monkeypatch.setattr(AIOKafkaConsumer, "earliest_offsets", earliest)
+    return seeks
+
+
+def test_getmany_hands_on_records_in_order_and_seeks_back_once(monkeypatch: Any) -> None:
+    # Records 57, 58 of a fetch started before the seek back to 33, then 33 and 34.
+    seeks = fake_fetch(monkeypatch, [57, 58, 33, 34])
     c = Consumer.__new__(Consumer)
     c._next, c._reseeking, c._read_offset = {TOPIC: 33}, {}, {TOPIC: 56}
     c._to_seek = {}
@@ -249,22 +254,7 @@ def test_getmany_seeks_back_to_a_hole_and_drops_what_was_fetched_before(
     monkeypatch: Any,
 ) -> None:
     # 53 was skipped; 71.. were fetched before the seek back to 53 could be done.
-    records = [71, 72, 53, 54]
-    seeks: list[int] = []
-
-    async def fetched(self: Any, *_: Any) -> Any:
-        for o in records:
-            yield TOPIC, SimpleNamespace(offset=o)
-
-    async def seek(self: Any, tp: TP, offset: int) -> None:
-        seeks.append(offset)
-
-    async def earliest(self: Any, *tps: TP) -> dict[TP, int]:
-        return {TOPIC: 0}
-
-    monkeypatch.setattr(AIOKafkaConsumer, "getmany", fetched, raising=False)
-    monkeypatch.setattr(AIOKafkaConsumer, "seek", seek)
-    monkeypatch.setattr(AIOKafkaConsumer, "earliest_offsets", earliest)
+    seeks = fake_fetch(monkeypatch, [71, 72, 53, 54])
     c = bare_consumer()
     c._next[TOPIC] = 71  # the stream was handed 53..70 and skipped them
     assert skipped(53).ack(c) is False
