@@ -1,8 +1,11 @@
-"""The Faust app: three thin agents over the pure functions of :mod:`streams.pipeline`.
+"""The Faust app: thin agents over the pure functions of :mod:`streams.pipeline`.
 
-normalise  fhir.inbound -> clinical.events (+ fhir.inbound.dlq)
-score      clinical.events -> risk.scores, risk.alerts   (per-patient state in a table)
-persist    risk.scores, risk.alerts -> the SQL database
+score      fhir.inbound, clinical.events -> risk.scores, risk.alerts (+ fhir.inbound.dlq;
+           per-patient state in a table). An inbound message on its patients' home
+           partition is normalised and scored in place; other envelopes go through
+           clinical.events to their home partition and come back to this agent.
+persist    risk.scores, risk.alerts -> the SQL database (its own agents, so a database
+           outage holds back the stored copy, never the alerts on risk.alerts)
 
 Processing is at-least-once with idempotent effects: every agent takes a batch with
 ``noack_take`` and acknowledges its events only after its effects are durable or handed
@@ -54,6 +57,7 @@ from .pipeline import (
     advance,
     alert_resource,
     normalise,
+    route,
     score_envelopes,
     stack_windows,
 )
@@ -159,7 +163,6 @@ def create_app(settings: Settings) -> faust.App:
             value_serializer="raw",
         )
 
-    inbound = raw_topic(settings.topic_inbound)
     dlq = raw_topic(settings.topic_dlq)
     events_topic = raw_topic(settings.topic_events)
     scores_topic = raw_topic(settings.topic_scores)
@@ -177,6 +180,7 @@ def create_app(settings: Settings) -> faust.App:
         n_features=model.spec.n_features,
         timeout_s=settings.triton_timeout_s,
         max_batch=settings.triton_max_batch,
+        max_inflight=settings.triton_max_inflight,
         observer=metrics.triton_request,
     )
     sink = persist.Sink(settings.database_url)
@@ -214,32 +218,6 @@ def create_app(settings: Settings) -> faust.App:
             "dead-lettered %s at %s: %s", source_of(event), stage, safe_reason(reason), extra=where
         )
 
-    @app.agent(inbound, name="normalise")
-    async def normalise_agent(stream: StreamT[Any]) -> None:
-        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
-            metrics.batch("normalise", len(batch))
-            for event in batch:
-                value = event.value
-                try:
-                    if not isinstance(value, bytes):
-                        raise TypeError(f"expected raw bytes, got {type(value).__name__}")
-                    result = normalise(
-                        value,
-                        source=source_of(event),
-                        inbound_ts_ms=int(event.message.timestamp * 1000),
-                    )
-                except Exception as exc:  # any failure to parse is this input's fault
-                    await dead_letter(event, reason_of(exc), "normalise")
-                else:
-                    for env in result.envelopes:
-                        await events_topic.send(key=env.patient.encode(), value=env.to_bytes())
-                    if result.rejected:
-                        reason = f"{len(result.rejected)} Bundle entries refused: " + "; ".join(
-                            result.rejected[:10]
-                        )
-                        await dead_letter(event, reason, "normalise")
-                await stream.ack(event)
-
     async def predict(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
         """The model's risks, or None while Triton is away (scores are then degraded)."""
         try:
@@ -276,20 +254,78 @@ def create_app(settings: Settings) -> faust.App:
             reason = f"{type(exc).__name__}: {reason_of(exc)}"
             return dict.fromkeys((id(p) for p in todo), reason)
 
-    @app.agent(events_topic, name="score")
+    def shared_partitions() -> int | None:
+        """The partition count the inbound topic, the events topic and the state table
+        share, or None when they differ or are not known yet (forward everything then)."""
+        counts = {
+            app.consumer.topic_partitions(settings.topic_inbound),
+            app.consumer.topic_partitions(settings.topic_events),
+            settings.topic_partitions,
+        }
+        return counts.pop() if len(counts) == 1 else None
+
+    async def take_inbound(
+        event: EventT[Any], partitions: int | None, sent: list[Awaitable[Any]]
+    ) -> list[Envelope]:
+        """Normalise one inbound message: the envelopes to score here; those whose home
+        partition is another are sent to the events topic (their acks joined to
+        ``sent``); a bad message, or its refused entries, dead-lettered."""
+        value = event.value
+        try:
+            if not isinstance(value, bytes):
+                raise TypeError(f"expected raw bytes, got {type(value).__name__}")
+            result = normalise(
+                value, source=source_of(event), inbound_ts_ms=int(event.message.timestamp * 1000)
+            )
+        except Exception as exc:  # any failure to parse is this input's fault
+            await dead_letter(event, reason_of(exc), "normalise")
+            return []
+        local, forward = route(result.envelopes, event.message.partition, partitions)
+        for env in forward:
+            sent.append(await events_topic.send(key=env.patient.encode(), value=env.to_bytes()))
+        metrics.routed(len(local), len(forward))
+        if result.rejected:
+            reason = f"{len(result.rejected)} Bundle entries refused: " + "; ".join(
+                result.rejected[:10]
+            )
+            await dead_letter(event, reason, "normalise")
+        return local
+
+    # One agent reads the inbound topic and the events topic. Edge-published messages
+    # are keyed by the pseudonym, so they already sit on the patient's home partition:
+    # they are normalised and scored in place, which saves a produce, a consume and a
+    # second batch wait per message. Anything else (a foreign key, another partition
+    # count) takes the events topic to its home partition, read by this same agent, so
+    # one patient's record is never updated by two tasks at once.
+    sources_topic = app.topic(
+        settings.topic_inbound,
+        settings.topic_events,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    @app.agent(sources_topic, name="score")
     async def score_agent(stream: StreamT[Any]) -> None:
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
             metrics.batch("score", len(batch))
+            partitions = shared_partitions()
             envelopes: list[Envelope] = []
             last_event: dict[str, EventT[Any]] = {}
+            sent: list[Awaitable[Any]] = []
             for event in batch:
-                try:
-                    env = Envelope.from_bytes(event.value)
-                except Exception as exc:
-                    await dead_letter(event, reason_of(exc), "score")
-                    continue
-                envelopes.append(env)
-                last_event[env.patient] = event
+                if event.message.topic == settings.topic_inbound:
+                    taken = await take_inbound(event, partitions, sent)
+                else:
+                    try:
+                        taken = [Envelope.from_bytes(event.value)]
+                    except Exception as exc:
+                        await dead_letter(event, reason_of(exc), "score")
+                        continue
+                envelopes.extend(taken)
+                for env in taken:
+                    last_event[env.patient] = event
             records = {p: PatientRecord.from_json(patients.get(p)) for p in last_event}
             prepared = score_envelopes(
                 records, envelopes, spec=model.spec, staleness_hours=settings.staleness_hours
@@ -310,7 +346,6 @@ def create_app(settings: Settings) -> faust.App:
             ]
             raised = [(p, r) for _, p, r, _, d in steps if d is not None]
             attributions = await explain_alerts(raised)
-            sent: list[Awaitable[Any]] = []
             for _, pending, _, score, decision in steps:
                 key = pending.patient.encode()
                 sent.append(await scores_topic.send(key=key, value=orjson.dumps(score)))
@@ -401,5 +436,5 @@ def create_app(settings: Settings) -> faust.App:
             for event in batch:
                 await stream.ack(event)
 
-    _ = (normalise_agent, score_agent, persist_scores, persist_alerts, persist_dead_letters)
+    _ = (score_agent, persist_scores, persist_alerts, persist_dead_letters)
     return app

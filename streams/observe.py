@@ -84,6 +84,13 @@ class Metrics:
             "Scores produced without the model's risk (Triton away or failing).",
             registry=r,
         )
+        self.envelopes = Counter(
+            "wardwatch_envelopes",
+            "Normalised envelopes, per path: scored in place (the inbound partition is the "
+            "patient's home partition) or forwarded through the events topic.",
+            ["path"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "wardwatch_batch_size",
             "Events per batch an agent took.",
@@ -129,6 +136,13 @@ class Metrics:
     def batch(self, agent: str, size: int) -> None:
         """Record one batch an agent took."""
         self.batch_size.labels(agent).observe(size)
+
+    def routed(self, local: int, forwarded: int) -> None:
+        """Record envelopes scored in place and envelopes forwarded to the events topic."""
+        if local:
+            self.envelopes.labels("local").inc(local)
+        if forwarded:
+            self.envelopes.labels("forwarded").inc(forwarded)
 
     def dead_letter(self, stage: str) -> None:
         """Record one dead letter refused at ``stage``."""

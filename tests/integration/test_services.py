@@ -83,6 +83,38 @@ def test_kafka_produce_consume(settings: Settings, kafka_topic: str) -> None:
 
 
 @pytest.mark.kafka
+def test_edge_producer_puts_each_patient_on_its_home_partition(settings: Settings) -> None:
+    # The worker scores an inbound message in place only when the edge's producer
+    # (librdkafka, murmur2_random) picked the partition streams.pipeline.home_partition
+    # computes; otherwise every message would take the slower events-topic path.
+    from fhir.pseudonym import pseudonymise
+    from streams.pipeline import home_partition
+    from streams.replay import landed_at, make_producer
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    topic = f"wardwatch.test.{uuid.uuid4().hex[:12]}"
+    admin.create_topics([NewTopic(topic, num_partitions=8, replication_factor=1)])[topic].result(
+        timeout=KAFKA_TIMEOUT_S
+    )
+    try:
+        producer = make_producer(settings)
+        landed: dict[str, int] = {}
+        patients = [pseudonymise(f"stay-{i}", b"k", system="test") for i in range(200)]
+        for p in patients:
+            producer.produce(
+                topic,
+                key=p.encode(),
+                value=b"{}",
+                on_delivery=lambda err, msg, p=p: landed.__setitem__(p, landed_at(msg)[0]),
+            )
+        assert producer.flush(KAFKA_TIMEOUT_S) == 0
+        assert landed == {p: home_partition(p, 8) for p in patients}
+        assert len(set(landed.values())) == 8
+    finally:
+        admin.delete_topics([topic], operation_timeout=10)[topic].result(timeout=KAFKA_TIMEOUT_S)
+
+
+@pytest.mark.kafka
 def test_kafka_transactions_on_single_node(settings: Settings, kafka_topic: str) -> None:
     # Transactions need __transaction_state with replication factor and min ISR 1 on a
     # single broker; with the defaults (3 and 2) init_transactions times out.
