@@ -1,11 +1,15 @@
 """Async gRPC client of the served sepsis-risk model (Triton).
 
 ``await TritonRiskClient(url).predict(windows)`` splits the windows into chunks of at most
-``max_batch``, sends the chunks concurrently (Triton's dynamic batcher merges them with
-other patients' requests), and returns probabilities ``float32[B]`` in input order.
-Each call has one deadline (``timeout_s``). Errors follow :mod:`inference.errors`:
-unreachable / not ready / deadline / overloaded -> :class:`ModelUnavailable` (retry);
-a request that does not fit the model -> :class:`ModelError` (do not retry).
+``max_batch``, sends them with at most ``max_inflight`` requests in flight at a time
+(Triton's dynamic batcher merges those with other workers' requests), and returns
+probabilities ``float32[B]`` in input order. Each request has its own deadline
+(``timeout_s``) counted from when it is sent: a big batch is not failed because its last
+chunks queued behind the first ones (a 500-message batch is eight requests; with all of
+them in flight at once on a busy CPU server the last ones overran a 5 s deadline).
+Errors follow :mod:`inference.errors`: unreachable / not ready / deadline / overloaded
+-> :class:`ModelUnavailable` (retry); a request that does not fit the model ->
+:class:`ModelError` (do not retry).
 
 ``observer`` (optional) is told of every request sent: ``observer(batch, seconds,
 outcome)`` with outcome ``"ok"``, ``"unavailable"`` or ``"error"``; the stream feeds its
@@ -77,19 +81,21 @@ class TritonRiskClient:
         *,
         n_features: int | None = None,
         max_batch: int = 64,
+        max_inflight: int = 2,
         timeout_s: float = 2.0,
         model_version: str = "",
         observer: RequestObserver | None = None,
     ) -> None:
         """``n_features``: checked locally before sending when given (else Triton checks);
         ``observer``: told of every request (see the module docstring)."""
-        if max_batch < 1:
-            raise ValueError("max_batch must be >= 1")
+        if max_batch < 1 or max_inflight < 1:
+            raise ValueError("max_batch and max_inflight must be >= 1")
         self.url = url
         self.model_name = model_name
         self.model_version = model_version
         self.n_features = n_features
         self.max_batch = max_batch
+        self.max_inflight = max_inflight
         self.timeout_s = timeout_s
         self.observer = observer
         self._client: Any = None
@@ -177,10 +183,18 @@ class TritonRiskClient:
         if x.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         chunks = [x[i : i + self.max_batch] for i in range(0, x.shape[0], self.max_batch)]
+        slots = asyncio.Semaphore(self.max_inflight)
+
+        async def send(chunk: F32) -> F32:
+            async with slots:
+                return await self._infer_chunk(chunk)
+
+        # Each request carries its own deadline; this outer one only guards against a
+        # client that hangs past them, so it allows one deadline per wave of requests.
+        waves = -(-len(chunks) // self.max_inflight)
         try:
             parts = await asyncio.wait_for(
-                asyncio.gather(*(self._infer_chunk(c) for c in chunks)),
-                self.timeout_s + 0.5,
+                asyncio.gather(*(send(c) for c in chunks)), waves * (self.timeout_s + 0.5)
             )
         except (ModelError, ModelUnavailable):
             raise

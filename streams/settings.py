@@ -92,6 +92,11 @@ class Settings(BaseSettings):
         5.0, description="Per-request Triton deadline, seconds; past it a score is degraded."
     )
     triton_max_batch: int = Field(64, description="Largest batch sent in one Triton request.")
+    triton_max_inflight: int = Field(
+        2,
+        description="Triton requests one worker keeps in flight at once; more chunks wait "
+        "their turn, so each request's deadline measures the server, not the queue.",
+    )
     model_dir: Path = Field(
         PROJECT_ROOT / "inference" / "model_repository" / "sepsis_transformer",
         description="Model folder used by offline scoring (`wardwatch score`).",

@@ -58,3 +58,32 @@ def test_bad_windows_are_model_errors_before_sending() -> None:
         await client.close()
 
     asyncio.run(run())
+
+
+def test_chunks_wait_their_turn_and_come_back_in_order() -> None:
+    # Seven chunks of 0.3 s each against a 0.5 s per-request deadline: sent all at once
+    # to one busy server the late ones would overrun it; two at a time, none does.
+    in_flight, peak = 0, 0
+
+    async def fake_send(chunk: np.ndarray) -> np.ndarray:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.3)
+        in_flight -= 1
+        return chunk[:, 0, 0].copy()
+
+    async def run() -> np.ndarray:
+        client = TritonRiskClient(f"127.0.0.1:{free_port()}", max_batch=4, timeout_s=0.5)
+        client._send_chunk = fake_send  # type: ignore[method-assign]
+        windows = np.arange(26, dtype=np.float32)[:, None, None] * np.ones((1, 48, 7), np.float32)
+        return await client.predict(windows)
+
+    out = asyncio.run(run())
+    assert peak == 2
+    assert out.tolist() == list(range(26))
+
+
+def test_max_inflight_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="max_inflight"):
+        TritonRiskClient(max_inflight=0)
