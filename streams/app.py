@@ -128,6 +128,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        producer_linger=settings.producer_linger_ms / 1000,
         # A killed worker's partitions go to the others after this, not Kafka's 45-60 s.
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.worker_session_timeout_s / 3),
@@ -148,7 +149,10 @@ def create_app(settings: Settings) -> faust.App:
         # Table values are whole patient records; recovery replays the changelog.
         table_standby_replicas=0,
     )
-    faust_fixes.install(app)  # never commit past a message skipped in a rebalance
+    # Never commit past a message skipped in a rebalance; fetch with a broker-side wait.
+    faust_fixes.install(
+        app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait_ms=settings.fetch_max_wait_ms
+    )
     metrics = Metrics()  # served at /metrics; events in/out per topic come from the sensor
     app.sensors.add(FlowSensor(metrics))
 

@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(500, description="Events an agent takes per batch.")
     batch_within_s: float = Field(0.2, description="Longest wait to fill a batch, seconds.")
+    fetch_min_bytes: int = Field(
+        65536,
+        description="Bytes the broker gathers before answering the worker's fetch (or "
+        "fetch_max_wait_ms passes): fewer fetch round trips at a steady trickle.",
+    )
+    producer_linger_ms: float = Field(
+        5.0, description="How long the worker's producer waits to fill a request, ms."
+    )
+    fetch_max_wait_ms: int = Field(
+        20, description="Longest the broker holds a fetch for fetch_min_bytes, ms."
+    )
 
     # --- Edge (wardwatch gateway)
     gateway_host: str = Field("127.0.0.1", description="Address the gateway listens on.")

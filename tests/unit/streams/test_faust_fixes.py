@@ -316,3 +316,27 @@ def test_admit_in_order_leaves_other_consumers_alone() -> None:
     )
     admit_in_order(stream)  # type: ignore[arg-type]
     assert processors == []
+
+
+def test_the_worker_consumer_fetches_with_the_configured_broker_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Faust builds aiokafka's consumer with fetch_min_bytes=1 and no setting to change
+    # it; the app's consumer thread must hand aiokafka the settings' values instead.
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    from streams.app import create_app
+    from streams.settings import Settings
+
+    made = SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=1500)
+    monkeypatch.setattr(
+        AIOKafkaConsumerThread, "_create_worker_consumer", lambda self, transport: made
+    )
+    app = create_app(Settings(fetch_min_bytes=12345, fetch_max_wait_ms=7))
+    consumer_cls: Any = app.transport.Consumer
+    assert issubclass(consumer_cls, Consumer)
+    thread_cls = consumer_cls.thread_class
+    assert issubclass(thread_cls, AIOKafkaConsumerThread)
+    thread = object.__new__(thread_cls)  # the method reads only class attributes
+    assert thread._create_worker_consumer(None) is made
+    assert (made._fetch_min_bytes, made._fetch_max_wait_ms) == (12345, 7)
