@@ -28,6 +28,8 @@ import faust
 import numpy as np
 import numpy.typing as npt
 import orjson
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
 
@@ -258,15 +260,39 @@ def create_app(settings: Settings) -> faust.App:
             reason = f"{type(exc).__name__}: {reason_of(exc)}"
             return dict.fromkeys((id(p) for p in todo), reason)
 
-    def shared_partitions() -> int | None:
+    async def copartitioned() -> int | None:
         """The partition count the inbound topic, the events topic and the state table
-        share, or None when they differ or are not known yet (forward everything then)."""
-        counts = {
-            app.consumer.topic_partitions(settings.topic_inbound),
-            app.consumer.topic_partitions(settings.topic_events),
+        share, or None when they differ (then everything is forwarded: a worker owning
+        inbound partition k need not own table partition k).
+
+        Read once, when the agent starts, so that every message of a partition takes
+        the same path for the worker's lifetime: routing on metadata that comes and
+        goes would let a patient's forwarded envelope be scored after a later one
+        scored in place. Retries while the broker is away (transient); raises the
+        last error once :data:`RETRY_BUDGET_S` is spent.
+        """
+        names = (settings.topic_inbound, settings.topic_events)
+
+        def read() -> dict[str, int]:
+            md = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(
+                timeout=10
+            )
+            missing = [t for t in names if t not in md.topics or md.topics[t].error]
+            if missing:  # Faust creates them as the worker starts
+                raise KafkaException(f"topics not there yet: {missing}")
+            return {t: len(md.topics[t].partitions) for t in names}
+
+        counts = await retry_transient(lambda: asyncio.to_thread(read), "topic metadata")
+        if set(counts.values()) == {settings.topic_partitions}:
+            return settings.topic_partitions
+        log.warning(
+            "partition counts %s differ from the table's %d: every envelope goes through "
+            "%s (slower); give the topics the same count to score in place",
+            counts,
             settings.topic_partitions,
-        }
-        return counts.pop() if len(counts) == 1 else None
+            settings.topic_events,
+        )
+        return None
 
     async def take_inbound(
         event: EventT[Any], partitions: int | None, sent: list[Awaitable[Any]]
@@ -312,9 +338,9 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(sources_topic, name="score")
     async def score_agent(stream: StreamT[Any]) -> None:
+        partitions = await copartitioned()
         async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
             metrics.batch("score", len(batch))
-            partitions = shared_partitions()
             envelopes: list[Envelope] = []
             last_event: dict[str, EventT[Any]] = {}
             sent: list[Awaitable[Any]] = []
