@@ -1,10 +1,11 @@
 """Build the ensemble risk model: the transformer stacked with gradient boosting.
 
-    python -m inference.ensemble build --out var/model-v2 --version 2
-    wardwatch evaluate --model-dir var/model-v2/sepsis_transformer \\
-        --out var/model-v2/reports/2
-    python -m inference.ensemble card --model-dir var/model-v2/sepsis_transformer \\
-        --report var/model-v2/reports/2/metrics.json
+    python -m inference.ensemble build --base-dir <transformer folder> \\
+        --out var/model-build/v3 --version 3 --feature-set 2
+    wardwatch evaluate --model-dir var/model-build/v3/sepsis_transformer \\
+        --out var/model-build/v3/reports/3
+    python -m inference.ensemble card --model-dir var/model-build/v3/sepsis_transformer \\
+        --report var/model-build/v3/reports/3/metrics.json
 
 ``build`` takes the newest version of the transformer model folder (its TorchScript file
 and Platt calibration untouched), fits the gradient-boosting model of
@@ -12,7 +13,11 @@ and Platt calibration untouched), fits the gradient-boosting model of
 of the two (:func:`inference.evaluate.fit_stacking`) and its alert threshold on the test
 split, and writes a Triton model folder ``<out>/sepsis_transformer`` whose new version is
 ONE TorchScript file holding all of it (:class:`EnsembleRiskModel`: the window's
-gradient-boosting features, the trees, the transformer and the stacking). The served
+gradient-boosting features, the trees, the transformer and the stacking). The features are
+computed inside that file from the served window (feature set 1, version 2's:
+:class:`WindowSummariesV1`; feature set 2, version 3's:
+:class:`inference.window_features.WindowFeatures`), and the build checks them against
+their numpy twins on real test-split windows (:func:`check_export`). The served
 backend (``inference/triton_python_model.py``), the Triton config and
 :class:`~inference.runtime.LocalTorchModel` therefore need no change and no new library
 (no scikit-learn in the Triton image). The validation split is not read by ``build``;
@@ -29,9 +34,10 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,23 +45,80 @@ import torch
 from torch import nn
 
 from inference.evaluate import (
-    GBM_PARAMS,
+    GBM_EARLY_LABEL_HOURS,
+    GBM_FEATURE_SET,
+    GBM_PARAMS_BY_SET,
     LOGIT_EPS,
     Stacking,
     _in_chunks,
     _split_by_stay,
     fit_gbm,
     fit_stacking,
-    gbm_features,
+    gbm_bank_features,
     window_gbm_features,
 )
 from inference.features import FEATURE_SPEC_FILE, WINDOW, newest_version_dir
 from inference.runtime import LocalTorchModel
 from inference.utility import best_threshold, normalized_utility
+from inference.window_features import WindowFeatures, lab_mask, window_features
+
+if TYPE_CHECKING:
+    from inference.train import Stay
 
 MODEL_NAME = "sepsis_transformer"
+F32 = npt.NDArray[np.float32]
+FEATURE_SET_TEXT: dict[int, str] = {
+    1: "last hour of the window (all F), 48 h and 6 h means of values and measured-masks, "
+    "6 h change of each value (inference.evaluate.window_gbm_features)",
+    2: "last hour of the window (all F: values, measured-masks, time since each code was "
+    "measured, stay hours); 48, 24 and 6 h means of values and measured-masks (measurement "
+    "frequencies), 12 h measured-mask means; 6, 12 and 24 h changes; 24 and 48 h min and "
+    "max, 24 h standard deviation of each value; vital-sign and lab measurement counts in "
+    "the last 6, 24 and 48 h, newest lab's staleness, codes measured "
+    "(inference.window_features.window_features, computed inside the served model)",
+}
 # The exported file must agree with numpy/scikit-learn to this absolute tolerance.
 ATOL = 1e-5
+
+
+class WindowSummariesV1(nn.Module):
+    """Feature set 1 (version 2's): :func:`inference.evaluate.window_gbm_features` in
+    torch, as float64."""
+
+    def __init__(self, n_codes: int) -> None:
+        super().__init__()
+        self.n_codes = int(n_codes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.n_codes
+        w = x.shape[1]
+        last = x[:, -1, :]
+        mean48 = (x[:, :, : 2 * c].double().sum(1) / float(w)).float()
+        mean6 = (x[:, -6:, : 2 * c].double().sum(1) / 6.0).float()
+        delta6 = x[:, -1, :c] - x[:, -7, :c]
+        return torch.cat([last, mean48, mean6, delta6], 1).double()
+
+
+def feature_module(feature_set: int, codes: Sequence[str]) -> nn.Module:
+    """The torch twin of :func:`numpy_features` for ``feature_set`` over ``codes``.
+    Raises ``ValueError`` for an unknown feature set."""
+    if feature_set == 1:
+        return WindowSummariesV1(len(codes))
+    if feature_set == 2:
+        return WindowFeatures(len(codes), lab_mask(codes))
+    raise ValueError(f"unknown feature set {feature_set}")
+
+
+def numpy_features(feature_set: int, windows: npt.NDArray[np.float32], codes: Sequence[str]) -> F32:
+    """The gradient boosting's features of windows ``float32[B, WINDOW, F]`` (feature set
+    1: :func:`inference.evaluate.window_gbm_features`; 2:
+    :func:`inference.window_features.window_features`). Raises ``ValueError`` for an
+    unknown feature set or windows of the wrong shape."""
+    if feature_set == 1:
+        return window_gbm_features(windows, len(codes))
+    if feature_set == 2:
+        return window_features(windows, len(codes), lab_mask(codes))
+    raise ValueError(f"unknown feature set {feature_set}")
 
 
 class EnsembleRiskModel(nn.Module):
@@ -65,7 +128,9 @@ class EnsembleRiskModel(nn.Module):
     with ``p_t`` the transformer's calibrated probability (its TorchScript module, as
     exported) and ``p_g`` the gradient boosting's, from the trees of a fitted
     ``HistGradientBoostingClassifier`` walked with tensor ops (``x <= threshold`` goes
-    left, NaN follows the tree's missing-value side, as scikit-learn does).
+    left, NaN follows the tree's missing-value side, as scikit-learn does) over the
+    window's features (``features``: :func:`feature_module`, computed here from the
+    window, so the served input stays the window).
     """
 
     def __init__(
@@ -74,30 +139,25 @@ class EnsembleRiskModel(nn.Module):
         trees: dict[str, torch.Tensor],
         baseline: float,
         depth: int,
-        n_codes: int,
+        features: nn.Module,
         stacking: Stacking,
     ) -> None:
         super().__init__()
         self.transformer = transformer
+        self.features = features
         for name in ("feature", "threshold", "left", "right", "missing_left", "value", "root"):
             self.register_buffer(name, trees[name])
         self.baseline = float(baseline)
         self.depth = int(depth)
-        self.n_codes = int(n_codes)
         self.intercept = float(stacking.intercept)
         self.w_transformer = float(stacking.w_transformer)
         self.w_gbm = float(stacking.w_gbm)
         self.eps = float(LOGIT_EPS)
 
     def gbm_features(self, x: torch.Tensor) -> torch.Tensor:
-        """:func:`inference.evaluate.window_gbm_features` in torch, as float64."""
-        c = self.n_codes
-        w = x.shape[1]
-        last = x[:, -1, :]
-        mean48 = (x[:, :, : 2 * c].double().sum(1) / float(w)).float()
-        mean6 = (x[:, -6:, : 2 * c].double().sum(1) / 6.0).float()
-        delta6 = x[:, -1, :c] - x[:, -7, :c]
-        return torch.cat([last, mean48, mean6, delta6], 1).double()
+        """The gradient boosting's features of the windows, float64[B, K]."""
+        f: torch.Tensor = self.features(x)
+        return f
 
     @torch.jit.export
     def gbm_probability(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,11 +236,18 @@ def tree_tensors(gbm: Any) -> tuple[dict[str, torch.Tensor], float, int]:
 
 
 def export_ensemble(
-    transformer: torch.jit.ScriptModule, gbm: Any, stacking: Stacking, n_codes: int
+    transformer: torch.jit.ScriptModule,
+    gbm: Any,
+    stacking: Stacking,
+    codes: Sequence[str],
+    feature_set: int = GBM_FEATURE_SET,
 ) -> torch.jit.ScriptModule:
-    """The ensemble as one TorchScript module (scripted; the transformer stays traced)."""
+    """The ensemble as one TorchScript module (scripted; the transformer stays traced),
+    its trees reading ``feature_set``'s features of the window over ``codes``. Raises
+    ``ValueError`` for an unknown feature set or a model :func:`tree_tensors` rejects."""
     trees, baseline, depth = tree_tensors(gbm)
-    module = EnsembleRiskModel(transformer, trees, baseline, depth, n_codes, stacking).eval()
+    features = feature_module(feature_set, codes)
+    module = EnsembleRiskModel(transformer, trees, baseline, depth, features, stacking).eval()
     scripted: torch.jit.ScriptModule = torch.jit.script(module)
     return scripted
 
@@ -191,18 +258,23 @@ def check_export(
     gbm: Any,
     stacking: Stacking,
     windows: npt.NDArray[np.float32],
-    n_codes: int,
+    codes: Sequence[str],
+    feature_set: int = GBM_FEATURE_SET,
 ) -> dict[str, float]:
     """Largest absolute differences between the exported module and the reference
-    (scikit-learn's ``predict_proba``, the transformer alone, :meth:`Stacking.predict`)
-    on real windows; ``RuntimeError`` past :data:`ATOL`."""
+    (the numpy features of :func:`numpy_features`, scikit-learn's ``predict_proba`` on
+    them, the transformer alone, :meth:`Stacking.predict`) on real windows;
+    ``RuntimeError`` past :data:`ATOL`."""
     x = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
     with torch.inference_mode():
         got = module(x)[:, 0].numpy().astype(np.float64)
         got_g = module.gbm_probability(x).numpy()
+        got_f = module.gbm_features(x).numpy()
         p_t = transformer(x)[:, 0].numpy().astype(np.float64)
-    p_g = gbm.predict_proba(window_gbm_features(windows, n_codes))[:, 1]
+    want_f = numpy_features(feature_set, windows, codes)
+    p_g = gbm.predict_proba(want_f)[:, 1]
     diffs = {
+        "features": float(np.abs(got_f - want_f.astype(np.float64)).max()),
         "gbm": float(np.abs(got_g - p_g).max()),
         "ensemble": float(np.abs(got - stacking.predict(p_t, p_g)).max()),
     }
@@ -220,6 +292,8 @@ def build(
     seed: int = 0,
     threads: int = 2,
     max_patients: int | None = None,
+    feature_set: int = GBM_FEATURE_SET,
+    check_rows: int = 2048,
 ) -> dict[str, Any]:
     """Write ``<out>/sepsis_transformer`` (``<version>/``, ``config.pbtxt``,
     ``model_card.json``) and ``<out>/artifacts/gbm.joblib``; returns the card.
@@ -238,28 +312,35 @@ def build(
     base = LocalTorchModel.from_dir(base_dir)
     if "ensemble" in base.card:
         raise ValueError(f"{base_dir} is already an ensemble; give the transformer's folder")
-    spec, c = base.spec, len(base.spec.codes)
+    spec, codes = base.spec, base.spec.codes
     split_seed = int(base.card.get("split", {}).get("seed", 2019))
 
-    # train and test only: the validation split is read by `wardwatch evaluate`, once
-    stays = [
-        s for s in tr.load_stays(data_dir, split_seed, max_patients) if s.split != "validation"
-    ]
+    # train and test only: the validation split is not even read (`wardwatch evaluate`
+    # reports it, once)
+    stays = _load_stays(data_dir, split_seed, max_patients, ("train", "test"))
     fit_bank = tr.make_bank([s for s in stays if s.split == "train"], spec)
     tune_bank = tr.make_bank([s for s in stays if s.split == "test"], spec)
     t_fit = time.monotonic()
-    gbm = fit_gbm(fit_bank.rows, fit_bank.starts, fit_bank.labels, c, seed)
+    gbm = fit_gbm(
+        fit_bank.rows, fit_bank.starts, fit_bank.labels, codes, seed, feature_set, fit_bank.stay_of
+    )
     fit_seconds = time.monotonic() - t_fit
-    tune_pg = gbm.predict_proba(gbm_features(tune_bank.rows, tune_bank.starts, c))[:, 1]
+    tune_pg = gbm.predict_proba(
+        gbm_bank_features(tune_bank.rows, tune_bank.starts, codes, feature_set)
+    )[:, 1]
     tune_labels = _split_by_stay(tune_bank.labels, tune_bank.stay_of)
     gbm_th, _ = best_threshold(tune_labels, _split_by_stay(tune_pg, tune_bank.stay_of))
     tune_pt = _in_chunks(base.predict, tune_bank)
     stacking = fit_stacking(tune_bank.labels, tune_bank.stay_of, tune_pt, tune_pg)
     tune_pe = stacking.predict(tune_pt, tune_pg)
 
-    module = export_ensemble(base.module, gbm, stacking, c)
-    check_windows = tune_bank.windows(np.arange(min(512, tune_bank.labels.size))).numpy()
-    diffs = check_export(module, base.module, gbm, stacking, check_windows, c)
+    module = export_ensemble(base.module, gbm, stacking, codes, feature_set)
+    # real windows, spread over the whole test split (a stay's first hours are mostly
+    # padding, its later hours are not)
+    n_check = min(check_rows, tune_bank.labels.size)
+    pick = np.linspace(0, tune_bank.labels.size - 1, n_check).astype(np.int64)
+    check_windows = tune_bank.windows(pick).numpy()
+    diffs = check_export(module, base.module, gbm, stacking, check_windows, codes, feature_set)
 
     model_dir = out / MODEL_NAME
     vdir = model_dir / str(version)
@@ -284,7 +365,9 @@ def build(
             "alert_rate": round(float((p >= th).mean()), 4),
         }
 
-    card = _card(base.card, version, stacking, gbm, gbm_th, split_seed, seed, max_patients)
+    card = _card(
+        base.card, version, stacking, gbm, gbm_th, split_seed, seed, max_patients, feature_set
+    )
     card["metrics"] = {
         "test": test_metrics(tune_pe, stacking.threshold),
         "test_components": {
@@ -308,6 +391,7 @@ def _card(
     split_seed: int,
     seed: int,
     max_patients: int | None,
+    feature_set: int,
 ) -> dict[str, Any]:
     """Version ``version``'s model card: the transformer's, with the ensemble's parts."""
     keep = ("name", "intended_use", "data", "split", "feature_spec")
@@ -341,12 +425,19 @@ def _card(
         "gbm": {
             "library": "scikit-learn HistGradientBoostingClassifier (trees exported to "
             "TorchScript; scikit-learn is not needed to serve)",
-            "params": {**GBM_PARAMS, "random_state": seed},
+            "params": {**GBM_PARAMS_BY_SET[feature_set], "random_state": seed},
             "n_iter": int(gbm.n_iter_),
             "seed": seed,
             "fitted_on": "train",
-            "features": "last hour of the window (all F), 48 h and 6 h means of values and "
-            "measured-masks, 6 h change of each value (inference.evaluate.window_gbm_features)",
+            "feature_set": feature_set,
+            "training_labels": (
+                f"SepsisLabel moved {GBM_EARLY_LABEL_HOURS[feature_set]} h earlier in septic "
+                "stays (inference.evaluate.early_labels)"
+                if GBM_EARLY_LABEL_HOURS[feature_set]
+                else "SepsisLabel"
+            ),
+            "features": FEATURE_SET_TEXT[feature_set],
+            "n_features": int(gbm.n_features_in_),
         },
         "gbm_threshold": gbm_th,
         "window_hours": WINDOW,
@@ -356,6 +447,7 @@ def _card(
     card["alert_threshold_note"] = base.get("alert_threshold_note", "")
     card["build_command"] = (
         f"python -m inference.ensemble build --version {version} --seed {seed}"
+        f" --feature-set {feature_set}"
         + (f" --max-patients {max_patients}" if max_patients else "")
     )
     card["limits"] = [x for x in base.get("limits", []) if not x.startswith("Validation AUROC")] + [
@@ -365,6 +457,24 @@ def _card(
         "blind spots (no demographics, notes, drugs or GCS).",
     ]
     return card
+
+
+def _load_stays(
+    data_dir: Path, seed: int, max_patients: int | None, splits: Sequence[str]
+) -> list[Stay]:
+    """The stays of ``splits`` only (as ``train.load_stays`` loads them; the others'
+    files are not read). Raises ``FileNotFoundError`` for a missing file."""
+    from inference import physionet_data as pdata
+    from inference import train as tr
+
+    codes = tuple(pdata.PSV_CODES.values())
+    stays = []
+    for path in pdata.stay_files(data_dir, max_patients):
+        split = pdata.split_of(path.stem, seed)
+        if split in splits:
+            matrix, labels = pdata.stay_matrix(path, codes)
+            stays.append(tr.Stay(path.stem, split, matrix, labels))
+    return stays
 
 
 def add_evaluation(model_dir: Path, report_path: Path) -> dict[str, Any]:
@@ -442,6 +552,13 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--seed", type=int, default=0, help="gradient boosting's random_state")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--max-patients", type=int, default=None)
+    b.add_argument(
+        "--feature-set",
+        type=int,
+        default=GBM_FEATURE_SET,
+        choices=sorted(GBM_PARAMS_BY_SET),
+        help="the gradient boosting's window features: 1 = version 2's (default), 2 = version 3's",
+    )
     c = sub.add_parser("card", help="copy a wardwatch evaluate report into the model card")
     c.add_argument("--model-dir", type=Path, required=True)
     c.add_argument("--report", type=Path, required=True, help="the report's metrics.json")
@@ -455,6 +572,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             threads=a.threads,
             max_patients=a.max_patients,
+            feature_set=a.feature_set,
         )
         print(json.dumps({k: card[k] for k in ("alert_threshold", "metrics")}, indent=1))
         print(json.dumps(card["ensemble"]["stacking"], indent=1))

@@ -8,8 +8,10 @@ training choice), hour by hour, it scores
 * NEWS2 >= 5 and qSOFA >= 2 (:mod:`inference.early_warning`, from the latest readings of
   each hour, 12 h staleness; PhysioNet has no consciousness record, so both are partial),
 * a gradient-boosting baseline (scikit-learn ``HistGradientBoostingClassifier``) on the
-  same features: the last hour of the model's window plus summaries of the window (48 h
-  and 6 h means of the values and measured-masks, the 6 h change of each value), fitted
+  same window: its last hour plus summaries of it (:data:`GBM_FEATURE_SET`: set 1 is
+  :func:`window_gbm_features`, 48 h and 6 h means and the 6 h change, the default; set 2
+  is :func:`inference.window_features.window_features`, which adds 24 h means, 12/24 h
+  changes, 24/48 h min and max, 24 h standard deviations and measurement counts), fitted
   on the train split (seeded, deterministic), its threshold chosen like the model's (best
   utility on the test split),
 * an ensemble of the two (:class:`Stacking`): logistic stacking of the transformer's
@@ -53,6 +55,7 @@ from inference.early_warning import news2, qsofa
 from inference.features import WINDOW, FeatureSpec
 from inference.runtime import LocalTorchModel
 from inference.utility import best_threshold, normalized_utility
+from inference.window_features import bank_window_features, lab_mask
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
@@ -146,6 +149,7 @@ def gbm_features(rows: F32, starts: npt.NDArray[np.int64], n_codes: int, chunk: 
 
 
 # The gradient-boosting baseline and the ensemble's component share one fit rule.
+# Feature set 1 (window_gbm_features) with these parameters is model version 2's.
 GBM_PARAMS: dict[str, Any] = {
     "max_iter": 300,
     "learning_rate": 0.05,
@@ -155,16 +159,85 @@ GBM_PARAMS: dict[str, Any] = {
     "validation_fraction": 0.1,
     "n_iter_no_change": 20,
 }
+# Feature set 2 (inference.window_features) with these parameters is candidate version
+# 3's: version 2's parameters (no parameter search fitted in its time box); its features
+# and labels were chosen on the test split (inference/reports/candidate-3/), never on
+# validation. Not served: see that folder's README.
+GBM_PARAMS_V3: dict[str, Any] = {
+    "max_iter": 300,
+    "learning_rate": 0.05,
+    "max_leaf_nodes": 31,
+    "l2_regularization": 1.0,
+    "early_stopping": True,
+    "validation_fraction": 0.1,
+    "n_iter_no_change": 20,
+}
+GBM_PARAMS_BY_SET: dict[int, dict[str, Any]] = {1: GBM_PARAMS, 2: GBM_PARAMS_V3}
+# Hours by which the gradient boosting's training labels are moved earlier, per feature
+# set (see early_labels); 0 = SepsisLabel as it is.
+GBM_EARLY_LABEL_HOURS: dict[int, int] = {1: 0, 2: 6}
+# The default feature set of new fits (the evaluation's baseline, `inference.ensemble
+# build`): version 2's, so the existing commands (make model) still reproduce their models;
+# version 3 is built with --feature-set 2.
+GBM_FEATURE_SET = 1
+
+
+def gbm_bank_features(
+    rows: F32, starts: npt.NDArray[np.int64], codes: Sequence[str], feature_set: int
+) -> F32:
+    """The gradient boosting's features of every sample row of a bank: feature set 1
+    (:func:`gbm_features`) or 2 (:func:`inference.window_features.bank_window_features`).
+    Raises ``ValueError`` for an unknown feature set."""
+    if feature_set == 1:
+        return gbm_features(rows, starts, len(codes))
+    if feature_set == 2:
+        return bank_window_features(rows, starts, len(codes), lab_mask(codes))
+    raise ValueError(f"unknown feature set {feature_set}")
+
+
+def early_labels(
+    labels: npt.NDArray[Any], stay_of: npt.NDArray[np.int64], hours: int
+) -> npt.NDArray[np.int8]:
+    """``labels`` with each septic stay's positives starting ``hours`` earlier (rows from
+    its first positive row minus ``hours`` on are 1; other stays unchanged). The utility
+    rewards alarms from 6 h before the first ``SepsisLabel``, so a model may be trained
+    to raise them there. Raises ``ValueError`` for negative hours or mismatched arrays."""
+    if hours < 0 or labels.shape != stay_of.shape:
+        raise ValueError("hours must be >= 0 and labels and stay_of of one shape")
+    out = labels.astype(np.int8).copy()
+    if hours == 0 or out.size == 0:
+        return out
+    bounds = np.flatnonzero(np.diff(stay_of)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, out.size], strict=True):
+        pos = np.flatnonzero(out[lo:hi])
+        if pos.size:
+            out[lo + max(0, int(pos[0]) - hours) : hi] = 1
+    return out
 
 
 def fit_gbm(
-    rows: F32, starts: npt.NDArray[np.int64], labels: npt.NDArray[Any], n_codes: int, seed: int
+    rows: F32,
+    starts: npt.NDArray[np.int64],
+    labels: npt.NDArray[Any],
+    codes: Sequence[str],
+    seed: int,
+    feature_set: int = GBM_FEATURE_SET,
+    stay_of: npt.NDArray[np.int64] | None = None,
 ) -> HistGradientBoostingClassifier:
     """The gradient-boosting model on a bank's rows (the train split), seeded: the same
-    data and seed give the same trees. Raises ``ValueError`` (scikit-learn) when the
-    labels have one class."""
-    gbm = HistGradientBoostingClassifier(**GBM_PARAMS, random_state=seed)
-    gbm.fit(gbm_features(rows, starts, n_codes), labels)
+    data and seed give the same trees. Parameters: :data:`GBM_PARAMS_BY_SET`; labels moved
+    earlier by :data:`GBM_EARLY_LABEL_HOURS` (which needs ``stay_of``). Raises
+    ``ValueError`` for an unknown feature set, a missing ``stay_of`` or labels of one
+    class (scikit-learn)."""
+    if feature_set not in GBM_PARAMS_BY_SET:
+        raise ValueError(f"unknown feature set {feature_set}")
+    hours = GBM_EARLY_LABEL_HOURS[feature_set]
+    if hours:
+        if stay_of is None:
+            raise ValueError("moving labels earlier needs stay_of")
+        labels = early_labels(labels, stay_of, hours)
+    gbm = HistGradientBoostingClassifier(**GBM_PARAMS_BY_SET[feature_set], random_state=seed)
+    gbm.fit(gbm_bank_features(rows, starts, codes, feature_set), labels)
     return gbm
 
 
@@ -320,7 +393,6 @@ def evaluate(
         raise ValueError(f"split {split!r} has no positive rows")
 
     # the exported model
-    c = len(spec.codes)
     probs = _in_chunks(model.predict, bank).astype(np.float64)
     model_name = f"{card['name']} v{card['version']}"
     model_method = Scored(model_name, probs, model.alert_threshold, True)
@@ -339,17 +411,22 @@ def evaluate(
         # gradient boosting on the same features, and the ensemble of it with the model:
         # fitted on the train split, weights and thresholds chosen on the test split
         fit_bank, tune_bank = tr.make_bank(fit, spec), tr.make_bank(tune, spec)
-        gbm = fit_gbm(fit_bank.rows, fit_bank.starts, fit_bank.labels, c, seed)
-        tune_pg = gbm.predict_proba(gbm_features(tune_bank.rows, tune_bank.starts, c))[:, 1]
+        fs = GBM_FEATURE_SET
+        gbm = fit_gbm(
+            fit_bank.rows, fit_bank.starts, fit_bank.labels, spec.codes, seed, fs, fit_bank.stay_of
+        )
+        tune_pg = gbm.predict_proba(
+            gbm_bank_features(tune_bank.rows, tune_bank.starts, spec.codes, fs)
+        )[:, 1]
         gbm_th, _ = best_threshold(
             _split_by_stay(tune_bank.labels, tune_bank.stay_of),
             _split_by_stay(tune_pg, tune_bank.stay_of),
         )
-        gbm_p = gbm.predict_proba(gbm_features(bank.rows, bank.starts, c))[:, 1]
+        gbm_p = gbm.predict_proba(gbm_bank_features(bank.rows, bank.starts, spec.codes, fs))[:, 1]
         tune_pt = _in_chunks(model.predict, tune_bank).astype(np.float64)
         stacking = fit_stacking(tune_bank.labels, tune_bank.stay_of, tune_pt, tune_pg)
         ens_p = stacking.predict(probs, gbm_p)
-        gbm_info: dict[str, Any] = {"n_iter": int(gbm.n_iter_), "seed": seed}
+        gbm_info: dict[str, Any] = {"n_iter": int(gbm.n_iter_), "seed": seed, "feature_set": fs}
         methods = [
             model_method,
             news2_method,

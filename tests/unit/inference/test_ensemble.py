@@ -16,10 +16,18 @@ import pytest
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from inference.ensemble import build, check_export, export_ensemble, tree_tensors
+from inference.ensemble import (
+    build,
+    check_export,
+    export_ensemble,
+    feature_module,
+    numpy_features,
+    tree_tensors,
+)
 from inference.evaluate import (
     Stacking,
     clipped_logit,
+    early_labels,
     fit_stacking,
     gbm_features,
     window_gbm_features,
@@ -27,9 +35,11 @@ from inference.evaluate import (
 from inference.features import FEATURE_SPEC_FILE, WINDOW, default_spec
 from inference.runtime import LocalTorchModel
 from inference.train import triton_config
+from inference.window_features import lab_mask, window_features
 
 ROOT = Path(__file__).resolve().parents[3]
-C = 4
+CODES = ("heart_rate", "spo2", "lactate", "wbc")
+C = len(CODES)
 F = 3 * C + 1
 
 
@@ -61,8 +71,10 @@ def _windows(n: int, n_features: int, seed: int = 0) -> np.ndarray[Any, Any]:
     return w
 
 
-def _fitted_gbm(x: np.ndarray[Any, Any], seed: int = 0) -> HistGradientBoostingClassifier:
-    f = window_gbm_features(x, C)
+def _fitted_gbm(
+    x: np.ndarray[Any, Any], seed: int = 0, feature_set: int = 1
+) -> HistGradientBoostingClassifier:
+    f = numpy_features(feature_set, x, CODES)
     y = f[:, 0] + 0.5 * f[:, F] + np.random.default_rng(seed).normal(size=len(f)) > 0.8
     return HistGradientBoostingClassifier(max_iter=30, max_leaf_nodes=15, random_state=seed).fit(
         f, y.astype(int)
@@ -83,6 +95,17 @@ def test_window_features_match_a_direct_computation_and_the_bank_version() -> No
     rows = np.concatenate(list(w), axis=0)
     starts = np.arange(5, dtype=np.int64) * WINDOW
     np.testing.assert_array_equal(gbm_features(rows, starts, C, chunk=2), got)
+
+
+def test_early_labels_move_each_septic_stays_positives_earlier() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1], np.int8)
+    stay_of = np.array([0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2], np.int64)
+    got = early_labels(labels, stay_of, 2)
+    assert got.tolist() == [0, 1, 1, 1, 1, 0, 0, 0, 1, 1, 1]
+    assert early_labels(labels, stay_of, 0).tolist() == labels.tolist()
+    assert early_labels(labels, stay_of, 50)[:5].tolist() == [1] * 5
+    with pytest.raises(ValueError, match="hours"):
+        early_labels(labels, stay_of, -1)
 
 
 def test_window_features_reject_short_windows() -> None:
@@ -115,20 +138,41 @@ def test_exported_trees_reproduce_sklearn_including_missing_values() -> None:
     trees, _, depth = tree_tensors(gbm)
     assert depth >= 1 and trees["feature"].shape == trees["threshold"].shape
     stacking = Stacking(-0.5, 0.8, 1.2, 0.3)
-    module = export_ensemble(_traced(F), gbm, stacking, C)
+    module = export_ensemble(_traced(F), gbm, stacking, CODES, feature_set=1)
     with torch.inference_mode():
         got = module.gbm_probability(torch.from_numpy(x)).numpy()
     want = gbm.predict_proba(window_gbm_features(x, C))[:, 1]
     np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
 
 
-def test_exported_ensemble_matches_the_reference_and_batch_size() -> None:
+def test_exported_trees_over_feature_set_2_reproduce_sklearn() -> None:
+    x = _windows(400, F, seed=4)
+    x[::9, :, 1] = np.nan  # NaN summaries take the trees' missing-value side here too
+    gbm = _fitted_gbm(x, feature_set=2)
+    module = export_ensemble(_traced(F), gbm, Stacking(-0.5, 0.8, 1.2, 0.3), CODES, 2)
+    with torch.inference_mode():
+        feats = module.gbm_features(torch.from_numpy(x)).numpy()
+        got = module.gbm_probability(torch.from_numpy(x)).numpy()
+    want_f = window_features(x, C, lab_mask(CODES))
+    np.testing.assert_array_equal(feats, want_f.astype(np.float64))
+    np.testing.assert_allclose(got, gbm.predict_proba(want_f)[:, 1], atol=1e-12, rtol=0)
+
+
+def test_unknown_feature_set_is_rejected() -> None:
+    with pytest.raises(ValueError, match="feature set"):
+        feature_module(9, CODES)
+    with pytest.raises(ValueError, match="feature set"):
+        numpy_features(9, _windows(1, F), CODES)
+
+
+@pytest.mark.parametrize("feature_set", [1, 2])
+def test_exported_ensemble_matches_the_reference_and_batch_size(feature_set: int) -> None:
     x = _windows(300, F, seed=1)
-    gbm = _fitted_gbm(x)
+    gbm = _fitted_gbm(x, feature_set=feature_set)
     transformer = _traced(F)
     stacking = Stacking(-0.5, 0.8, 1.2, 0.3)
-    module = export_ensemble(transformer, gbm, stacking, C)
-    diffs = check_export(module, transformer, gbm, stacking, x, C)
+    module = export_ensemble(transformer, gbm, stacking, CODES, feature_set)
+    diffs = check_export(module, transformer, gbm, stacking, x, CODES, feature_set)
     assert max(diffs.values()) < 1e-6
     with torch.inference_mode():
         full = module(torch.from_numpy(x))
@@ -137,16 +181,17 @@ def test_exported_ensemble_matches_the_reference_and_batch_size() -> None:
     torch.testing.assert_close(one, full[5:6], atol=1e-6, rtol=0)
     # a wrong reference is caught
     with pytest.raises(RuntimeError, match="differs"):
-        check_export(module, transformer, gbm, Stacking(0.5, 0.8, 1.2, 0.3), x, C)
+        check_export(module, transformer, gbm, Stacking(0.5, 0.8, 1.2, 0.3), x, CODES, feature_set)
 
 
 def _ensemble_dir(tmp_path: Path) -> tuple[Path, Stacking, Any, torch.jit.ScriptModule]:
-    """A model folder whose version 2 is an ensemble over the real feature layout."""
+    """A model folder whose version 2 is an ensemble over the real feature layout
+    (gradient boosting on feature set 2)."""
     spec = default_spec()
-    n_codes, nf = len(spec.codes), spec.n_features
+    nf = spec.n_features
     rng = np.random.default_rng(5)
     x = rng.normal(size=(300, WINDOW, nf)).astype(np.float32)
-    f = window_gbm_features(x, n_codes)
+    f = window_features(x, len(spec.codes), lab_mask(spec.codes))
     y = (f[:, 0] + f[:, nf] + rng.normal(size=300) > 0.5).astype(int)
     gbm = HistGradientBoostingClassifier(max_iter=20, random_state=0).fit(f, y)
     transformer = _traced(nf)
@@ -154,7 +199,7 @@ def _ensemble_dir(tmp_path: Path) -> tuple[Path, Stacking, Any, torch.jit.Script
     model_dir = tmp_path / "sepsis_transformer"
     vdir = model_dir / "2"
     vdir.mkdir(parents=True)
-    export_ensemble(transformer, gbm, stacking, n_codes).save(str(vdir / "model.pt"))
+    export_ensemble(transformer, gbm, stacking, spec.codes, 2).save(str(vdir / "model.pt"))
     spec.save(vdir / FEATURE_SPEC_FILE)
     shutil.copyfile(ROOT / "inference" / "triton_python_model.py", vdir / "model.py")
     (model_dir / "config.pbtxt").write_text(triton_config(nf))
@@ -171,7 +216,9 @@ def test_local_model_loads_the_ensemble_and_its_components(tmp_path: Path) -> No
     parts = model.components(x)
     with torch.inference_mode():
         pt = transformer(torch.from_numpy(x))[:, 0].numpy().astype(np.float64)
-    pg = gbm.predict_proba(window_gbm_features(x, len(model.spec.codes)))[:, 1]
+    pg = gbm.predict_proba(window_features(x, len(model.spec.codes), lab_mask(model.spec.codes)))[
+        :, 1
+    ]
     np.testing.assert_allclose(parts["transformer"], pt, atol=1e-7, rtol=0)
     np.testing.assert_allclose(parts["gbm"], pg, atol=1e-12, rtol=0)
     np.testing.assert_allclose(model.predict(x), stacking.predict(pt, pg), atol=1e-6, rtol=0)
@@ -282,10 +329,13 @@ def test_build_on_synthetic_stays_writes_a_servable_version(tmp_path: Path) -> N
     (base / "model_card.json").write_text(json.dumps(card))
 
     out = tmp_path / "out"
-    got = build(base, data, out, version=2, seed=0, threads=1)
+    got = build(base, data, out, version=2, seed=0, threads=1, feature_set=2)
     assert got["version"] == 2 and got["ensemble"]["gbm"]["fitted_on"] == "train"
     assert got["ensemble"]["stacking"]["threshold"] == got["alert_threshold"]
     assert max(got["ensemble"]["export_check_max_abs_diff"].values()) <= 1e-5
+    # feature set 2's numpy and torch features are identical on real windows
+    assert got["ensemble"]["gbm"]["feature_set"] == 2
+    assert got["ensemble"]["export_check_max_abs_diff"]["features"] == 0.0
     model = LocalTorchModel.from_dir(out / "sepsis_transformer")
     assert model.version == 2 and model.component_names() == ["transformer", "gbm"]
     assert (out / "sepsis_transformer" / "2" / "model.py").read_text() == (
