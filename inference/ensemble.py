@@ -59,6 +59,7 @@ from inference.evaluate import (
 )
 from inference.features import FEATURE_SPEC_FILE, WINDOW, newest_version_dir
 from inference.runtime import LocalTorchModel
+from inference.torchscript import make_device_agnostic
 from inference.utility import best_threshold, normalized_utility
 from inference.window_features import WindowFeatures, lab_mask, window_features
 
@@ -249,6 +250,9 @@ def export_ensemble(
     features = feature_module(feature_set, codes)
     module = EnsembleRiskModel(transformer, trees, baseline, depth, features, stacking).eval()
     scripted: torch.jit.ScriptModule = torch.jit.script(module)
+    # The transformer's trace may carry a hard-coded "cpu" (older exports did): serve on
+    # whatever device the windows arrive on (see inference.torchscript).
+    make_device_agnostic(scripted)
     return scripted
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from inference.features import WINDOW
+from inference.torchscript import make_device_agnostic
 
 
 @dataclass(frozen=True)
@@ -91,4 +92,7 @@ def export_torchscript(model: ExportedRiskModel, n_features: int) -> torch.jit.S
             got = traced(x)
             if got.shape != (b, 1) or not torch.allclose(got, want, atol=1e-5, rtol=0):
                 raise RuntimeError(f"traced model differs from eager at batch {b}")
+    # Tracing on the CPU bakes "cpu" into the encoder's attention mask; on a GPU Triton
+    # that fails every request (see inference.torchscript).
+    make_device_agnostic(traced)
     return traced

@@ -37,6 +37,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 # NewTopic is public API, but confluent-kafka's stubs do not re-export it.
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from inference import bench_model
+
 from . import bench_gateway, bench_hotpath, bench_rebuild
 from .demo import (
     SHARED_PHYSIONET,
@@ -355,6 +357,19 @@ def run_bench(
             _verdict(">= 10x one per request", batched >= 10 * one),
         )
     )
+    model_speed = bench_model.run(s.model_dir, [1, s.triton_max_batch], 2.0, 2)
+    for dev, by_batch in model_speed["results"].items():
+        one, full = by_batch["1"], by_batch[str(s.triton_max_batch)]
+        rows.append(
+            Row(
+                f"served model alone on {dev} (as Triton's backend runs it)",
+                f"{full['windows_per_s']:,.0f} windows/s at batch {s.triton_max_batch}",
+                f"{one['windows_per_s']:,.0f} at batch 1; {full['x_one_per_call']:.1f}x; "
+                + (model_speed["gpu"] or f"{model_speed['cpu_threads']} CPU threads"),
+            )
+        )
+    for dev, err in model_speed.get("errors", {}).items():
+        rows.append(Row(f"served model alone on {dev}", "FAILED", err))
     edge_full, edge_lean = _edge(stays)
     rows.append(Row("edge: FHIR Observations, full R4B validation", f"{edge_full:,.0f} obs/s"))
     rows.append(
