@@ -163,15 +163,7 @@ GBM_PARAMS: dict[str, Any] = {
 # 3's: version 2's parameters (no parameter search fitted in its time box); its features
 # and labels were chosen on the test split (inference/reports/candidate-3/), never on
 # validation. Not served: see that folder's README.
-GBM_PARAMS_V3: dict[str, Any] = {
-    "max_iter": 300,
-    "learning_rate": 0.05,
-    "max_leaf_nodes": 31,
-    "l2_regularization": 1.0,
-    "early_stopping": True,
-    "validation_fraction": 0.1,
-    "n_iter_no_change": 20,
-}
+GBM_PARAMS_V3: dict[str, Any] = dict(GBM_PARAMS)
 GBM_PARAMS_BY_SET: dict[int, dict[str, Any]] = {1: GBM_PARAMS, 2: GBM_PARAMS_V3}
 # Hours by which the gradient boosting's training labels are moved earlier, per feature
 # set (see early_labels); 0 = SepsisLabel as it is.
