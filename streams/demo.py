@@ -160,13 +160,13 @@ def run_demo(
         )
         pseudonyms = _pseudonyms(inputs, demo_settings)
         # The persist agent writes a batch behind the topic: wait for the database too.
-        db_scores, db_alerts = _db_counts(settings, pseudonyms)
+        db_scores, db_alerts = _db_counts(settings, pseudonyms, follow.alert_ids)
         # Scores and alerts are persisted by agents of their own: wait for both.
         while (db_scores < len(follow.scored) or db_alerts < len(follow.alert_ids)) and (
             time.monotonic() < t0 + timeout
         ):
             time.sleep(0.5)
-            db_scores, db_alerts = _db_counts(settings, pseudonyms)
+            db_scores, db_alerts = _db_counts(settings, pseudonyms, follow.alert_ids)
         wall = time.monotonic() - t0
     finally:
         stop_worker(worker)
@@ -338,8 +338,10 @@ def follow_scores(
     return follow
 
 
-def _db_counts(settings: Settings, run_patients: list[str]) -> tuple[int, int]:
-    """Scores and alerts of this run's patients in the database."""
+def _db_counts(settings: Settings, run_patients: list[str], alert_ids: set[str]) -> tuple[int, int]:
+    """Scores of this run's patients, and how many of the alerts this run saw on the topic
+    are in the database (counted by id: counting by patient missed one whose subject was
+    not among the replayed stays, and the summary then waited out its whole timeout)."""
     from sqlalchemy import func, select
 
     from storage.db import make_engine
@@ -352,7 +354,7 @@ def _db_counts(settings: Settings, run_patients: list[str]) -> tuple[int, int]:
                 select(func.count()).select_from(Score).where(Score.patient.in_(run_patients))
             )
             n_alerts = conn.scalar(
-                select(func.count()).select_from(Alert).where(Alert.patient.in_(run_patients))
+                select(func.count()).select_from(Alert).where(Alert.alert_id.in_(alert_ids))
             )
         return int(n_scores or 0), int(n_alerts or 0)
     finally:
