@@ -36,7 +36,9 @@ DEFAULT_DIR = Path(__file__).resolve().parent / "model_repository" / "sepsis_tra
 
 
 def newest_version(model_dir: Path) -> Path:
-    """The newest numbered version folder of a Triton model folder.
+    """The newest numbered version folder of a Triton model folder (as
+    :func:`inference.features.newest_version_dir`, which imports the patient-state code
+    and its JSON library; the GPU host has neither).
 
     Raises ``FileNotFoundError`` when there is none."""
     versions = sorted(

@@ -38,8 +38,11 @@ from torch import nn
 from inference.features import WINDOW
 
 FEATURE_SET: Final = 2
-# PhysioNet's vital signs (the rest of the model's codes are labs); lab-ordering
-# frequency is predictive in PhysioNet 2019, so the two are counted apart.
+# PhysioNet 2019's "vital signs" columns (the rest of the model's codes are its
+# "laboratory values"); lab-ordering frequency is predictive there, so the two are counted
+# apart. Not fhir.events.VITAL_CODES: that list is the project's bedside codes (GCS, FiO2,
+# O2 flow too), while the challenge files FiO2 among the labs, and the feature set was
+# chosen and trained with the challenge's grouping.
 VITAL_CODES: Final = (
     "heart_rate",
     "spo2",

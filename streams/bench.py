@@ -359,12 +359,12 @@ def run_bench(
     )
     model_speed = bench_model.run(s.model_dir, [1, s.triton_max_batch], 2.0, 2)
     for dev, by_batch in model_speed["results"].items():
-        one, full = by_batch["1"], by_batch[str(s.triton_max_batch)]
+        single, full = by_batch["1"], by_batch[str(s.triton_max_batch)]
         rows.append(
             Row(
                 f"served model alone on {dev} (as Triton's backend runs it)",
                 f"{full['windows_per_s']:,.0f} windows/s at batch {s.triton_max_batch}",
-                f"{one['windows_per_s']:,.0f} at batch 1; {full['x_one_per_call']:.1f}x; "
+                f"{single['windows_per_s']:,.0f} at batch 1; {full['x_one_per_call']:.1f}x; "
                 + (model_speed["gpu"] or f"{model_speed['cpu_threads']} CPU threads"),
             )
         )

@@ -57,11 +57,11 @@ class Settings(BaseSettings):
         "fetch_max_wait_ms passes). Larger values mean fewer fetch round trips at a steady "
         "trickle; see the README before raising it.",
     )
-    producer_linger_ms: float = Field(
-        5.0, description="How long the worker's producer waits to fill a request, ms."
-    )
     fetch_max_wait_ms: int = Field(
         1500, description="Longest the broker holds a fetch for fetch_min_bytes, ms."
+    )
+    producer_linger_ms: float = Field(
+        5.0, description="How long the worker's producer waits to fill a request, ms."
     )
 
     # --- Edge (wardwatch gateway)
