@@ -16,7 +16,7 @@ machine has no PhysioNet data. Imports only torch and numpy (the GPU machine has
 project environment). Raises ``FileNotFoundError`` when the model folder has no version.
 
     python -m inference.bench_model [--model-dir DIR] [--batches 1,16,64,256]
-        [--seconds 2] [--threads 2] [--out results.json]
+        [--seconds 2] [--threads 1] [--out results.json]
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="1,16,64,256", help="Batch sizes, comma-separated.")
     p.add_argument("--seconds", type=float, default=2.0, help="Timed seconds per row.")
     p.add_argument(
-        "--threads", type=int, default=2, help="CPU threads (the backend's default is 2)."
+        "--threads", type=int, default=1, help="CPU threads (the backend's default is 1)."
     )
     p.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     a = p.parse_args(argv)

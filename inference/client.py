@@ -1,12 +1,14 @@
 """Async gRPC client of the served sepsis-risk model (Triton).
 
 ``await TritonRiskClient(url).predict(windows)`` splits the windows into chunks of at most
-``max_batch``, sends them with at most ``max_inflight`` requests in flight at a time
-(Triton's dynamic batcher merges those with other workers' requests), and returns
-probabilities ``float32[B]`` in input order. Each request has its own deadline
-(``timeout_s``) counted from when it is sent: a big batch is not failed because its last
-chunks queued behind the first ones (a 500-message batch is eight requests; with all of
-them in flight at once on a busy CPU server the last ones overran a 5 s deadline).
+``max_batch`` and returns probabilities ``float32[B]`` in input order. At most
+``max_inflight`` requests are in flight at a time, counted over every ``predict`` call on
+the client (the stream sends one batch as several concurrent calls, one per chunk it has
+prepared; Triton's dynamic batcher merges the requests with other workers'). Each request
+has its own deadline (``timeout_s``) counted from when it is sent: a big batch is not
+failed because its last chunks queued behind the first ones (a 500-message batch is eight
+requests; with all of them in flight at once on a busy CPU server the last ones overran a
+5 s deadline).
 Errors follow :mod:`inference.errors`: unreachable / not ready / deadline / overloaded
 -> :class:`ModelUnavailable` (retry); a request that does not fit the model ->
 :class:`ModelError` (do not retry).
@@ -99,6 +101,15 @@ class TritonRiskClient:
         self.timeout_s = timeout_s
         self.observer = observer
         self._client: Any = None
+        # One limit for all of this client's calls, made in (and bound to) the running
+        # loop on first use: a client used from a new loop (tests) gets a new one.
+        self._slots: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+
+    def _slots_here(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._slots[0] is not loop:
+            self._slots = (loop, asyncio.Semaphore(self.max_inflight))
+        return self._slots[1]
 
     def _get(self) -> Any:
         if self._client is None:
@@ -183,7 +194,7 @@ class TritonRiskClient:
         if x.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         chunks = [x[i : i + self.max_batch] for i in range(0, x.shape[0], self.max_batch)]
-        slots = asyncio.Semaphore(self.max_inflight)
+        slots = self._slots_here()
 
         async def send(chunk: F32) -> F32:
             async with slots:

@@ -325,6 +325,12 @@ def split_metrics(bank: Bank, prob: npt.NDArray[np.float64], th: float) -> dict[
 
 
 def triton_config(n_features: int) -> str:
+    """The model's Triton config. Two instances of one intra-op thread each (the backend's
+    default, ``WARDWATCH_TORCH_THREADS``): the client keeps two requests in flight, and
+    two single-threaded instances run them side by side on two cores without the idle
+    spinning of a two-threaded one (at 2,000 events/s offered on the 2-core machine the
+    wait for the model fell from ~24 to ~18 ms per batch and the cycle from ~90 to ~71 ms).
+    """
     return f"""name: "{MODEL_NAME}"
 backend: "python"
 max_batch_size: {MAX_BATCH}
@@ -348,7 +354,7 @@ dynamic_batching {{
 }}
 instance_group [
   {{
-    count: 1
+    count: 2
     kind: KIND_CPU
   }}
 ]

@@ -33,7 +33,12 @@ from confluent_kafka.admin import AdminClient
 from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
 
-from inference.attribution import Attribution, from_occlusion, occlusion_windows
+from inference.attribution import (
+    Attribution,
+    from_occlusion,
+    occluded_codes,
+    occlusion_windows,
+)
 from inference.client import TritonRiskClient
 from inference.errors import ModelError, ModelUnavailable
 from storage.errors import StoragePermanentError
@@ -248,13 +253,19 @@ def create_app(settings: Settings) -> faust.App:
         if not todo:
             return {}
         try:
-            windows = np.concatenate([occlusion_windows(p.window, model.spec) for p in todo])
+            # Codes never measured in a window are not run: their contribution is 0.
+            plans = [(p, occluded_codes(p.window, model.spec)) for p in todo]
+            windows = np.concatenate(
+                [occlusion_windows(p.window, model.spec, codes) for p, codes in plans]
+            )
             probs = await triton.predict(windows)
-            per = 1 + len(model.spec.codes)
-            return {
-                id(p): from_occlusion(probs[i * per : (i + 1) * per], model.spec)
-                for i, p in enumerate(todo)
-            }
+            out: dict[int, Attribution | str] = {}
+            start = 0
+            for p, codes in plans:
+                end = start + 1 + len(codes)
+                out[id(p)] = from_occlusion(probs[start:end], model.spec, codes)
+                start = end
+            return out
         except Exception as exc:
             log.warning("alert explanations unavailable: %s", reason_of(exc))
             reason = f"{type(exc).__name__}: {reason_of(exc)}"
@@ -357,14 +368,31 @@ def create_app(settings: Settings) -> faust.App:
                 for env in taken:
                     last_event[env.patient] = event
             records = {p: PatientRecord.from_json(patients.get(p)) for p in last_event}
-            prepared = score_envelopes(
-                records, envelopes, spec=model.spec, staleness_hours=settings.staleness_hours
-            )
-            risks: Sequence[float | None] = [None] * len(prepared)
-            if prepared:
-                out = await predict(stack_windows([p for _, p in prepared]))
-                if out is not None:
-                    risks = [float(r) for r in out]
+            # The batch is prepared in chunks and each chunk's windows go to the model
+            # server as soon as they are ready, so the model runs (in its own process)
+            # while the next chunk is prepared instead of after the whole batch.
+            prepared: list[tuple[PatientRecord, Pending]] = []
+            predictions: list[tuple[int, asyncio.Task[npt.NDArray[np.float32] | None]]] = []
+            try:
+                for at in range(0, len(envelopes), settings.predict_chunk):
+                    part = score_envelopes(
+                        records,
+                        envelopes[at : at + settings.predict_chunk],
+                        spec=model.spec,
+                        staleness_hours=settings.staleness_hours,
+                    )
+                    if part:
+                        prepared.extend(part)
+                        windows = stack_windows([p for _, p in part])
+                        predictions.append((len(part), asyncio.create_task(predict(windows))))
+                        await asyncio.sleep(0)  # let the request leave now
+                risks: list[float | None] = []
+                for n, task in predictions:
+                    out = await task
+                    risks.extend([None] * n if out is None else [float(r) for r in out])
+            finally:
+                for _, task in predictions:
+                    task.cancel()  # only if still pending: an error above left it behind
             steps = [
                 (
                     rec,
@@ -375,10 +403,16 @@ def create_app(settings: Settings) -> faust.App:
                 for (rec, pending), risk in zip(prepared, risks, strict=True)
             ]
             raised = [(p, r) for _, p, r, _, d in steps if d is not None]
-            attributions = await explain_alerts(raised)
-            for _, pending, _, score, decision in steps:
-                key = pending.patient.encode()
-                sent.append(await scores_topic.send(key=key, value=orjson.dumps(score)))
+            # New alerts' explanations run on the model server while the scores are sent.
+            explaining = asyncio.create_task(explain_alerts(raised))
+            try:
+                for _, pending, _, score, _ in steps:
+                    key = pending.patient.encode()
+                    sent.append(await scores_topic.send(key=key, value=orjson.dumps(score)))
+                attributions = await explaining
+            finally:
+                explaining.cancel()  # only if still pending: a send above failed
+            for _, pending, _, _, decision in steps:
                 if decision is not None:
                     alert = alert_resource(
                         decision,
@@ -387,7 +421,11 @@ def create_app(settings: Settings) -> faust.App:
                         model=model.info,
                         policy=model.policy,
                     )
-                    sent.append(await alerts_topic.send(key=key, value=orjson.dumps(alert)))
+                    sent.append(
+                        await alerts_topic.send(
+                            key=pending.patient.encode(), value=orjson.dumps(alert)
+                        )
+                    )
             # Scores and alerts must be durable before the state that follows from them:
             # if the changelog (new alert state) landed and the alert did not, a replay
             # after a crash would find the alert already raised and never send it.
@@ -434,13 +472,13 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(scores_topic, name="persist_scores")
     async def persist_scores(stream: StreamT[Any]) -> None:
-        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+        async for batch in batches(stream)(settings.batch_size, within=settings.persist_within_s):
             metrics.batch("persist_scores", len(batch))
             await persist_batch(stream, batch, persist.score_row, sink.write_scores)
 
     @app.agent(alerts_topic, name="persist_alerts")
     async def persist_alerts(stream: StreamT[Any]) -> None:
-        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+        async for batch in batches(stream)(settings.batch_size, within=settings.persist_within_s):
             metrics.batch("persist_alerts", len(batch))
             await persist_batch(stream, batch, persist.alert_row, sink.write_alerts)
 
@@ -449,7 +487,7 @@ def create_app(settings: Settings) -> faust.App:
         # The dead-letter index: where each dead letter came from, which stage refused it
         # and why (the bytes stay in Kafka). Transient errors are retried; a permanent one
         # cannot be dead-lettered again, so it is logged and the batch acknowledged.
-        async for batch in batches(stream)(settings.batch_size, within=settings.batch_within_s):
+        async for batch in batches(stream)(settings.batch_size, within=settings.persist_within_s):
             metrics.batch("persist_dead_letters", len(batch))
             rows = [
                 persist.dead_letter_row(

@@ -357,7 +357,7 @@ def run_bench(
             _verdict(">= 10x one per request", batched >= 10 * one),
         )
     )
-    model_speed = bench_model.run(s.model_dir, [1, s.triton_max_batch], 2.0, 2)
+    model_speed = bench_model.run(s.model_dir, [1, s.triton_max_batch], 2.0, 1)
     for dev, by_batch in model_speed["results"].items():
         single, full = by_batch["1"], by_batch[str(s.triton_max_batch)]
         rows.append(

@@ -84,6 +84,34 @@ def test_chunks_wait_their_turn_and_come_back_in_order() -> None:
     assert out.tolist() == list(range(26))
 
 
+def test_inflight_limit_holds_across_concurrent_calls() -> None:
+    # The stream sends one batch as several concurrent predict calls (one per prepared
+    # chunk): the limit is the client's, not each call's.
+    in_flight, peak = 0, 0
+
+    async def fake_send(chunk: np.ndarray) -> np.ndarray:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        return chunk[:, 0, 0].copy()
+
+    async def run() -> list[list[float]]:
+        client = TritonRiskClient(f"127.0.0.1:{free_port()}", max_batch=4, max_inflight=2)
+        client._send_chunk = fake_send  # type: ignore[method-assign]
+        calls = [
+            np.arange(k, k + 6, dtype=np.float32)[:, None, None] * np.ones((1, 48, 7), np.float32)
+            for k in (0, 10, 20, 30)
+        ]
+        outs = await asyncio.gather(*(client.predict(w) for w in calls))
+        return [o.tolist() for o in outs]
+
+    out = asyncio.run(run())
+    assert peak == 2
+    assert out == [list(range(k, k + 6)) for k in (0, 10, 20, 30)]
+
+
 def test_max_inflight_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_inflight"):
         TritonRiskClient(max_inflight=0)
