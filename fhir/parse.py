@@ -917,6 +917,21 @@ def _resource(doc: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> ParseR
     return ParseResult(resources=1)
 
 
+def preload() -> CodeTable:
+    """Load the code table and import the R4B model classes the stream parses (Bundle,
+    Observation, Patient and the context types) now, as a worker does at start-up: the
+    first message otherwise pays for both (0.4 s here, 0.15 s of it reading the YAML), and
+    a broken code table stops the worker before it reads anything. Returns the table.
+
+    Raises ``ValueError`` naming the file and entry when the code table is unreadable or
+    inconsistent (a configuration error: not retried).
+    """
+    table = load_code_table()
+    for rt in ("Bundle", "Observation", "Patient", *sorted(CONTEXT_TYPES)):
+        _model_class(rt)
+    return table
+
+
 def _guard(fn: Callable[[], ParseResult], where: tuple[str | None, str | None]) -> ParseResult:
     """Run ``fn``; turn any non-PermanentInputError exception into InvalidResource."""
     try:
@@ -1044,4 +1059,5 @@ __all__ = [
     "parse_events",
     "parse_fhir_time",
     "parse_resource",
+    "preload",
 ]

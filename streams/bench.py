@@ -315,37 +315,13 @@ def run_bench(
         for r in rows[-3:]:
             say(f"{r.what}: {r.value} {r.note}")
         # 3. Latency at fixed offered loads (fresh patients per load).
-        for load in loads:
-            # ``load`` is clinical events/s offered; messages carry per_msg events each.
-            msg_rate = load / per_msg
-            lm, _ = _messages(stays, f"bench-{run}-{load}".encode())
-            lm = lm[: int(msg_rate * seconds)]
-            start = end_offsets(s, [s.topic_scores, s.topic_dlq, s.topic_alerts])
-            landed, _ = _produce(producer, s.topic_inbound, lm, rate=msg_rate)
-            f = follow_scores(s, start, landed, deadline=time.monotonic() + 300, worker=worker)
-            alert_p99 = percentile(f.alert_latencies_ms, 99)
-            rows.append(
-                Row(
-                    f"latency at {load:,.0f} events/s offered ({msg_rate:,.0f} msg/s)",
-                    f"score p50 {percentile(f.latencies_ms, 50):,.0f} ms, "
-                    f"p99 {percentile(f.latencies_ms, 99):,.0f} ms",
-                    f"alert p50 {percentile(f.alert_latencies_ms, 50):,.0f} ms, "
-                    f"p99 {alert_p99:,.0f} ms "
-                    f"({len(f.alert_latencies_ms)} alerts); "
-                    f"{len(f.scored)}/{len(landed)} scored",
-                    _verdict(
-                        "alert p99 <= 200 ms at 2,000 events/s",
-                        bool(f.alert_latencies_ms) and alert_p99 <= 200,
-                    )
-                    if load >= 2000
-                    else "",
-                )
-            )
-            say(rows[-1].what + ": " + rows[-1].value + "; " + rows[-1].note)
+        rows += _latency(s, producer, stays, loads, seconds, worker, per_msg, "", say)
     finally:
         if worker is not None:
             stop_worker(worker)
         admin.delete_topics(topics)
+    # 3b. The same loads with scoring and database writing in two processes (worker_role).
+    rows += _latency_split(base, stays, loads, seconds, per_msg, work, say)
     # 4. Triton, edge, database.
     one, batched = _triton(s, seconds=10)
     rows.append(Row("Triton, one window per request", f"{one:,.0f} inferences/s"))
@@ -424,6 +400,99 @@ def run_bench(
     _write(out, rows, profile_md)
     say(_table(rows))
     return rows
+
+
+def _latency(
+    s: Settings,
+    producer: Producer,
+    stays: list[Path],
+    loads: tuple[float, ...],
+    seconds: float,
+    worker: subprocess.Popen[bytes],
+    per_msg: float,
+    label: str,
+    say: Callable[[str], None],
+) -> list[Row]:
+    """Event-to-score and event-to-alert latency at each offered load (fresh patients per
+    load) through the running worker(s); ``worker`` is the one whose exit ends a wait."""
+    rows: list[Row] = []
+    for load in loads:
+        # ``load`` is clinical events/s offered; messages carry per_msg events each.
+        msg_rate = load / per_msg
+        lm, _ = _messages(stays, f"bench-{s.app_id}-{load}".encode())
+        lm = lm[: int(msg_rate * seconds)]
+        start = end_offsets(s, [s.topic_scores, s.topic_dlq, s.topic_alerts])
+        landed, _ = _produce(producer, s.topic_inbound, lm, rate=msg_rate)
+        f = follow_scores(s, start, landed, deadline=time.monotonic() + 300, worker=worker)
+        alert_p99 = percentile(f.alert_latencies_ms, 99)
+        rows.append(
+            Row(
+                f"latency at {load:,.0f} events/s offered ({msg_rate:,.0f} msg/s){label}",
+                f"score p50 {percentile(f.latencies_ms, 50):,.0f} ms, "
+                f"p99 {percentile(f.latencies_ms, 99):,.0f} ms",
+                f"alert p50 {percentile(f.alert_latencies_ms, 50):,.0f} ms, "
+                f"p99 {alert_p99:,.0f} ms "
+                f"({len(f.alert_latencies_ms)} alerts); "
+                f"{len(f.scored)}/{len(landed)} scored",
+                _verdict(
+                    "alert p99 <= 200 ms at 2,000 events/s",
+                    bool(f.alert_latencies_ms) and alert_p99 <= 200,
+                )
+                if load >= 2000
+                else "",
+            )
+        )
+        say(rows[-1].what + ": " + rows[-1].value + "; " + rows[-1].note)
+    return rows
+
+
+def _latency_split(
+    base: Settings,
+    stays: list[Path],
+    loads: tuple[float, ...],
+    seconds: float,
+    per_msg: float,
+    work: Path,
+    say: Callable[[str], None],
+) -> list[Row]:
+    """:func:`_latency` with a scoring-only worker and a database writer (two processes,
+    ``worker_role`` score and persist) on topics of their own."""
+    run = secrets.token_hex(4)
+    s = _isolated(base, run, work / "scores-split.db")
+    topics = [s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts]
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    for fut in admin.create_topics([NewTopic(t, s.topic_partitions, 1) for t in topics]).values():
+        fut.result(30)
+    scorer = writer = None
+    try:
+        scorer = start_worker(
+            s.model_copy(update={"worker_role": "score"}), work / "worker-score.log"
+        )
+        writer = start_worker(
+            s.model_copy(update={"worker_role": "persist"}),
+            work / "worker-persist.log",
+            web_port=s.worker_web_port + 1,
+        )
+        ready = warm_up(
+            s, stays[0], end_offsets(s, [s.topic_scores]), scorer, deadline=time.monotonic() + 300
+        )
+        say(f"scoring worker (with a separate writer) ready after {ready:.1f}s")
+        return _latency(
+            s,
+            make_producer(s),
+            stays,
+            loads,
+            seconds,
+            scorer,
+            per_msg,
+            ", scoring and writing in 2 processes",
+            say,
+        )
+    finally:
+        for proc in (scorer, writer):
+            if proc is not None:
+                stop_worker(proc)
+        admin.delete_topics(topics)
 
 
 def _table(rows: list[Row]) -> str:

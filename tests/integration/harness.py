@@ -83,11 +83,14 @@ class Workers:
         self.s, self.log_dir, self.n = s, log_dir, 0
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self) -> subprocess.Popen[bytes]:
+    def start(self, settings: Settings | None = None) -> subprocess.Popen[bytes]:
+        """Start a worker with the run's settings (or ``settings``, e.g. another role)."""
         self.n += 1
         # each worker process on this host needs a web port of its own
         port = self.s.worker_web_port + self.n
-        proc = start_worker(self.s, self.log_dir / f"worker-{self.n}.log", web_port=port)
+        proc = start_worker(
+            settings or self.s, self.log_dir / f"worker-{self.n}.log", web_port=port
+        )
         self.procs.append(proc)
         return proc
 

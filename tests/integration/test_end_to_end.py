@@ -24,6 +24,7 @@ from tests.integration.harness import (
     Workers,
     assert_alerts_match_offline,
     assert_exactly_once,
+    group_partitions,
     isolated_run,
     offline_scores,
     wait_for_scores,
@@ -96,3 +97,37 @@ def test_replayed_stays_are_all_accounted_for_and_match_offline_scores(
             assert headers["wardwatch.source.topic"] == s.topic_inbound.encode()
     finally:
         workers.stop_all()
+
+
+def test_scoring_and_writing_in_separate_processes(tmp_path: Path) -> None:
+    # worker_role: a scoring-only worker (no database) and a writer (its own consumer
+    # group) together store every message exactly once, scored as offline, with every alert.
+    require_shared(PHYSIONET)
+    files = sorted(PHYSIONET.glob("*.psv"))[N_PATIENTS : N_PATIENTS + 20]
+    with isolated_run("roles") as s:
+        scorer = s.model_copy(
+            update={
+                "worker_role": "score",
+                "database_url": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+            }
+        )
+        writer = s.model_copy(update={"worker_role": "persist"})
+        workers = Workers(s, tmp_path)
+        try:
+            workers.start(scorer)
+            workers.start(writer)
+            stats = replay(files, s, topic=s.topic_inbound, progress=False)
+            assert stats.failed == 0 and stats.sent > 0
+            expected = {f"{s.topic_inbound}/{p}/{o}": v for (p, o), v in stats.landed.items()}
+            rows = wait_for_scores(s, set(expected), timeout=240)
+            assert_exactly_once(s, rows, expected, files, logs=workers.logs())
+            assert_alerts_match_offline(s, files, rows)
+            # Two consumer groups: the scorer reads the inbound topic and not the scores;
+            # the writer (<app id>-writer) reads the scores.
+            every = set(range(s.topic_partitions))
+            writers = s.model_copy(update={"app_id": f"{s.app_id}-writer"})
+            assert set().union(*group_partitions(s, s.topic_inbound)) == every
+            assert set().union(*group_partitions(s, s.topic_scores)) == set()
+            assert set().union(*group_partitions(writers, s.topic_scores)) == every
+        finally:
+            workers.stop_all()

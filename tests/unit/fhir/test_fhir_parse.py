@@ -446,3 +446,13 @@ def test_source_without_id_is_stable(make_obs: ObsFactory) -> None:
     a, b = one(obs), one(obs)
     assert a.source == b.source
     assert a.source.startswith("Observation/#")
+
+
+def test_preload_loads_the_table_and_model_classes() -> None:
+    from fhir import parse
+    from fhir.codes import load_code_table
+
+    table = parse.preload()
+    assert table is load_code_table()
+    for rt in ("Bundle", "Observation", "Patient", *parse.CONTEXT_TYPES):
+        assert rt in parse._MODEL_CACHE
