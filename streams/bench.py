@@ -243,6 +243,26 @@ def _isolated(base: Settings, run: str, db: Path) -> Settings:
     )
 
 
+def _create_topics(admin: AdminClient, topics: list[str], partitions: int) -> None:
+    """Create ``topics`` and wait until every partition has a leader (offsets read right
+    after creation otherwise fail with NOT_LEADER_FOR_PARTITION). Raises TimeoutError
+    after 30 s."""
+    for fut in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).values():
+        fut.result(30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        md = admin.list_topics(timeout=10).topics
+        if all(
+            t in md
+            and len(md[t].partitions) == partitions
+            and all(p.leader >= 0 for p in md[t].partitions.values())
+            for t in topics
+        ):
+            return
+        time.sleep(0.2)
+    raise TimeoutError(f"topics {topics} have partitions without a leader after 30 s")
+
+
 def run_bench(
     base: Settings,
     *,
@@ -261,8 +281,7 @@ def run_bench(
     s = _isolated(base, run, work / "scores.db")
     topics = [s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts]
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
-    for fut in admin.create_topics([NewTopic(t, s.topic_partitions, 1) for t in topics]).values():
-        fut.result(30)
+    _create_topics(admin, topics, s.topic_partitions)
     rows: list[Row] = []
     profile_md = ""
     stays, source = _stays(patients, work)
@@ -461,8 +480,7 @@ def _latency_split(
     s = _isolated(base, run, work / "scores-split.db")
     topics = [s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts]
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
-    for fut in admin.create_topics([NewTopic(t, s.topic_partitions, 1) for t in topics]).values():
-        fut.result(30)
+    _create_topics(admin, topics, s.topic_partitions)
     scorer = writer = None
     try:
         scorer = start_worker(

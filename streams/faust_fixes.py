@@ -97,8 +97,9 @@ after building the app.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -106,7 +107,7 @@ from faust.exceptions import Skip
 from faust.streams import Stream
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
-from faust.types import TP, Message, StreamT
+from faust.types import TP, EventT, Message, StreamT
 from mode.utils.futures import notify
 
 log = logging.getLogger("wardwatch.faust_fixes")
@@ -456,6 +457,86 @@ def admit_in_order(stream: StreamT[Any]) -> None:
 
     s.add_processor(in_order)
     s._wardwatch_in_order = True  # type: ignore[attr-defined]
+
+
+def keep_filling(grew: int, waited: float, *, busy_at: int, busy_within: float) -> bool:
+    """Whether :func:`adaptive_take` waits once more before handing a batch over: while
+    each short wait adds at least ``busy_at`` events (a backlog: they arrive as fast as
+    Faust buffers them), up to ``busy_within`` seconds in all; a trickle (fewer per wait)
+    goes at once. The batch's maximum ends the wait anyway. Pure; raises nothing."""
+    return grew >= busy_at and waited < busy_within
+
+
+async def adaptive_take(
+    stream: StreamT[Any], max_: int, within: float, busy_within: float, busy_at: int
+) -> AsyncGenerator[Sequence[EventT[Any]], None]:
+    """Faust's ``Stream.noack_take`` (faust-streaming 0.11: buffered events, acknowledged
+    by the caller) whose wait extends itself while a backlog pours in (:func:`keep_filling`).
+
+    A fixed wait is a trade: 5 ms kept the alert path short at a trickle but cut a
+    backlog's batches to ~150 events and the burst rate by a quarter (288 against 391
+    messages/s with 0.2 s); 0.2 s holds every event at a trickle. Here each batch waits
+    ``within``, then again for as long as every wait adds ``busy_at`` events or more (up
+    to ``busy_within``). The rest is Faust's body. Raises what the stream raises.
+    """
+    s = cast(Any, stream)
+    buffer: list[EventT[Any]] = []
+    buffer_full = asyncio.Event()
+    buffer_consumed = asyncio.Event()
+    buffer_consuming: asyncio.Future[None] | None = None
+    enable_acks = s.enable_acks
+    channel_it = s.channel.__aiter__()
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal buffer_consuming
+        try:
+            # The caller is working on the previous batch: wait until it is done.
+            if buffer_consuming is not None:
+                try:
+                    await buffer_consuming
+                finally:
+                    buffer_consuming = None
+            event = s.current_event
+            if event is None:
+                raise RuntimeError("Take buffer found current_event is None")
+            buffer.append(event)
+            if len(buffer) >= max_:
+                buffer_full.set()
+                buffer_consumed.clear()
+                await s.wait(buffer_consumed)  # never more than max_ events
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("Error adding to take buffer: %r", exc)
+            await s.crash(exc)
+        return value
+
+    s.enable_acks = False  # the caller acknowledges
+    s.add_processor(add_to_buffer)
+    s._enable_passive(channel_it)
+    try:
+        while not s.should_stop:
+            seen, waited = 0, 0.0
+            while True:
+                await s.wait_for_stopped(buffer_full, timeout=within)
+                waited += within
+                grew, seen = len(buffer) - seen, len(buffer)
+                if buffer_full.is_set() or s.should_stop:
+                    break
+                if not keep_filling(grew, waited, busy_at=busy_at, busy_within=busy_within):
+                    break
+            if buffer:
+                buffer_consuming = asyncio.get_running_loop().create_future()
+                try:
+                    yield list(buffer)
+                finally:
+                    buffer.clear()
+                    notify(buffer_consuming)
+                    buffer_full.clear()
+                    buffer_consumed.set()
+    finally:
+        s.enable_acks = enable_acks
+        s._processors.remove(add_to_buffer)
 
 
 def install(app: faust.App, *, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500) -> None:

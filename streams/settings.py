@@ -59,9 +59,15 @@ class Settings(BaseSettings):
     # every batch, even with messages queued, so each cycle pays it. Measured at 2,000
     # events/s offered, one model instance: 0.02 s gave alert p50 139-292 ms, p99
     # 375-577 ms over four runs; 0.005 s p50 131-151 ms, p99 286-302 ms over two (0.2 s:
-    # seconds). Under load batches still fill while the previous one is processed.
+    # seconds). A backlog still gets full batches (batch_busy_within_s).
     batch_within_s: float = Field(
         0.005, description="Longest the scoring agent waits to fill a batch, seconds."
+    )
+    batch_busy_within_s: float = Field(
+        0.1,
+        description="Longest the scoring agent keeps filling a batch while a backlog pours "
+        "in (each batch_within_s wait adding 16 events or more), seconds; a full batch "
+        "(batch_size) ends it sooner.",
     )
     predict_chunk: int = Field(
         16,

@@ -90,7 +90,7 @@ def project_topics(s: Settings) -> list[str]:
 
 
 def test_expected_services_present(services: dict[str, Any]) -> None:
-    assert {"kafka", "kafka-init", "postgres", "triton", "worker"} <= set(services)
+    assert {"kafka", "kafka-init", "postgres", "triton", "worker", "writer"} <= set(services)
 
 
 def test_bind_mounts_exist(services: dict[str, Any]) -> None:
@@ -218,6 +218,23 @@ def test_worker_environment_uses_real_settings(services: dict[str, Any]) -> None
     assert "replicas" in worker["deploy"]
     assert worker["command"][0] == "worker"
     assert "healthcheck" in worker
+
+
+def test_scoring_and_writing_run_as_separate_services(services: dict[str, Any]) -> None:
+    # The worker scores (never waits on the database); the writer stores, in a consumer
+    # group of its own, from the same image and app id.
+    worker, writer = env_of(services["worker"]), env_of(services["writer"])
+    fields = {f"WARDWATCH_{name.upper()}" for name in Settings.model_fields}
+    unknown = {k for k in writer if k.startswith("WARDWATCH_")} - fields
+    assert not unknown, f"writer sets WARDWATCH_ variables that Settings does not read: {unknown}"
+    assert worker["WARDWATCH_WORKER_ROLE"] == "score"
+    assert writer["WARDWATCH_WORKER_ROLE"] == "persist"
+    assert services["writer"]["image"] == services["worker"]["image"]
+    assert writer.get("WARDWATCH_APP_ID") == worker.get("WARDWATCH_APP_ID")
+    assert writer["WARDWATCH_DATABASE_URL"] == worker["WARDWATCH_DATABASE_URL"]
+    assert "postgres" in services["writer"]["depends_on"]
+    assert "postgres" not in services["worker"]["depends_on"]
+    assert "healthcheck" in services["writer"]
 
 
 def test_services_script_rejects_unknown_service() -> None:

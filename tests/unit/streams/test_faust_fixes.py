@@ -340,3 +340,15 @@ def test_the_worker_consumer_fetches_with_the_configured_broker_wait(
     thread = object.__new__(thread_cls)  # the method reads only class attributes
     assert thread._create_worker_consumer(None) is made
     assert (made._fetch_min_bytes, made._fetch_max_wait_ms) == (12345, 7)
+
+
+def test_keep_filling_only_while_a_backlog_pours_in() -> None:
+    from streams.faust_fixes import keep_filling
+
+    # A backlog: every 5 ms wait adds many events, so the batch keeps filling ...
+    assert keep_filling(150, 0.005, busy_at=16, busy_within=0.1)
+    assert keep_filling(16, 0.095, busy_at=16, busy_within=0.1)
+    # ... up to the cap; live traffic (a message or two per wait) goes at once.
+    assert not keep_filling(150, 0.1, busy_at=16, busy_within=0.1)
+    assert not keep_filling(2, 0.005, busy_at=16, busy_within=0.1)
+    assert not keep_filling(0, 0.005, busy_at=16, busy_within=0.1)
