@@ -254,6 +254,8 @@ class Consumer(AIOKafkaConsumer):
         retries a rebalance that fails.
         """
         offsets = await super().seek_to_committed()
+        starts: dict[TP, int] = {}
+        never: list[TP] = []
         for raw_tp, committed in offsets.items():
             tp = TP(raw_tp.topic, raw_tp.partition)
             if self._is_changelog_tp(tp) or not self.app.topics.acks_enabled_for(tp.topic):
@@ -261,10 +263,18 @@ class Consumer(AIOKafkaConsumer):
             if committed is not None and committed > 0:
                 self._fetch_start[tp] = committed
                 self._expect(tp, committed)
-                continue
-            start = 0
-            if committed is None:
-                start = (await self.earliest_offsets(tp)).get(tp, 0)
+            elif committed is None:
+                never.append(tp)
+            else:
+                starts[tp] = 0
+        if never:
+            # One request for all of them: each request waits behind the consumer's
+            # in-flight fetch on the broker connection (up to fetch_max_wait_ms when the
+            # fetched partitions are idle), so one per partition took 1.5 s each: a worker
+            # with 40 never-committed partitions was ready 60 s after its table was.
+            earliest = await self.earliest_offsets(*never)
+            starts.update({tp: earliest.get(tp, 0) for tp in never})
+        for tp, start in starts.items():
             await self.seek(tp, start)
             self._fetch_start[tp] = start
         return offsets

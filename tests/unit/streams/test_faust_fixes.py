@@ -352,3 +352,36 @@ def test_keep_filling_only_while_a_backlog_pours_in() -> None:
     assert not keep_filling(150, 0.1, busy_at=16, busy_within=0.1)
     assert not keep_filling(2, 0.005, busy_at=16, busy_within=0.1)
     assert not keep_filling(0, 0.005, busy_at=16, busy_within=0.1)
+
+
+def test_never_committed_partitions_get_their_earliest_offsets_in_one_request(
+    monkeypatch: Any,
+) -> None:
+    # Each offsets request waits behind the consumer's in-flight fetch (up to its 1.5 s
+    # broker-side wait): one request per never-committed partition made a new worker
+    # ready a minute after its table. One request for all of them.
+    never = [TP("fhir.inbound", p) for p in range(8)]
+    zero, done = TP("fhir.inbound.dlq", 0), TP("clinical.events", 1)
+    committed: dict[Any, int | None] = {**dict.fromkeys(never), zero: 0, done: 17}
+    calls: list[tuple[TP, ...]] = []
+    seeks: dict[TP, int] = {}
+
+    async def base_seek_to_committed(self: Any) -> dict[Any, int | None]:
+        return committed
+
+    async def earliest(self: Any, *tps: TP) -> dict[TP, int]:
+        calls.append(tps)
+        return {tp: 100 + tp.partition for tp in tps}
+
+    async def seek(self: Any, tp: TP, offset: int) -> None:
+        seeks[tp] = offset
+
+    monkeypatch.setattr(AIOKafkaConsumer, "seek_to_committed", base_seek_to_committed)
+    monkeypatch.setattr(AIOKafkaConsumer, "earliest_offsets", earliest)
+    monkeypatch.setattr(AIOKafkaConsumer, "seek", seek)
+    c = bare_consumer()
+    c._is_changelog_tp = lambda tp: False
+    assert asyncio.run(c.seek_to_committed()) == committed
+    assert calls == [tuple(never)]
+    assert seeks == {**{tp: 100 + tp.partition for tp in never}, zero: 0}
+    assert c._fetch_start[done] == 17 and c._fetch_start[never[3]] == 103
