@@ -317,6 +317,38 @@ def create_app(settings: Settings) -> faust.App:
             reason = f"{type(exc).__name__}: {reason_of(exc)}"
             return dict.fromkeys((id(p) for p in todo), reason)
 
+    async def prepare_and_predict(
+        records: dict[str, PatientRecord], envelopes: Sequence[Envelope]
+    ) -> tuple[list[tuple[PatientRecord, Pending]], list[float | None]]:
+        """:func:`score_envelopes` over a batch, and the model's risk of each window (None
+        where the model is away). The batch is prepared in chunks whose windows go to the
+        model server as soon as they are ready, so the model runs (in its own process)
+        while the next chunk is prepared instead of after the whole batch. Raises what
+        :func:`score_envelopes` raises; a pending request is then cancelled."""
+        prepared: list[tuple[PatientRecord, Pending]] = []
+        predictions: list[tuple[int, asyncio.Task[npt.NDArray[np.float32] | None]]] = []
+        try:
+            for at in range(0, len(envelopes), settings.predict_chunk):
+                part = score_envelopes(
+                    records,
+                    envelopes[at : at + settings.predict_chunk],
+                    spec=model.spec,
+                    staleness_hours=settings.staleness_hours,
+                )
+                if part:
+                    prepared.extend(part)
+                    windows = stack_windows([p for _, p in part])
+                    predictions.append((len(part), asyncio.create_task(predict(windows))))
+                    await asyncio.sleep(0)  # let the request leave now
+            risks: list[float | None] = []
+            for n, task in predictions:
+                out = await task
+                risks.extend([None] * n if out is None else [float(r) for r in out])
+            return prepared, risks
+        finally:
+            for _, task in predictions:
+                task.cancel()  # only if still pending: an error above left it behind
+
     async def copartitioned() -> int | None:
         """The partition count the inbound topic, the events topic and the state table
         share, or None when they differ (then everything is forwarded: a worker owning
@@ -420,31 +452,7 @@ def create_app(settings: Settings) -> faust.App:
                 for env in taken:
                     last_event[env.patient] = event
             records = {p: PatientRecord.from_json(patients.get(p)) for p in last_event}
-            # The batch is prepared in chunks and each chunk's windows go to the model
-            # server as soon as they are ready, so the model runs (in its own process)
-            # while the next chunk is prepared instead of after the whole batch.
-            prepared: list[tuple[PatientRecord, Pending]] = []
-            predictions: list[tuple[int, asyncio.Task[npt.NDArray[np.float32] | None]]] = []
-            try:
-                for at in range(0, len(envelopes), settings.predict_chunk):
-                    part = score_envelopes(
-                        records,
-                        envelopes[at : at + settings.predict_chunk],
-                        spec=model.spec,
-                        staleness_hours=settings.staleness_hours,
-                    )
-                    if part:
-                        prepared.extend(part)
-                        windows = stack_windows([p for _, p in part])
-                        predictions.append((len(part), asyncio.create_task(predict(windows))))
-                        await asyncio.sleep(0)  # let the request leave now
-                risks: list[float | None] = []
-                for n, task in predictions:
-                    out = await task
-                    risks.extend([None] * n if out is None else [float(r) for r in out])
-            finally:
-                for _, task in predictions:
-                    task.cancel()  # only if still pending: an error above left it behind
+            prepared, risks = await prepare_and_predict(records, envelopes)
             steps = [
                 (
                     rec,

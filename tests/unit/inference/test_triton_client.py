@@ -60,46 +60,45 @@ def test_bad_windows_are_model_errors_before_sending() -> None:
     asyncio.run(run())
 
 
+class SlowServer:
+    """Stands in for the request sender: each request takes ``seconds``, returns the
+    first value of each window, and the most requests ever in flight is kept."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.in_flight, self.peak = seconds, 0, 0
+
+    async def send(self, chunk: np.ndarray) -> np.ndarray:
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        await asyncio.sleep(self.seconds)
+        self.in_flight -= 1
+        return chunk[:, 0, 0].copy()
+
+
 def test_chunks_wait_their_turn_and_come_back_in_order() -> None:
     # Seven chunks of 0.3 s each against a 0.5 s per-request deadline: sent all at once
     # to one busy server the late ones would overrun it; two at a time, none does.
-    in_flight, peak = 0, 0
-
-    async def fake_send(chunk: np.ndarray) -> np.ndarray:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.3)
-        in_flight -= 1
-        return chunk[:, 0, 0].copy()
+    server = SlowServer(0.3)
 
     async def run() -> np.ndarray:
         client = TritonRiskClient(f"127.0.0.1:{free_port()}", max_batch=4, timeout_s=0.5)
-        client._send_chunk = fake_send  # type: ignore[method-assign]
+        client._send_chunk = server.send  # type: ignore[method-assign]
         windows = np.arange(26, dtype=np.float32)[:, None, None] * np.ones((1, 48, 7), np.float32)
         return await client.predict(windows)
 
     out = asyncio.run(run())
-    assert peak == 2
+    assert server.peak == 2
     assert out.tolist() == list(range(26))
 
 
 def test_inflight_limit_holds_across_concurrent_calls() -> None:
     # The stream sends one batch as several concurrent predict calls (one per prepared
     # chunk): the limit is the client's, not each call's.
-    in_flight, peak = 0, 0
-
-    async def fake_send(chunk: np.ndarray) -> np.ndarray:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.05)
-        in_flight -= 1
-        return chunk[:, 0, 0].copy()
+    server = SlowServer(0.05)
 
     async def run() -> list[list[float]]:
         client = TritonRiskClient(f"127.0.0.1:{free_port()}", max_batch=4, max_inflight=2)
-        client._send_chunk = fake_send  # type: ignore[method-assign]
+        client._send_chunk = server.send  # type: ignore[method-assign]
         calls = [
             np.arange(k, k + 6, dtype=np.float32)[:, None, None] * np.ones((1, 48, 7), np.float32)
             for k in (0, 10, 20, 30)
@@ -108,7 +107,7 @@ def test_inflight_limit_holds_across_concurrent_calls() -> None:
         return [o.tolist() for o in outs]
 
     out = asyncio.run(run())
-    assert peak == 2
+    assert server.peak == 2
     assert out == [list(range(k, k + 6)) for k in (0, 10, 20, 30)]
 
 
