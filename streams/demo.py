@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 import orjson
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import SecretStr
 
 from .replay import publish, replay
@@ -68,17 +68,43 @@ def _pick_inputs(data: Path | None, patients: int, workdir: Path) -> tuple[list[
     return sorted(workdir.glob("*.psv")), "synthetic (seed 2019)"
 
 
-def end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[int, int]]:
+# Errors of a partition whose leader is still starting (a topic created moments ago).
+_STARTING = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def end_offsets(
+    settings: Settings, topics: list[str], *, retry_s: float = 30.0
+) -> dict[str, dict[int, int]]:
+    """Each partition's end offset. A retriable broker error (a topic created moments ago
+    whose partitions' leaders are still starting: NOT_LEADER_FOR_PARTITION, seen from a
+    fresh clone's ``make bench``) is retried for ``retry_s``; then, or on any other error,
+    the ``KafkaException`` is raised."""
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "wardwatch-demo"})
+    deadline = time.monotonic() + retry_s
     try:
-        out: dict[str, dict[int, int]] = {}
-        for t in topics:
-            md = c.list_topics(t, timeout=10).topics[t]
-            out[t] = {
-                p: c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
-                for p in md.partitions
-            }
-        return out
+        while True:
+            try:
+                out: dict[str, dict[int, int]] = {}
+                for t in topics:
+                    md = c.list_topics(t, timeout=10).topics[t]
+                    out[t] = {
+                        p: c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
+                        for p in md.partitions
+                    }
+                return out
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.code() not in _STARTING and not err.retriable():
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         c.close()
 
