@@ -45,9 +45,8 @@ def test_other_errors_and_a_leader_that_never_starts_are_raised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(demo.time, "sleep", lambda s: None)
-    monkeypatch.setattr(
-        demo, "Consumer", FakeConsumer(fail=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)
-    )
+    denied = FakeConsumer(fail=1, code=KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    monkeypatch.setattr(demo, "Consumer", denied)
     with pytest.raises(KafkaException):
         demo.end_offsets(Settings(), ["t"])
     assert denied.calls == 1, "not retried"
