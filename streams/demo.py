@@ -81,10 +81,10 @@ _STARTING = frozenset(
 def end_offsets(
     settings: Settings, topics: list[str], *, retry_s: float = 30.0
 ) -> dict[str, dict[int, int]]:
-    """Each partition's end offset. A retriable broker error (a topic created moments ago
-    whose partitions' leaders are still starting: NOT_LEADER_FOR_PARTITION, seen from a
-    fresh clone's ``make bench``) is retried for ``retry_s``; then, or on any other error,
-    the ``KafkaException`` is raised."""
+    """Each partition's end offset. A topic created moments ago (metadata without its
+    partitions yet, or leaders still starting: NOT_LEADER_FOR_PARTITION, seen from a fresh
+    clone's ``make bench``) or another retriable broker error is retried for ``retry_s``;
+    then, or on any other error, the ``KafkaException`` is raised."""
     c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "wardwatch-demo"})
     deadline = time.monotonic() + retry_s
     try:
@@ -93,6 +93,8 @@ def end_offsets(
                 out: dict[str, dict[int, int]] = {}
                 for t in topics:
                     md = c.list_topics(t, timeout=10).topics[t]
+                    if not md.partitions:  # just created: metadata names no partition yet
+                        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
                     out[t] = {
                         p: c.get_watermark_offsets(TopicPartition(t, p), timeout=10)[1]
                         for p in md.partitions
