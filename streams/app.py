@@ -326,6 +326,7 @@ def create_app(settings: Settings) -> faust.App:
         while the next chunk is prepared instead of after the whole batch. Raises what
         :func:`score_envelopes` raises; a pending request is then cancelled."""
         prepared: list[tuple[PatientRecord, Pending]] = []
+        replayed: list[Envelope] = []
         predictions: list[tuple[int, asyncio.Task[npt.NDArray[np.float32] | None]]] = []
         try:
             for at in range(0, len(envelopes), settings.predict_chunk):
@@ -334,12 +335,21 @@ def create_app(settings: Settings) -> faust.App:
                     envelopes[at : at + settings.predict_chunk],
                     spec=model.spec,
                     staleness_hours=settings.staleness_hours,
+                    replayed=replayed,
                 )
                 if part:
                     prepared.extend(part)
                     windows = stack_windows([p for _, p in part])
                     predictions.append((len(part), asyncio.create_task(predict(windows))))
                     await asyncio.sleep(0)  # let the request leave now
+            if replayed:
+                metrics.replayed.inc(len(replayed))
+                log.info(
+                    "skipped %d envelopes read again whose effects their records hold "
+                    "(first at %s)",
+                    len(replayed),
+                    replayed[0].source,
+                )
             risks: list[float | None] = []
             for n, task in predictions:
                 out = await task

@@ -91,6 +91,12 @@ class Metrics:
             ["path"],
             registry=r,
         )
+        self.replayed = Counter(
+            "wardwatch_replayed_envelopes",
+            "Envelopes read again after a rebalance or restart whose effects the patient's "
+            "record already held: skipped (their scores and alerts were sent the first time).",
+            registry=r,
+        )
         self.batch_size = Histogram(
             "wardwatch_batch_size",
             "Events per batch an agent took.",

@@ -53,10 +53,20 @@ class PatientRecord:
 
     state: PatientState = field(default_factory=PatientState)
     alert: AlertState = field(default_factory=AlertState)
+    # Per source partition ("topic/partition"): the last offset applied to this record
+    # and the latest message timestamp (ms) applied from it (see :func:`already_applied`).
+    applied: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
-        """The record as compact JSON: ``{"s": <state>, "a": <alert state>}``. Raises nothing."""
-        return orjson.dumps({"s": orjson.Fragment(self.state.to_json()), "a": self.alert.to_dict()})
+        """The record as compact JSON: ``{"s": <state>, "a": <alert state>, "o": <applied
+        offsets>}`` ("o" only once a Kafka-sourced envelope was applied). Raises nothing."""
+        out: dict[str, Any] = {
+            "s": orjson.Fragment(self.state.to_json()),
+            "a": self.alert.to_dict(),
+        }
+        if self.applied:
+            out["o"] = self.applied
+        return orjson.dumps(out)
 
     def to_json(self) -> str:
         """:meth:`to_bytes` as text (the Faust table's value type). Raises nothing."""
@@ -78,7 +88,13 @@ class PatientRecord:
     def _from_obj(cls, d: dict[str, Any]) -> PatientRecord:
         # One parse of the whole record: the state is built from the parsed dict (it used
         # to be dumped back to bytes and parsed a second time).
-        return cls(state=PatientState.from_dict(d["s"]), alert=AlertState.from_dict(d["a"]))
+        return cls(
+            state=PatientState.from_dict(d["s"]),
+            alert=AlertState.from_dict(d["a"]),
+            applied={
+                tp: (int(o), None if t is None else int(t)) for tp, (o, t) in d.get("o", {}).items()
+            },
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,19 +411,72 @@ def stack_windows(pendings: Sequence[Pending]) -> npt.NDArray[np.float32]:
     return out
 
 
+# topic/partition/offset; Kafka topic names are 1-249 of [a-zA-Z0-9._-].
+_KAFKA_SOURCE = re.compile(r"([A-Za-z0-9._-]{1,249}/[0-9]+)/([0-9]+)")
+
+
+def source_position(source: str) -> tuple[str, int] | None:
+    """``("topic/partition", offset)`` of a Kafka source (``topic/partition/offset``, as
+    the stream names an inbound message), None for any other kind of source (a file, an
+    offline row). Kafka topic names cannot contain "/". Raises nothing."""
+    m = _KAFKA_SOURCE.fullmatch(source)
+    return None if m is None else (m[1], int(m[2]))
+
+
+def already_applied(record: PatientRecord, env: Envelope) -> bool:
+    """Whether ``env`` is already part of ``record``, and if not, mark it applied.
+
+    Why: a worker's table is restored from the changelog, which may run ahead of the
+    committed offsets (the record is written when a batch is durable, its offsets are
+    committed later). After a rebalance or restart the new owner reads again messages
+    whose effects the record already holds. Applying one twice is harmless to the
+    observations but not to the alert state, which would step from a later state: an
+    alert cleared at 02:00 made a replayed 00:00 NEWS2 of 7 raise an alert the patient
+    never had. Scores and alerts of an applied envelope are durable before its record is
+    written (the agent awaits their acks first), so skipping it loses nothing.
+
+    An envelope counts as applied when its source offset is at or below the last one
+    applied from that source partition **and** its message timestamp is not newer than
+    any applied from it: offsets that restart (a topic deleted and created again) with
+    newer messages are applied, not silently skipped. Envelopes without a Kafka source
+    are never skipped. Mutates ``record.applied``. Raises nothing.
+    """
+    pos = source_position(env.source)
+    if pos is None:
+        return False
+    tp, offset = pos
+    seen = record.applied.get(tp)
+    ts = env.inbound_ts_ms
+    if seen is not None:
+        last, latest_ts = seen
+        if offset <= last and (ts is None or latest_ts is None or ts <= latest_ts):
+            return True
+        if latest_ts is not None:
+            ts = latest_ts if ts is None else max(ts, latest_ts)
+    record.applied[tp] = (offset, ts)
+    return False
+
+
 def score_envelopes(
     records: dict[str, PatientRecord],
     envelopes: Iterable[Envelope],
     *,
     spec: FeatureSpec,
     staleness_hours: float,
+    replayed: list[Envelope] | None = None,
 ) -> list[tuple[PatientRecord, Pending]]:
-    """:func:`prepare` over a batch, in order, creating records as patients appear."""
+    """:func:`prepare` over a batch, in order, creating records as patients appear.
+    Envelopes their record already holds (:func:`already_applied`) are left out and, when
+    ``replayed`` is given, appended to it. Raises what :func:`prepare` raises."""
     out: list[tuple[PatientRecord, Pending]] = []
     for env in envelopes:
         rec = records.get(env.patient)
         if rec is None:
             rec = records[env.patient] = PatientRecord()
+        if already_applied(rec, env):
+            if replayed is not None:
+                replayed.append(env)
+            continue
         pending = prepare(rec, env, spec=spec, staleness_hours=staleness_hours)
         if pending is not None:
             out.append((rec, pending))
