@@ -132,7 +132,7 @@ def test_getmany_hands_on_records_in_order_and_seeks_back_once(monkeypatch: Any)
     seeks = fake_fetch(monkeypatch, [57, 58, 33, 34])
     c = Consumer.__new__(Consumer)
     c._next, c._reseeking, c._read_offset = {TOPIC: 33}, {}, {TOPIC: 56}
-    c._to_seek = {}
+    c._to_seek, c._watch_at = {}, float("inf")  # no stall watch here (tested below)
     monkeypatch.setattr(c, "_ordered", lambda tp: True, raising=False)
 
     async def run() -> list[int]:
@@ -155,6 +155,10 @@ def bare_consumer() -> Any:
     c._acked, c._acked_index = defaultdict(list), defaultdict(set)
     c._unacked_messages, c._n_acked, c._waiting_for_ack = set(), 0, None
     c._ordered = lambda tp: True
+    c._stall, c._watch_at, c._paused_partitions = {}, 0.0, set()
+    c.suspend_flow = asyncio.Event()
+    c.high = {TOPIC: 53}  # the broker's high watermark, as the last fetch reported it
+    c.highwater = lambda tp: c.high[tp]
     c._expect(TOPIC, 53)
     return c
 
@@ -385,3 +389,61 @@ def test_never_committed_partitions_get_their_earliest_offsets_in_one_request(
     assert calls == [tuple(never)]
     assert seeks == {**{tp: 100 + tp.partition for tp in never}, zero: 0}
     assert c._fetch_start[done] == 17 and c._fetch_start[never[3]] == 103
+
+
+def test_records_delivered_and_never_taken_are_read_again_after_a_while() -> None:
+    # The leave test's silent loss: 53..60 delivered after a rebalance, never taken by
+    # the stream, nothing after them to reveal the hole.
+    c = bare_consumer()
+    c._next[TOPIC], c.high[TOPIC] = 61, 61
+    assert c._stalled(0.0) == [], "the clock starts"
+    assert c._stalled(c.STALL_S - 0.1) == []
+    assert c._stalled(c.STALL_S) == [(TOPIC, 53)], "read again from the resume point"
+    assert c._stalled(c.STALL_S + 1) == [], "once; the clock starts again"
+
+
+def test_records_waiting_on_the_broker_are_read_again_too() -> None:
+    c = bare_consumer()
+    c.high[TOPIC] = 80  # nothing delivered past 53 although the log holds 53..79
+    c._stalled(0.0)
+    assert c._stalled(c.STALL_S) == [(TOPIC, 53)]
+
+
+def test_a_partition_that_moves_or_rests_is_never_read_again() -> None:
+    c = bare_consumer()
+    assert all(c._stalled(float(t)) == [] for t in range(60)), "idle: nothing waits"
+    c.high[TOPIC] = 1000
+    for t in range(60):  # a backlog taken steadily
+        c._next[TOPIC] = 54 + t
+        assert c.admit(taken(c, 53 + t)) is True
+        c._unacked_messages.clear()
+        assert c._stalled(float(t)) == []
+
+
+def test_no_watch_while_the_topic_is_busy_paused_or_the_flow_stopped() -> None:
+    c = bare_consumer()
+    c._next[TOPIC], c.high[TOPIC] = 61, 61
+    c._stalled(0.0)
+    m = taken(c, 999)  # a batch of the topic in progress (a database outage, say)
+    assert c._stalled(100.0) == []
+    c._unacked_messages.discard(m)
+    assert c._stalled(101.0) == [(TOPIC, 53)], "fires once the topic is idle"
+    c._stalled(200.0)
+    c._paused_partitions.add(TOPIC)  # table recovery pauses partitions
+    assert c._stalled(300.0) == [] and TOPIC not in c._stall
+    c._paused_partitions.clear()
+    c.suspend_flow.set()  # a rebalance: it seeks every partition itself
+    assert c._stalled(400.0) == [] and c._stall == {}
+
+
+def test_getmany_reads_a_stalled_partition_again(monkeypatch: Any) -> None:
+    seeks = fake_fetch(monkeypatch, [])
+    c = bare_consumer()
+    c._next[TOPIC], c.high[TOPIC] = 61, 61
+    c._stall[TOPIC] = (53, -100.0)  # stalled since long ago
+
+    async def run() -> list[int]:
+        return [m.offset async for _, m in c.getmany(1.0)]
+
+    assert asyncio.run(run()) == []
+    assert seeks == [53] and c._next[TOPIC] == 53
