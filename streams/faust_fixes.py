@@ -160,9 +160,9 @@ class Consumer(AIOKafkaConsumer):
         self._resume: dict[TP, int] = {}
         self._hole: dict[TP, int] = {}
         self._to_seek: dict[TP, int] = {}
-        # Per source partition: its resume point when last seen to move and when (see
-        # _stalled), and when the watch runs next.
-        self._stall: dict[TP, tuple[int | None, float]] = {}
+        # Per source partition: its resume point and committed offset when last seen to
+        # move, and when (see _stalled); and when the watch runs next.
+        self._stall: dict[TP, tuple[tuple[int | None, int | None], float]] = {}
         self._watch_at = 0.0
 
     #: Seconds a source partition may hold records nobody takes (waiting on the broker
@@ -356,9 +356,11 @@ class Consumer(AIOKafkaConsumer):
         if now >= self._watch_at:
             self._watch_at = now + 1.0
             for tp, at in self._stalled(now):
-                await self._reposition(
-                    tp, at, f"no record taken for {self.STALL_S:.0f} s while records wait"
-                )
+                why = f"no progress for {self.STALL_S:.0f} s while records wait"
+                seeked = await self._reposition(tp, at, why)
+                if seeked is not None:  # processing resumes there (taken ones included)
+                    self._resume[tp] = seeked
+                    self._hole.pop(tp, None)
         async for tp, message in super().getmany(timeout):
             if self._to_seek:
                 await self._seek_holes()
@@ -375,12 +377,14 @@ class Consumer(AIOKafkaConsumer):
 
     def _stalled(self, now: float) -> list[tuple[TP, int]]:
         """Source partitions to read again, with the offset to read from: for
-        :attr:`STALL_S` seconds the flow ran, the partition was not paused, its resume
-        point did not move (no stream took a record of it), and records were waiting all
-        the while: on the broker past what was delivered (high watermark) or delivered
-        and never taken. Each is read again from its resume point. Checked about once a
-        second, and never while a stream of the topic holds unacknowledged records (a
-        slow batch, a database outage) so it fires only when nothing is being processed.
+        :attr:`STALL_S` seconds the flow ran, the partition was not paused, neither its
+        resume point nor its committed offset moved, and records were waiting all the
+        while: on the broker past what was delivered (high watermark), delivered and
+        never taken, or taken and never committed (lost between the stream and its
+        acknowledgement). Each is read again from the earliest of those. Checked about
+        once a second, and never while a stream of the topic holds unacknowledged
+        records (a slow batch, a database outage), so it fires only when nothing of the
+        topic is being processed.
 
         Why: the holds-backs above notice a record lost on its way to the stream only
         when a later record of the partition arrives. A leave test lost the last 21
@@ -403,19 +407,29 @@ class Consumer(AIOKafkaConsumer):
                 high: int | None = self.highwater(tp)
             except Exception:  # not assigned any more, or nothing fetched yet
                 high = None
-            waiting = (high is not None and high > delivered) or (
-                resume is not None and resume < delivered
+            committed = self._committed_offset.get(tp)
+            if committed is None:
+                committed = self._fetch_start.get(tp)
+            uncommitted = resume is not None and committed is not None and committed < resume
+            waiting = (
+                (high is not None and high > delivered)
+                or (resume is not None and resume < delivered)
+                or uncommitted
             )
+            mark = (resume, committed)
             seen = self._stall.get(tp)
-            if not waiting or tp in self._paused_partitions or seen is None or seen[0] != resume:
+            if not waiting or tp in self._paused_partitions or seen is None or seen[0] != mark:
                 if waiting and tp not in self._paused_partitions:
-                    self._stall[tp] = (resume, now)
+                    self._stall[tp] = (mark, now)
                 else:
                     self._stall.pop(tp, None)
                 continue
             if now - seen[1] >= self.STALL_S and tp.topic not in busy:
                 del self._stall[tp]
-                out.append((tp, delivered if resume is None else resume))
+                at = delivered if resume is None else resume
+                out.append(
+                    (tp, min(at, committed) if uncommitted and committed is not None else at)
+                )
         return out
 
     async def _seek_holes(self) -> None:

@@ -440,10 +440,24 @@ def test_getmany_reads_a_stalled_partition_again(monkeypatch: Any) -> None:
     seeks = fake_fetch(monkeypatch, [])
     c = bare_consumer()
     c._next[TOPIC], c.high[TOPIC] = 61, 61
-    c._stall[TOPIC] = (53, -100.0)  # stalled since long ago
+    c._stall[TOPIC] = ((53, None), -100.0)  # stalled since long ago
 
     async def run() -> list[int]:
         return [m.offset async for _, m in c.getmany(1.0)]
 
     assert asyncio.run(run()) == []
-    assert seeks == [53] and c._next[TOPIC] == 53
+    assert seeks == [53] and c._next[TOPIC] == 53 and c._resume[TOPIC] == 53
+
+
+def test_records_taken_and_never_committed_are_read_again() -> None:
+    # 53..60 taken (the resume point moved to 61) but lost before their acknowledgement:
+    # the committed offset stays at 53 with nothing of the topic in progress.
+    c = bare_consumer()
+    c._committed_offset[TOPIC] = 53
+    c._next[TOPIC] = c.high[TOPIC] = c._resume[TOPIC] = 61
+    c._stalled(0.0)
+    assert c._stalled(c.STALL_S) == [(TOPIC, 53)]
+    # Committed in time (the usual case): nothing to do.
+    c._stalled(100.0)
+    c._committed_offset[TOPIC] = 61
+    assert c._stalled(100.0 + c.STALL_S) == [] and TOPIC not in c._stall
