@@ -163,6 +163,8 @@ class Consumer(AIOKafkaConsumer):
         # Per source partition: its resume point and committed offset when last seen to
         # move, and when (see _stalled); and when the watch runs next.
         self._stall: dict[TP, tuple[tuple[int | None, int | None], float]] = {}
+        # Per source partition with no resume point yet: the first offset released for it.
+        self._unplaced: dict[TP, int] = {}
         self._watch_at = 0.0
 
     #: Seconds a source partition may hold records nobody takes (waiting on the broker
@@ -216,21 +218,29 @@ class Consumer(AIOKafkaConsumer):
 
     def admit(self, message: Message) -> bool:
         """Whether a stream may process ``message``, which it has just taken (tracked):
-        True when it is the partition's next offset (its resume point), or the first
-        taken since the partition's assignment. Otherwise it is released (see
-        :meth:`release`) and False returned; a record past the resume point (a hole before
-        it) also asks for a seek back to the resume point. Called for every record of
-        the agents' source topics (see :func:`admit_in_order`), so it stays an int
-        compare on the common path. Raises nothing."""
+        True when it is the partition's next offset (its resume point). Otherwise it is
+        released (see :meth:`release`) and False returned; a record past the resume point
+        (a hole before it) also asks for a seek back to the resume point. A partition
+        with no resume point (assigned and not yet seeked) processes nothing: Faust seeks
+        every assigned partition to its committed offset once the tables are recovered
+        (:meth:`seek_to_committed`), and what a stream takes before comes from where a
+        fetch stood before the rebalance, possibly past records lost during it (a leave
+        test applied offset 21 of a partition before 15..20 that way). Such records are
+        read again after the seek (or, should none come, by the stall watch from the
+        committed offset). Called for every record of the agents' source topics (see
+        :func:`admit_in_order`), so it stays an int compare on the common path. Raises
+        nothing."""
         tp = message.tp
         offset = message.offset
         resume = self._resume.get(tp)
-        if offset == resume or resume is None:
+        if offset == resume:
             self._resume[tp] = offset + 1
             if self._hole:
                 self._hole.pop(tp, None)  # a hole is always at the resume point: filled
             return True
-        if offset > resume:
+        if resume is None:
+            self._unplaced.setdefault(tp, offset)
+        elif offset > resume:
             self._want_seek(tp, resume)
         self.release(message)
         return False
@@ -302,6 +312,7 @@ class Consumer(AIOKafkaConsumer):
 
     def _forget(self, tp: TP) -> None:
         self._stall.pop(tp, None)
+        self._unplaced.pop(tp, None)
         self._fetch_start.pop(tp, None)
         self._next.pop(tp, None)
         self._reseeking.pop(tp, None)
@@ -322,6 +333,7 @@ class Consumer(AIOKafkaConsumer):
             self._resume[tp] = offset
             self._hole.pop(tp, None)
             self._to_seek.pop(tp, None)
+            self._unplaced.pop(tp, None)
 
     async def seek(self, partition: TP, offset: int) -> None:
         """Faust's seek, then deliver ``partition`` from ``offset`` on (see getmany).
@@ -361,6 +373,7 @@ class Consumer(AIOKafkaConsumer):
                 if seeked is not None:  # processing resumes there (taken ones included)
                     self._resume[tp] = seeked
                     self._hole.pop(tp, None)
+                    self._unplaced.pop(tp, None)
         async for tp, message in super().getmany(timeout):
             if self._to_seek:
                 await self._seek_holes()
@@ -411,10 +424,12 @@ class Consumer(AIOKafkaConsumer):
             if committed is None:
                 committed = self._fetch_start.get(tp)
             uncommitted = resume is not None and committed is not None and committed < resume
+            unplaced = self._unplaced.get(tp) if resume is None else None
             waiting = (
                 (high is not None and high > delivered)
                 or (resume is not None and resume < delivered)
                 or uncommitted
+                or unplaced is not None
             )
             mark = (resume, committed)
             seen = self._stall.get(tp)
@@ -426,10 +441,11 @@ class Consumer(AIOKafkaConsumer):
                 continue
             if now - seen[1] >= self.STALL_S and tp.topic not in busy:
                 del self._stall[tp]
-                at = delivered if resume is None else resume
-                out.append(
-                    (tp, min(at, committed) if uncommitted and committed is not None else at)
-                )
+                if resume is None:  # never seeked: from the committed offset if known
+                    at = committed if committed is not None else (unplaced or delivered)
+                else:
+                    at = min(resume, committed) if uncommitted and committed is not None else resume
+                out.append((tp, at))
         return out
 
     async def _seek_holes(self) -> None:

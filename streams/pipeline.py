@@ -8,6 +8,7 @@ stream batches those calls into one Triton request).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
 from collections import defaultdict
@@ -53,9 +54,10 @@ class PatientRecord:
 
     state: PatientState = field(default_factory=PatientState)
     alert: AlertState = field(default_factory=AlertState)
-    # Per source partition ("topic/partition"): the last offset applied to this record
-    # and the latest message timestamp (ms) applied from it (see :func:`already_applied`).
-    applied: dict[str, tuple[int, int | None]] = field(default_factory=dict)
+    # Per source partition ("topic/partition"): the latest offsets applied to this record
+    # (ascending, at most APPLIED_KEEP) and the newest message timestamp (ms) applied
+    # from it (see :func:`already_applied`).
+    applied: dict[str, tuple[list[int], int | None]] = field(default_factory=dict)
 
     def to_bytes(self) -> bytes:
         """The record as compact JSON: ``{"s": <state>, "a": <alert state>, "o": <applied
@@ -92,7 +94,8 @@ class PatientRecord:
             state=PatientState.from_dict(d["s"]),
             alert=AlertState.from_dict(d["a"]),
             applied={
-                tp: (int(o), None if t is None else int(t)) for tp, (o, t) in d.get("o", {}).items()
+                tp: ([int(o) for o in offs], None if t is None else int(t))
+                for tp, (offs, t) in d.get("o", {}).items()
             },
         )
 
@@ -423,6 +426,12 @@ def source_position(source: str) -> tuple[str, int] | None:
     return None if m is None else (m[1], int(m[2]))
 
 
+# Offsets remembered per source partition and patient: a replay after a rebalance reads
+# again from the committed offset, at most a few seconds (the commit interval) behind, so
+# at most a few dozen of one patient's messages even in a backlog.
+APPLIED_KEEP = 64
+
+
 def already_applied(record: PatientRecord, env: Envelope) -> bool:
     """Whether ``env`` is already part of ``record``, and if not, mark it applied.
 
@@ -435,25 +444,37 @@ def already_applied(record: PatientRecord, env: Envelope) -> bool:
     never had. Scores and alerts of an applied envelope are durable before its record is
     written (the agent awaits their acks first), so skipping it loses nothing.
 
-    An envelope counts as applied when its source offset is at or below the last one
-    applied from that source partition **and** its message timestamp is not newer than
-    any applied from it: offsets that restart (a topic deleted and created again) with
-    newer messages are applied, not silently skipped. Envelopes without a Kafka source
-    are never skipped. Mutates ``record.applied``. Raises nothing.
+    An envelope counts as applied when its source offset is one of the last
+    :data:`APPLIED_KEEP` applied from that source partition **and** its message timestamp
+    is not newer than every one applied from it. Exact offsets, not a high watermark: a
+    partition's records applied out of order (a later one first, around a rebalance)
+    must not make the earlier ones look applied, or they would be lost rather than
+    late. Offsets that restart (a topic deleted and created again) with newer messages
+    are applied and start the list again. An older replay than the list remembers is
+    applied again (the fault above, never a loss). Envelopes without a Kafka source are
+    never skipped. Mutates ``record.applied``. Raises nothing.
     """
     pos = source_position(env.source)
     if pos is None:
         return False
     tp, offset = pos
-    seen = record.applied.get(tp)
     ts = env.inbound_ts_ms
-    if seen is not None:
-        last, latest_ts = seen
-        if offset <= last and (ts is None or latest_ts is None or ts <= latest_ts):
-            return True
-        if latest_ts is not None:
-            ts = latest_ts if ts is None else max(ts, latest_ts)
-    record.applied[tp] = (offset, ts)
+    seen = record.applied.get(tp)
+    if seen is None:
+        record.applied[tp] = ([offset], ts)
+        return False
+    offsets, latest_ts = seen
+    newer = ts is not None and latest_ts is not None and ts > latest_ts
+    if not newer and offset in offsets:
+        return True
+    if newer and offset <= offsets[-1]:
+        offsets = [offset]  # offsets started again with newer messages: a new topic
+    else:
+        bisect.insort(offsets, offset)
+        del offsets[:-APPLIED_KEEP]
+    if latest_ts is not None:
+        ts = latest_ts if ts is None else max(ts, latest_ts)
+    record.applied[tp] = (offsets, ts)
     return False
 
 

@@ -70,7 +70,13 @@ def test_nothing_acked_commits_nothing() -> None:
 def orderer(ordered: bool = True) -> Any:
     """Plain bookkeeping for ``Consumer.in_order`` / ``Consumer._expect``."""
     c = SimpleNamespace(
-        _next={}, _reseeking={}, _resume={}, _hole={}, _to_seek={}, _ordered=lambda tp: ordered
+        _next={},
+        _reseeking={},
+        _resume={},
+        _hole={},
+        _to_seek={},
+        _unplaced={},
+        _ordered=lambda tp: ordered,
     )
     c.in_order = lambda tp, offset: Consumer.in_order(c, tp, offset)  # type: ignore[arg-type]
     c.expect = lambda tp, offset: Consumer._expect(c, tp, offset)  # type: ignore[arg-type]
@@ -155,7 +161,7 @@ def bare_consumer() -> Any:
     c._acked, c._acked_index = defaultdict(list), defaultdict(set)
     c._unacked_messages, c._n_acked, c._waiting_for_ack = set(), 0, None
     c._ordered = lambda tp: True
-    c._stall, c._watch_at, c._paused_partitions = {}, 0.0, set()
+    c._stall, c._watch_at, c._paused_partitions, c._unplaced = {}, 0.0, set(), {}
     c.suspend_flow = asyncio.Event()
     c.high = {TOPIC: 53}  # the broker's high watermark, as the last fetch reported it
     c.highwater = lambda tp: c.high[tp]
@@ -186,12 +192,34 @@ def test_records_are_processed_from_the_resume_point_on() -> None:
     assert c._acked[TOPIC] == [53, 54, 55] and not c._unacked_messages
 
 
-def test_a_partition_never_seeked_takes_its_first_record() -> None:
+def test_a_partition_not_seeked_since_its_assignment_processes_nothing_until_it_is() -> None:
     c = bare_consumer()
     other = TP("fhir.inbound", 0)
-    m = ConsumerMessage(other.topic, other.partition, 7, 0.0, 0, None, None, b"", None)
-    assert c.admit(m) is True
-    assert c._resume[other] == 8
+
+    def rec(offset: int) -> ConsumerMessage:
+        m = ConsumerMessage(other.topic, other.partition, offset, 0.0, 0, None, None, b"", None)
+        m.tracked = True
+        c._unacked_messages.add(m)
+        return m
+
+    # 21 fetched before Faust's seek, 15..20 lost in the rebalance: not taken first.
+    assert c.admit(rec(21)) is False and other not in c._resume
+    assert c._unplaced == {other: 21} and not c._unacked_messages and not c._acked[other]
+    c._expect(other, 15)  # Faust's seek to the committed offset
+    assert c._unplaced == {}
+    assert [c.admit(rec(o)) for o in (15, 16)] == [True, True]
+
+
+def test_a_partition_never_seeked_is_read_again_from_its_committed_offset() -> None:
+    c = bare_consumer()
+    other = TP("fhir.inbound", 0)
+    c._next[other], c.high[other] = 22, 22
+    c._committed_offset[other] = 15
+    m = ConsumerMessage(other.topic, other.partition, 21, 0.0, 0, None, None, b"", None)
+    m.tracked = True
+    assert c.admit(m) is False
+    c._stalled(0.0)
+    assert c._stalled(c.STALL_S) == [(other, 15)]
 
 
 def test_later_records_wait_for_a_skipped_one() -> None:

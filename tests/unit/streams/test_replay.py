@@ -16,6 +16,7 @@ from fhir.events import NUMERIC_CODES, ClinicalEvent
 from inference.features import FeatureSpec
 from streams.alerting import AlertPolicy
 from streams.pipeline import (
+    APPLIED_KEEP,
     Envelope,
     ModelInfo,
     PatientRecord,
@@ -121,7 +122,7 @@ def test_offsets_that_restart_with_newer_messages_are_applied() -> None:
     assert already_applied(rec, _env(2, NEWS2_0, f"{TOPIC_PARTITION}/2", TS0 + 2))
     # The topic was deleted and created again: offsets start at 0 with later messages.
     assert not already_applied(rec, _env(5, NEWS2_0, f"{TOPIC_PARTITION}/0", TS0 + 50))
-    assert rec.applied[TOPIC_PARTITION] == (0, TS0 + 50)
+    assert rec.applied[TOPIC_PARTITION] == ([0], TS0 + 50)
     assert already_applied(rec, _env(5, NEWS2_0, f"{TOPIC_PARTITION}/0", TS0 + 50))
     assert not already_applied(rec, _env(6, NEWS2_0, f"{TOPIC_PARTITION}/1", TS0 + 51))
     # Another partition, and a message without a timestamp, go by offsets alone.
@@ -131,13 +132,41 @@ def test_offsets_that_restart_with_newer_messages_are_applied() -> None:
     assert not already_applied(rec, _env(7, NEWS2_0, "offline", None))
 
 
+def test_records_applied_out_of_order_are_late_not_lost() -> None:
+    # A leave test lost 6 records with a high watermark: around a rebalance offset 21 was
+    # applied before 15..20, which then looked applied and were skipped, never scored.
+    rec = PatientRecord()
+    src = f"{TOPIC_PARTITION}/{{}}"
+    assert not already_applied(rec, _env(0, NEWS2_0, src.format(14), TS0 + 14))
+    assert not already_applied(rec, _env(1, NEWS2_0, src.format(21), TS0 + 21))
+    for off in range(15, 21):
+        assert not already_applied(rec, _env(0, NEWS2_0, src.format(off), TS0 + off)), off
+    for off in range(14, 22):  # and a replay of them all is recognised
+        assert already_applied(rec, _env(0, NEWS2_0, src.format(off), TS0 + off)), off
+
+
+def test_only_the_latest_offsets_are_remembered() -> None:
+    rec = PatientRecord()
+    src = f"{TOPIC_PARTITION}/{{}}"
+    n = APPLIED_KEEP + 10
+    for off in range(n):
+        already_applied(rec, _env(0, NEWS2_0, src.format(off), TS0 + off))
+    assert rec.applied[TOPIC_PARTITION][0] == list(range(10, n))
+    assert already_applied(rec, _env(0, NEWS2_0, src.format(n - 1), TS0 + n - 1))
+    # Older than remembered: applied again (a possible double application, never a loss).
+    assert not already_applied(rec, _env(0, NEWS2_0, src.format(3), TS0 + 3))
+
+
 def test_applied_offsets_travel_with_the_record_and_old_records_have_none() -> None:
     rec = PatientRecord()
     assert "o" not in orjson.loads(rec.to_json()), "records without Kafka sources unchanged"
     already_applied(rec, _env(0, NEWS2_0, f"{TOPIC_PARTITION}/7", TS0))
     already_applied(rec, _env(0, NEWS2_0, "wardwatch.clinical.events/0/3", None))
     again = PatientRecord.from_bytes(rec.to_bytes())
-    assert again.applied == {TOPIC_PARTITION: (7, TS0), "wardwatch.clinical.events/0": (3, None)}
+    assert again.applied == {
+        TOPIC_PARTITION: ([7], TS0),
+        "wardwatch.clinical.events/0": ([3], None),
+    }
     old = orjson.loads(rec.to_json())
     del old["o"]
     assert PatientRecord.from_bytes(orjson.dumps(old)).applied == {}
