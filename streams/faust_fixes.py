@@ -89,7 +89,16 @@ acknowledged or committed, and not waited for by a rebalance — and the partiti
 seeked back to the hole once (:meth:`Consumer.getmany` does the seek); an earlier one is
 a copy of a record already taken and is released too. A skipped record at or after the
 resume point asks for the same seek back, so a hole at the end of a partition (nothing
-after it to reveal it) is read again as well.
+after it to reveal it) is read again as well. A partition with no resume point yet
+(assigned, not yet seeked to its committed offset) processes nothing: a leave test
+applied offset 21 of a partition, fetched before the rebalance, before 15..20.
+
+**The stall watch.** Records can still go missing with nothing after them to reveal
+the hole: in a leave test the last 21 records of one partition and 4 of another were
+never processed, their committed offsets left before them, and nothing was logged (the
+Faust path that loses them was not found). :meth:`Consumer._stalled` reads a partition
+again when its records wait 15 s while no stream takes any; re-reading is harmless
+(copies are released, and the scoring agent skips a message its record already holds).
 
 :func:`install` puts the fixed consumer into an app; ``streams/app.py`` calls it right
 after building the app.
@@ -345,7 +354,8 @@ class Consumer(AIOKafkaConsumer):
         """Whether the record at ``offset`` of ``tp`` is the next one to deliver: True
         (deliver it), False (a stale duplicate: drop it) or None (records before it were
         not delivered: drop it and seek back to :attr:`_next`). Partitions never seeked
-        since their assignment take the first record they get. Raises nothing."""
+        since their assignment deliver the first record they get (:meth:`admit` holds it
+        back until the seek). Raises nothing."""
         if not self._ordered(tp):
             return True
         expected = self._next.get(tp)
@@ -399,15 +409,10 @@ class Consumer(AIOKafkaConsumer):
         records (a slow batch, a database outage), so it fires only when nothing of the
         topic is being processed.
 
-        Why: the holds-backs above notice a record lost on its way to the stream only
-        when a later record of the partition arrives. A leave test lost the last 21
-        records of one partition and 4 of another that way without a word (no seek, no
-        refused acknowledgement): delivered after a rebalance, never taken, committed
-        offset left before them, and nothing after them to reveal the hole. Whatever drops
-        them (Faust's fetch loop drops a record while the flow is stopped), the result is
-        the same and this repairs it: re-reading is harmless (duplicates are released by
-        :meth:`admit`, and a record applied twice is skipped by the scoring agent).
-        Raises nothing.
+        Why: the hold-backs above notice a lost record only when a later record of the
+        partition arrives (see the module docstring). Re-reading is harmless: copies are
+        released by :meth:`admit`, and the scoring agent skips a message its patient's
+        record already holds. Raises nothing.
         """
         out: list[tuple[TP, int]] = []
         if self.suspend_flow.is_set():  # a rebalance: it seeks every partition anyway
