@@ -184,10 +184,13 @@ def create_app(settings: Settings) -> faust.App:
         table_standby_replicas=0,
     )
     # Never commit past a message skipped in a rebalance; fetch with a broker-side wait.
-    faust_fixes.install(
-        app, fetch_min_bytes=settings.fetch_min_bytes, fetch_max_wait_ms=settings.fetch_max_wait_ms
-    )
     metrics = Metrics()  # served at /metrics; events in/out per topic come from the sensor
+    faust_fixes.install(
+        app,
+        fetch_min_bytes=settings.fetch_min_bytes,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        on_reread=metrics.reread,
+    )
     app.sensors.add(FlowSensor(metrics))
 
     def raw_topic(name: str) -> faust.TopicT:

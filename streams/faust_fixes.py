@@ -109,7 +109,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, cast
 
 import faust
@@ -175,6 +175,9 @@ class Consumer(AIOKafkaConsumer):
         # Per source partition with no resume point yet: the first offset released for it.
         self._unplaced: dict[TP, int] = {}
         self._watch_at = 0.0
+
+    #: Called with the kind of each re-read (see _reposition); :func:`install` sets it.
+    on_reread: Callable[[str], None] | None = None
 
     #: Seconds a source partition may hold records nobody takes (waiting on the broker
     #: or delivered and lost on the way to the stream) before it is read again.
@@ -379,7 +382,7 @@ class Consumer(AIOKafkaConsumer):
             self._watch_at = now + 1.0
             for tp, at in self._stalled(now):
                 why = f"no progress for {self.STALL_S:.0f} s while records wait"
-                seeked = await self._reposition(tp, at, why)
+                seeked = await self._reposition(tp, at, why, "stall")
                 if seeked is not None:  # processing resumes there (taken ones included)
                     self._resume[tp] = seeked
                     self._hole.pop(tp, None)
@@ -461,7 +464,7 @@ class Consumer(AIOKafkaConsumer):
         for tp, hole in todo.items():
             if self._hole.get(tp) != hole:
                 continue  # taken, or the partition seeked elsewhere, since
-            at = await self._reposition(tp, hole, "a stream skipped it")
+            at = await self._reposition(tp, hole, "a stream skipped it", "hole")
             if at is None:
                 self._hole.pop(tp, None)
             elif at != hole:  # deleted by retention: processing resumes at the earliest
@@ -474,12 +477,13 @@ class Consumer(AIOKafkaConsumer):
         expected = self._next[tp]
         if self._reseeking.get(tp) == expected:
             return  # the seek back is under way; records fetched before it are dropped
-        await self._reposition(tp, expected, f"got offset {got} first")
+        await self._reposition(tp, expected, f"got offset {got} first", "out_of_order")
 
-    async def _reposition(self, tp: TP, expected: int, why: str) -> int | None:
+    async def _reposition(self, tp: TP, expected: int, why: str, kind: str) -> int | None:
         """Seek ``tp`` to ``expected`` and deliver its records from there; the offset
         seeked to, or None if the seek failed (logged). A hole the log no longer holds
-        (deleted by retention) is skipped with an error log. Raises nothing."""
+        (deleted by retention) is skipped with an error log. Each re-read is counted by
+        :attr:`on_reread` under ``kind`` (hole, out_of_order, stall). Raises nothing."""
         try:
             earliest = (await self.earliest_offsets(tp)).get(tp)
             if earliest is not None and earliest > expected:
@@ -495,6 +499,8 @@ class Consumer(AIOKafkaConsumer):
             await super().seek(tp, expected)
             self._next[tp] = expected
             self._reseeking[tp] = expected
+            if self.on_reread is not None:
+                self.on_reread(kind)
         except Exception as exc:
             log.warning("%s/%s: seek back to %s failed: %r", tp.topic, tp.partition, expected, exc)
             return None
@@ -646,9 +652,16 @@ async def adaptive_take(
         s._processors.remove(add_to_buffer)
 
 
-def install(app: faust.App, *, fetch_min_bytes: int = 1, fetch_max_wait_ms: int = 1500) -> None:
+def install(
+    app: faust.App,
+    *,
+    fetch_min_bytes: int = 1,
+    fetch_max_wait_ms: int = 1500,
+    on_reread: Callable[[str], None] | None = None,
+) -> None:
     """Make ``app`` create :class:`Consumer` instead of Faust's own, fetching with the
-    given broker-side wait (see :class:`ConsumerThread`). Raises nothing.
+    given broker-side wait (see :class:`ConsumerThread`) and reporting each partition
+    read again to ``on_reread`` (with its kind). Raises nothing.
 
     Must run before the worker starts (the consumer is created when it is first used).
     """
@@ -658,4 +671,8 @@ def install(app: faust.App, *, fetch_min_bytes: int = 1, fetch_max_wait_ms: int 
         {"fetch_min_bytes": fetch_min_bytes, "fetch_max_wait_ms": fetch_max_wait_ms},
     )
     transport: Any = app.transport
-    transport.Consumer = type("Consumer", (Consumer,), {"thread_class": thread})
+    transport.Consumer = type(
+        "Consumer",
+        (Consumer,),
+        {"thread_class": thread, "on_reread": staticmethod(on_reread) if on_reread else None},
+    )

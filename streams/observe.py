@@ -97,6 +97,14 @@ class Metrics:
             "record already held: skipped (their scores and alerts were sent the first time).",
             registry=r,
         )
+        self.rereads = Counter(
+            "wardwatch_partition_rereads",
+            "Source partitions read again from an earlier offset, per kind: hole (a stream "
+            "skipped a record in a rebalance), out_of_order (records fetched before a seek "
+            "arrived after it), stall (records waited 15 s with nothing taken).",
+            ["kind"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "wardwatch_batch_size",
             "Events per batch an agent took.",
@@ -149,6 +157,10 @@ class Metrics:
             self.envelopes.labels("local").inc(local)
         if forwarded:
             self.envelopes.labels("forwarded").inc(forwarded)
+
+    def reread(self, kind: str) -> None:
+        """Record one source partition read again (see ``faust_fixes.Consumer``)."""
+        self.rereads.labels(kind).inc()
 
     def dead_letter(self, stage: str) -> None:
         """Record one dead letter refused at ``stage``."""

@@ -372,6 +372,11 @@ def test_the_worker_consumer_fetches_with_the_configured_broker_wait(
     thread = object.__new__(thread_cls)  # the method reads only class attributes
     assert thread._create_worker_consumer(None) is made
     assert (made._fetch_min_bytes, made._fetch_max_wait_ms) == (12345, 7)
+    # Each re-read reaches the app's metrics (wardwatch_partition_rereads_total).
+    report = object.__new__(consumer_cls).on_reread
+    report("stall")
+    metrics = report.__self__
+    assert metrics.value("wardwatch_partition_rereads_total", {"kind": "stall"}) == 1.0
 
 
 def test_keep_filling_only_while_a_backlog_pours_in() -> None:
@@ -469,12 +474,15 @@ def test_getmany_reads_a_stalled_partition_again(monkeypatch: Any) -> None:
     c = bare_consumer()
     c._next[TOPIC], c.high[TOPIC] = 61, 61
     c._stall[TOPIC] = ((53, None), -100.0)  # stalled since long ago
+    kinds: list[str] = []
+    c.on_reread = kinds.append
 
     async def run() -> list[int]:
         return [m.offset async for _, m in c.getmany(1.0)]
 
     assert asyncio.run(run()) == []
     assert seeks == [53] and c._next[TOPIC] == 53 and c._resume[TOPIC] == 53
+    assert kinds == ["stall"], "counted (wardwatch_partition_rereads_total)"
 
 
 def test_records_taken_and_never_committed_are_read_again() -> None:
