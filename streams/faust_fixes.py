@@ -384,9 +384,8 @@ class Consumer(AIOKafkaConsumer):
                 why = f"no progress for {self.STALL_S:.0f} s while records wait"
                 seeked = await self._reposition(tp, at, why, "stall")
                 if seeked is not None:  # processing resumes there (taken ones included)
-                    self._resume[tp] = seeked
-                    self._hole.pop(tp, None)
-                    self._unplaced.pop(tp, None)
+                    self._expect(tp, seeked)
+                    self._reseeking[tp] = seeked  # records fetched before: dropped
         async for tp, message in super().getmany(timeout):
             if self._to_seek:
                 await self._seek_holes()
@@ -439,20 +438,22 @@ class Consumer(AIOKafkaConsumer):
                 or uncommitted
                 or unplaced is not None
             )
+            if not waiting or tp in self._paused_partitions:
+                self._stall.pop(tp, None)
+                continue
             mark = (resume, committed)
             seen = self._stall.get(tp)
-            if not waiting or tp in self._paused_partitions or seen is None or seen[0] != mark:
-                if waiting and tp not in self._paused_partitions:
-                    self._stall[tp] = (mark, now)
-                else:
-                    self._stall.pop(tp, None)
+            if seen is None or seen[0] != mark:
+                self._stall[tp] = (mark, now)  # moved: the clock starts again
                 continue
             if now - seen[1] >= self.STALL_S and tp.topic not in busy:
                 del self._stall[tp]
-                if resume is None:  # never seeked: from the committed offset if known
-                    at = committed if committed is not None else (unplaced or delivered)
+                if committed is not None and (resume is None or committed < resume):
+                    at = committed  # taken and never committed, or never seeked
+                elif resume is not None:
+                    at = resume
                 else:
-                    at = min(resume, committed) if uncommitted and committed is not None else resume
+                    at = unplaced or delivered
                 out.append((tp, at))
         return out
 
