@@ -452,8 +452,8 @@ class Consumer(AIOKafkaConsumer):
                     at = committed  # taken and never committed, or never seeked
                 elif resume is not None:
                     at = resume
-                else:
-                    at = unplaced or delivered
+                else:  # offset 0 is an offset: not "or"
+                    at = delivered if unplaced is None else unplaced
                 out.append((tp, at))
         return out
 

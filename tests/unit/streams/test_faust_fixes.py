@@ -497,3 +497,14 @@ def test_records_taken_and_never_committed_are_read_again() -> None:
     c._stalled(100.0)
     c._committed_offset[TOPIC] = 61
     assert c._stalled(100.0 + c.STALL_S) == [] and TOPIC not in c._stall
+
+
+def test_a_never_seeked_partition_released_from_offset_0_is_read_again_from_0() -> None:
+    c = bare_consumer()
+    other = TP("fhir.inbound", 1)  # a new partition: nothing committed, never seeked
+    c._next[other], c.high[other] = 5, 5
+    m = ConsumerMessage(other.topic, other.partition, 0, 0.0, 0, None, None, b"", None)
+    m.tracked = True
+    assert c.admit(m) is False
+    c._stalled(0.0)
+    assert c._stalled(c.STALL_S) == [(other, 0)], "not from 5: records 0..4 would be lost"
