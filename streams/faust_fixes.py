@@ -93,12 +93,23 @@ after it to reveal it) is read again as well. A partition with no resume point y
 (assigned, not yet seeked to its committed offset) processes nothing: a leave test
 applied offset 21 of a partition, fetched before the rebalance, before 15..20.
 
-**The stall watch.** Records can still go missing with nothing after them to reveal
-the hole: in a leave test the last 21 records of one partition and 4 of another were
-never processed, their committed offsets left before them, and nothing was logged (the
-Faust path that loses them was not found). :meth:`Consumer._stalled` reads a partition
-again when its records wait 15 s while no stream takes any; re-reading is harmless
-(copies are released, and the scoring agent skips a message its record already holds).
+**Seeking after an assignment.** aiokafka seeks a newly assigned partition to its
+committed offset on the consumer thread, while Faust's recovery awaits it, and fetches
+from there at once; those records can reach a stream before
+:meth:`Consumer.seek_to_committed` has set the partition's resume point, and are then
+released, with aiokafka's position already past them. In leave tests the last records
+of such partitions were never fetched again (their committed offsets stayed before
+them, nothing logged); with a broker-side fetch wait of 20 ms instead of Faust's 1.5 s
+the refetch lands inside that window almost every time (the stall watch below fired in
+5 of 6 runs). So ``seek_to_committed`` seeks every partition once more itself. Every
+seek runs on the consumer thread (:meth:`Consumer._seek`: Faust's runs aiokafka's seek
+on the event loop's thread, racing aiokafka's ``fetched_records``, which crashed
+workers with a KeyError), and the new position is expected before the seek is made.
+
+**The stall watch.** Should records still go missing with nothing after them to reveal
+the hole, :meth:`Consumer._stalled` reads a partition again when its records wait 15 s
+while no stream takes any; re-reading is harmless (copies are released, and the scoring
+agent skips a message its record already holds).
 
 :func:`install` puts the fixed consumer into an app; ``streams/app.py`` calls it right
 after building the app.
@@ -281,8 +292,12 @@ class Consumer(AIOKafkaConsumer):
         0) kept its position from before the rebalance, past the messages a stream
         skipped during it, which nobody would then read again. Here such a partition is
         seeked to 0, or to its earliest offset when nothing was ever committed (the
-        app's reset policy is earliest). Raises what the broker calls raise; Faust
-        retries a rebalance that fails.
+        app's reset policy is earliest). A partition aiokafka did seek is seeked again
+        here: aiokafka's seek runs on the consumer thread, and records it fetched before
+        this method resumes can reach a stream while the partition has no resume point
+        yet; they are released, and without a second seek aiokafka's position stays past
+        them (a leave test stalled on such partitions until the stall watch read them
+        again). Raises what the broker calls raise; Faust retries a rebalance that fails.
         """
         offsets = await super().seek_to_committed()
         starts: dict[TP, int] = {}
@@ -292,8 +307,13 @@ class Consumer(AIOKafkaConsumer):
             if self._is_changelog_tp(tp) or not self.app.topics.acks_enabled_for(tp.topic):
                 continue  # tables recover from their changelogs by their own seeks
             if committed is not None and committed > 0:
-                self._fetch_start[tp] = committed
-                self._expect(tp, committed)
+                # aiokafka seeked it there already, on the consumer thread, while this
+                # coroutine waited; records fetched from there since can have reached a
+                # stream before now and been released (no resume point yet), leaving
+                # aiokafka's position past them: nothing would fetch them again. So it
+                # is seeked once more below, where the resume point is set with no
+                # suspension in between (what came before is dropped as a copy).
+                starts[tp] = committed
             elif committed is None:
                 never.append(tp)
             else:
@@ -348,10 +368,27 @@ class Consumer(AIOKafkaConsumer):
             self._unplaced.pop(tp, None)
 
     async def seek(self, partition: TP, offset: int) -> None:
-        """Faust's seek, then deliver ``partition`` from ``offset`` on (see getmany).
-        Raises what the broker call raises."""
+        """Deliver ``partition`` from ``offset`` on (see getmany), then Faust's seek.
+        Raises what the broker call raises.
+
+        The expectation comes first because the seek waits for the consumer thread (see
+        :meth:`_seek`): records fetched before it can reach a stream meanwhile, and are
+        judged against the new position (past it: dropped, the seek being under way;
+        before it: dropped as copies)."""
+        tp = TP(partition.topic, partition.partition)
+        self._expect(tp, offset)
+        if self._ordered(tp):
+            self._reseeking[tp] = offset
         await super().seek(partition, offset)
-        self._expect(TP(partition.topic, partition.partition), offset)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        """aiokafka's seek, run on the consumer thread that owns aiokafka's state. Faust
+        calls it on this (the event loop's) thread, while the consumer thread may be in
+        aiokafka's ``fetched_records``, which deletes the same ``_records`` entries as the
+        seek: a leave-test worker crashed with a KeyError there. Raises what aiokafka's
+        seek raises."""
+        thread = self._thread
+        await thread.call_thread(thread._ensure_consumer().seek, partition, offset)
 
     def in_order(self, tp: TP, offset: int) -> bool | None:
         """Whether the record at ``offset`` of ``tp`` is the next one to deliver: True
@@ -497,6 +534,8 @@ class Consumer(AIOKafkaConsumer):
                 )
                 expected = earliest
             log.warning("%s/%s: reading again from %s (%s)", tp.topic, tp.partition, expected, why)
+            # Faust's seek, which waits for the consumer thread (see _seek); only getmany
+            # calls this, so nothing is delivered meanwhile.
             await super().seek(tp, expected)
             self._next[tp] = expected
             self._reseeking[tp] = expected

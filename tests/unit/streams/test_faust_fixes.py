@@ -420,8 +420,62 @@ def test_never_committed_partitions_get_their_earliest_offsets_in_one_request(
     c._is_changelog_tp = lambda tp: False
     assert asyncio.run(c.seek_to_committed()) == committed
     assert calls == [tuple(never)]
-    assert seeks == {**{tp: 100 + tp.partition for tp in never}, zero: 0}
+    assert seeks == {**{tp: 100 + tp.partition for tp in never}, zero: 0, done: 17}
     assert c._fetch_start[done] == 17 and c._fetch_start[never[3]] == 103
+
+
+def test_a_seek_runs_on_the_consumer_thread_after_the_new_position_is_expected() -> None:
+    # Faust seeks from the event loop's thread while the consumer thread may be inside
+    # aiokafka's fetched_records, which deletes the same entries (a worker crashed with
+    # a KeyError). The seek goes to the consumer thread; records delivered while it is
+    # under way are judged against the new position already.
+    c = bare_consumer()
+    calls: list[Any] = []
+
+    class Thread:
+        def _ensure_consumer(self) -> Any:
+            return SimpleNamespace(seek=lambda tp, offset: calls.append(("seek", tp, offset)))
+
+        async def call_thread(self, fun: Any, *args: Any) -> Any:
+            calls.append(("on the consumer thread", c._next[TOPIC], c._reseeking[TOPIC]))
+            return fun(*args)
+
+    c._thread = Thread()
+    c.log = SimpleNamespace(dev=lambda *args: None)  # Faust's seek logs
+    asyncio.run(c.seek(TOPIC, 40))
+    assert calls == [("on the consumer thread", 40, 40), ("seek", TOPIC, 40)]
+    assert c.in_order(TOPIC, 57) is None and c._reseeking[TOPIC] == 40, "fetched before"
+    assert c.in_order(TOPIC, 39) is False, "a copy"
+    assert c.in_order(TOPIC, 40) is True and TOPIC not in c._reseeking
+
+
+def test_records_released_before_the_seek_to_committed_are_fetched_again(
+    monkeypatch: Any,
+) -> None:
+    # The leave test's stall: aiokafka seeks an assigned partition to its committed
+    # offset 33 on its own thread and fetches 33..48, which reach the stream before the
+    # resume point is set and are released; its position is 49 by then. Without a seek
+    # of our own nothing would fetch 33..48 again.
+    seeks: list[int] = []
+
+    async def base_seek_to_committed(self: Any) -> dict[Any, int | None]:
+        for offset in range(33, 49):  # delivered while aiokafka's seek was awaited
+            assert self.in_order(TOPIC, offset) is True
+            assert self.admit(taken(self, offset)) is False
+        return {TOPIC: 33}
+
+    async def seek(self: Any, tp: TP, offset: int) -> None:
+        seeks.append(offset)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "seek_to_committed", base_seek_to_committed)
+    monkeypatch.setattr(AIOKafkaConsumer, "seek", seek)
+    c = bare_consumer()
+    c._is_changelog_tp = lambda tp: False
+    c._forget(TOPIC)  # assigned again: no resume point, nothing delivered yet
+    asyncio.run(c.seek_to_committed())
+    assert seeks == [33], "fetched again from the committed offset"
+    assert c._resume[TOPIC] == 33 and c._next[TOPIC] == 33
+    assert c.in_order(TOPIC, 33) is True and c.admit(taken(c, 33)) is True
 
 
 def test_records_delivered_and_never_taken_are_read_again_after_a_while() -> None:
