@@ -106,6 +106,14 @@ seek runs on the consumer thread (:meth:`Consumer._seek`: Faust's runs aiokafka'
 on the event loop's thread, racing aiokafka's ``fetched_records``, which crashed
 workers with a KeyError), and the new position is expected before the seek is made.
 
+**Queues emptied after a rebalance.** Right after those seeks Faust's recovery calls
+``flow_control.resume()``, which empties every stream's queue: records delivered and not
+yet taken by a stream (the agent busy with a batch) are dropped there, never tracked, and
+aiokafka's position is past them. In leave tests that stalled a partition whenever
+nothing came after the dropped records to reveal the hole. :meth:`Consumer._queues_cleared`
+runs after every such clear and seeks each partition with records delivered past its
+resume point back to it, as for a hole.
+
 **The stall watch.** Should records still go missing with nothing after them to reveal
 the hole, :meth:`Consumer._stalled` reads a partition again when its records wait 15 s
 while no stream takes any; re-reading is harmless (copies are released, and the scoring
@@ -186,6 +194,22 @@ class Consumer(AIOKafkaConsumer):
         # Per source partition with no resume point yet: the first offset released for it.
         self._unplaced: dict[TP, int] = {}
         self._watch_at = 0.0
+        self._watch_queue_clears(self.app.flow_control)
+
+    def _watch_queue_clears(self, flow_control: Any) -> None:
+        """Call :meth:`_queues_cleared` whenever Faust empties the streams' queues.
+
+        ``FlowControlEvent.resume`` (after every rebalance's seeks) calls ``self.clear()``,
+        which empties every channel queue: records this consumer delivered and no stream
+        has taken yet are dropped there, untracked, with nothing left to fetch them again.
+        Wrapping the instance's ``clear`` catches both ``resume`` and direct calls."""
+        clear = flow_control.clear
+
+        def clear_then_read_again() -> None:
+            clear()
+            self._queues_cleared()
+
+        flow_control.clear = clear_then_read_again
 
     #: Called with the kind of each re-read (see _reposition); :func:`install` sets it.
     on_reread: Callable[[str], None] | None = None
@@ -238,6 +262,16 @@ class Consumer(AIOKafkaConsumer):
                 tp.partition,
                 hole,
             )
+
+    def _queues_cleared(self) -> None:
+        """The streams' queues were emptied: each source partition with records delivered
+        past its resume point (handed on, never taken) is seeked back to it (by getmany,
+        as for a hole). Copies of records that were on their way and are taken anyway
+        are released by :meth:`admit`. Raises nothing."""
+        for tp, delivered in self._next.items():
+            resume = self._resume.get(tp)
+            if resume is not None and delivered > resume:
+                self._want_seek(tp, resume)
 
     def admit(self, message: Message) -> bool:
         """Whether a stream may process ``message``, which it has just taken (tracked):

@@ -15,6 +15,7 @@ from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from intervaltree import IntervalTree
+from mode.utils.queues import FlowControlEvent, FlowControlQueue
 
 from streams.faust_fixes import Consumer, admit_in_order
 
@@ -422,6 +423,29 @@ def test_never_committed_partitions_get_their_earliest_offsets_in_one_request(
     assert calls == [tuple(never)]
     assert seeks == {**{tp: 100 + tp.partition for tp in never}, zero: 0, done: 17}
     assert c._fetch_start[done] == 17 and c._fetch_start[never[3]] == 103
+
+
+def test_records_dropped_from_the_stream_queues_are_read_again() -> None:
+    # A leave test's stall: 52..56 delivered after the seek to committed, 52 taken, then
+    # Faust's flow_control.resume() emptied the queues; 53..56 were gone, untracked,
+    # aiokafka already at 57, nothing after them to reveal the hole.
+    c = bare_consumer()
+    flow = FlowControlEvent()
+    queue: FlowControlQueue = FlowControlQueue(maxsize=10, flow_control=flow, clear_on_resume=True)
+    c._watch_queue_clears(flow)
+    c._resume[TOPIC], c._next[TOPIC] = 53, 57
+    idle = TP("fhir.inbound", 7)
+    c._resume[idle] = c._next[idle] = 12  # everything delivered was taken
+    unplaced = TP("fhir.inbound", 6)
+    c._next[unplaced] = 30  # no resume point yet: seek_to_committed places it
+    for offset in range(53, 57):
+        queue.put_nowait(offset)
+    flow.suspend()
+    flow.resume()
+    assert queue.empty(), "Faust's clear still runs"
+    assert c._to_seek == {TOPIC: 53}, "read again from the first record not taken"
+    assert c.admit(taken(c, 57)) is False, "later records wait for 53"
+    assert c.admit(taken(c, 53)) is True
 
 
 def test_a_seek_runs_on_the_consumer_thread_after_the_new_position_is_expected() -> None:
