@@ -330,8 +330,8 @@ class Consumer(AIOKafkaConsumer):
         here: aiokafka's seek runs on the consumer thread, and records it fetched before
         this method resumes can reach a stream while the partition has no resume point
         yet; they are released, and without a second seek aiokafka's position stays past
-        them (a leave test stalled on such partitions until the stall watch read them
-        again). Raises what the broker calls raise; Faust retries a rebalance that fails.
+        them (see the module docstring). Raises what the broker calls raise; Faust
+        retries a rebalance that fails.
         """
         offsets = await super().seek_to_committed()
         starts: dict[TP, int] = {}
@@ -341,13 +341,7 @@ class Consumer(AIOKafkaConsumer):
             if self._is_changelog_tp(tp) or not self.app.topics.acks_enabled_for(tp.topic):
                 continue  # tables recover from their changelogs by their own seeks
             if committed is not None and committed > 0:
-                # aiokafka seeked it there already, on the consumer thread, while this
-                # coroutine waited; records fetched from there since can have reached a
-                # stream before now and been released (no resume point yet), leaving
-                # aiokafka's position past them: nothing would fetch them again. So it
-                # is seeked once more below, where the resume point is set with no
-                # suspension in between (what came before is dropped as a copy).
-                starts[tp] = committed
+                starts[tp] = committed  # seeked again (see the docstring)
             elif committed is None:
                 never.append(tp)
             else:
