@@ -385,11 +385,12 @@ class Consumer(AIOKafkaConsumer):
         return not self._is_changelog_tp(tp) and bool(self.app.topics.acks_enabled_for(tp.topic))
 
     def _expect(self, tp: TP, offset: int) -> None:
-        """The partition was seeked to ``offset``: its records start there again, and
-        its processing resumes there (any hole before is read again from there)."""
+        """The partition is seeked to ``offset``: its records start there again (those
+        fetched before the seek and past it are dropped until it arrives), and its
+        processing resumes there (any hole before is read again from there)."""
         if self._ordered(tp):
             self._next[tp] = offset
-            self._reseeking.pop(tp, None)
+            self._reseeking[tp] = offset
             self._resume[tp] = offset
             self._hole.pop(tp, None)
             self._to_seek.pop(tp, None)
@@ -403,10 +404,7 @@ class Consumer(AIOKafkaConsumer):
         :meth:`_seek`): records fetched before it can reach a stream meanwhile, and are
         judged against the new position (past it: dropped, the seek being under way;
         before it: dropped as copies)."""
-        tp = TP(partition.topic, partition.partition)
-        self._expect(tp, offset)
-        if self._ordered(tp):
-            self._reseeking[tp] = offset
+        self._expect(TP(partition.topic, partition.partition), offset)
         await super().seek(partition, offset)
 
     async def _seek(self, partition: TP, offset: int) -> None:
@@ -450,7 +448,6 @@ class Consumer(AIOKafkaConsumer):
                 seeked = await self._reposition(tp, at, why, "stall")
                 if seeked is not None:  # processing resumes there (taken ones included)
                     self._expect(tp, seeked)
-                    self._reseeking[tp] = seeked  # records fetched before: dropped
         async for tp, message in super().getmany(timeout):
             if self._to_seek:
                 await self._seek_holes()
