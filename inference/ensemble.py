@@ -6,6 +6,8 @@
         --out var/model-build/v3/reports/3
     python -m inference.ensemble card --model-dir var/model-build/v3/sepsis_transformer \\
         --report var/model-build/v3/reports/3/metrics.json
+    python -m inference.ensemble reserialise \\
+        inference/model_repository/sepsis_transformer/2/model.pt
 
 ``build`` takes the newest version of the transformer model folder (its TorchScript file
 and Platt calibration untouched), fits the gradient-boosting model of
@@ -22,6 +24,8 @@ backend (``inference/triton_python_model.py``), the Triton config and
 :class:`~inference.runtime.LocalTorchModel` therefore need no change and no new library
 (no scikit-learn in the Triton image). The validation split is not read by ``build``;
 ``wardwatch evaluate`` reports it once, and ``card`` copies that report into the card.
+``reserialise`` scripts a saved version again with this file's code (a faster tree walk,
+say) and writes it only if its outputs are bit-identical (:func:`reserialise`).
 
 Raises ``FileNotFoundError`` for a missing model or data folder, ``RuntimeError`` when the
 exported file does not reproduce scikit-learn's and the stacking's numbers; nothing is
@@ -80,6 +84,8 @@ FEATURE_SET_TEXT: dict[int, str] = {
 }
 # The exported file must agree with numpy/scikit-learn to this absolute tolerance.
 ATOL = 1e-5
+# Rows of the transformer per forward pass on a CPU (see transformer_probability).
+TRANSFORMER_CPU_CHUNK = 32
 
 
 class WindowSummariesV1(nn.Module):
@@ -146,14 +152,22 @@ class EnsembleRiskModel(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.features = features
-        for name in ("feature", "threshold", "left", "right", "missing_left", "value", "root"):
+        for name in ("feature", "threshold", "value", "root"):
             self.register_buffer(name, trees[name])
+        # One lookup per level instead of two and a where: node i's left child at 2i, its
+        # right at 2i + 1 (a leaf's are itself), so the next node is next_node[2 * node +
+        # goes_right]; and the missing-value side stored as "goes right".
+        self.register_buffer(
+            "next_node", torch.stack([trees["left"], trees["right"]], 1).reshape(-1)
+        )
+        self.register_buffer("missing_right", ~trees["missing_left"])
         self.baseline = float(baseline)
         self.depth = int(depth)
         self.intercept = float(stacking.intercept)
         self.w_transformer = float(stacking.w_transformer)
         self.w_gbm = float(stacking.w_gbm)
         self.eps = float(LOGIT_EPS)
+        self.cpu_chunk = int(TRANSFORMER_CPU_CHUNK)
 
     def gbm_features(self, x: torch.Tensor) -> torch.Tensor:
         """The gradient boosting's features of the windows, float64[B, K]."""
@@ -167,23 +181,33 @@ class EnsembleRiskModel(nn.Module):
         b = f.shape[0]
         feature: torch.Tensor = self.feature  # type: ignore[assignment]
         threshold: torch.Tensor = self.threshold  # type: ignore[assignment]
-        missing: torch.Tensor = self.missing_left  # type: ignore[assignment]
-        left: torch.Tensor = self.left  # type: ignore[assignment]
-        right: torch.Tensor = self.right  # type: ignore[assignment]
+        missing_right: torch.Tensor = self.missing_right  # type: ignore[assignment]
+        next_node: torch.Tensor = self.next_node  # type: ignore[assignment]
         root: torch.Tensor = self.root  # type: ignore[assignment]
         value: torch.Tensor = self.value  # type: ignore[assignment]
         node = root.unsqueeze(0).expand(b, root.shape[0])
+        # ``take`` (flat gather) rather than ``tensor[node]``: advanced indexing cost 26 %
+        # of a 64-window forward pass here; the walk is now ~2x faster, same numbers.
         for _ in range(self.depth):
-            xv = torch.gather(f, 1, feature[node])
-            go_left = (xv <= threshold[node]) | (torch.isnan(xv) & missing[node])
-            # a leaf's left and right are itself, so finished trees stay put
-            node = torch.where(go_left, left[node], right[node])
-        return torch.sigmoid(value[node].sum(1) + self.baseline)
+            xv = torch.gather(f, 1, feature.take(node))
+            # x > threshold goes right, NaN goes to the tree's missing-value side (as in
+            # scikit-learn: x <= threshold goes left); a leaf's children are itself, so
+            # finished trees stay put
+            go_right = (xv > threshold.take(node)) | (torch.isnan(xv) & missing_right.take(node))
+            node = next_node.take(node * 2 + go_right.long())
+        return torch.sigmoid(value.take(node).sum(1) + self.baseline)
 
     @torch.jit.export
     def transformer_probability(self, x: torch.Tensor) -> torch.Tensor:
         """The transformer's calibrated probability, float64[B] (from its float32)."""
-        p: torch.Tensor = self.transformer(x)
+        if x.device.type == "cpu" and x.shape[0] > self.cpu_chunk:
+            # On a CPU the attention of 64 windows (64 x 4 heads x 48 x 48 floats, 2.4
+            # MB) falls out of the core's cache; in chunks of 32 the same rows take ~25 %
+            # less time, with the same numbers (checked by `reserialise`). A GPU takes
+            # the batch whole.
+            p = torch.cat([self.transformer(c) for c in torch.split(x, self.cpu_chunk)])
+        else:
+            p = self.transformer(x)
         return p[:, 0].double()
 
     def _logit(self, p: torch.Tensor) -> torch.Tensor:
@@ -254,6 +278,105 @@ def export_ensemble(
     # whatever device the windows arrive on (see inference.torchscript).
     make_device_agnostic(scripted)
     return scripted
+
+
+def saved_trees(module: Any) -> dict[str, torch.Tensor]:
+    """The :func:`tree_tensors` dict of a saved ensemble, from either buffer layout
+    (``left``/``right``/``missing_left`` before 2026-12-02, ``next_node``/``missing_right``
+    since). Raises ``ValueError`` when ``module`` is not an ensemble."""
+    buffers = dict(module.named_buffers(recurse=False))
+    if "next_node" in buffers:
+        pairs = buffers["next_node"].reshape(-1, 2)
+        left, right = pairs[:, 0].clone(), pairs[:, 1].clone()
+        missing_left = ~buffers["missing_right"]
+    elif "left" in buffers:
+        left, right, missing_left = buffers["left"], buffers["right"], buffers["missing_left"]
+    else:
+        raise ValueError("not an ensemble: the module holds no trees")
+    trees = {k: buffers[k] for k in ("feature", "threshold", "value", "root")}
+    return trees | {"left": left, "right": right, "missing_left": missing_left}
+
+
+def rebuild(module: Any) -> torch.jit.ScriptModule:
+    """A saved ensemble scripted again with this file's :class:`EnsembleRiskModel`: the
+    same transformer, features, trees and stacking (nothing refitted). Raises
+    ``ValueError`` when ``module`` is not an ensemble."""
+    stacking = Stacking(
+        float(module.intercept), float(module.w_transformer), float(module.w_gbm), 0.0
+    )
+    if float(module.eps) != float(LOGIT_EPS):
+        raise ValueError(f"logit clip {module.eps} differs from this code's {LOGIT_EPS}")
+    # files from before the feature modules (version 2's) computed feature set 1 inline
+    # from ``n_codes``, with the same operations as WindowSummariesV1
+    names = {n for n, _ in module.named_children()}
+    features = module.features if "features" in names else WindowSummariesV1(module.n_codes)
+    rebuilt = EnsembleRiskModel(
+        module.transformer,
+        saved_trees(module),
+        float(module.baseline),
+        int(module.depth),
+        features,
+        stacking,
+    ).eval()
+    scripted: torch.jit.ScriptModule = torch.jit.script(rebuilt)
+    make_device_agnostic(scripted)
+    return scripted
+
+
+def _same_outputs(a: Any, b: Any, windows: Sequence[torch.Tensor]) -> list[str]:
+    """Where ``a`` and ``b`` differ (forward and each component, bit for bit)."""
+    out = []
+    with torch.inference_mode():
+        for x in windows:
+            for name in ("forward", "transformer_probability", "gbm_probability"):
+                u, v = getattr(a, name)(x), getattr(b, name)(x)
+                # NaN in, NaN out (the transformer's): equal here
+                if u.shape != v.shape or not ((u == v) | (u.isnan() & v.isnan())).all():
+                    out.append(f"{name} at batch {x.shape[0]}")
+    return out
+
+
+def reserialise(
+    path: Path,
+    out: Path,
+    n_features: int,
+    real_windows: npt.NDArray[np.float32] | None = None,
+) -> dict[str, Any]:
+    """Script the ensemble at ``path`` again with this code (:func:`rebuild`) and write it
+    to ``out`` (may be ``path``) only if every output is bit-identical to the old file's:
+    forward and both components, at batch sizes 1, 7, 32, 33, 64 and 100 (across the
+    transformer's CPU chunks), on seeded random windows ``[WINDOW, n_features]``, windows
+    with NaN values, and ``real_windows`` when given. Returns what was checked. Raises
+    ``RuntimeError`` when an output differs (nothing is written), ``ValueError`` for a
+    non-ensemble file; nothing is retried."""
+    old = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]
+    old.eval()
+    new = rebuild(old)
+    gen = torch.Generator().manual_seed(0)
+    rand = torch.randn(100, WINDOW, n_features, generator=gen)
+    holes = rand.clone()
+    holes[::3, :, 0] = float("nan")  # NaN summaries: the trees' missing-value side
+    sets = [rand, holes]
+    if real_windows is not None and len(real_windows):
+        sets.append(torch.from_numpy(np.ascontiguousarray(real_windows, dtype=np.float32)))
+    batches = [x[:n] for x in sets for n in (1, 7, 32, 33, 64, 100) if n <= x.shape[0]]
+    if len(sets) == 3:
+        batches += list(torch.split(sets[2], 64))
+    differ = _same_outputs(old, new, batches)
+    if differ:
+        raise RuntimeError(f"{path}: rebuilt model differs ({', '.join(differ)}); not written")
+    new.save(str(out))
+    reloaded = torch.jit.load(str(out), map_location="cpu")  # type: ignore[no-untyped-call]
+    differ = _same_outputs(old, reloaded.eval(), batches)
+    if differ:
+        raise RuntimeError(
+            f"{out}: the written file differs ({', '.join(differ)}); do not serve it"
+        )
+    return {
+        "windows_checked": int(sum(x.shape[0] for x in batches)),
+        "real_windows": 0 if real_windows is None else len(real_windows),
+        "batch_sizes": sorted({int(x.shape[0]) for x in batches}),
+    }
 
 
 def check_export(
@@ -531,8 +654,27 @@ def add_evaluation(model_dir: Path, report_path: Path) -> dict[str, Any]:
     return card
 
 
+def _real_windows(version_dir: Path, data_dir: Path, rows: int) -> npt.NDArray[np.float32] | None:
+    """``rows`` real windows spread over the test split's stays (the split seed from the
+    model card), or None without the data. Raises ``FileNotFoundError`` for a missing
+    feature spec."""
+    from inference import train as tr
+    from inference.features import FeatureSpec
+
+    if not data_dir.exists():
+        return None
+    card = json.loads((version_dir.parent / "model_card.json").read_text())
+    spec = FeatureSpec.load(version_dir / FEATURE_SPEC_FILE)
+    stays = _load_stays(data_dir, int(card.get("split", {}).get("seed", 2019)), None, ("test",))
+    bank = tr.make_bank(stays, spec)
+    pick = np.linspace(0, bank.labels.size - 1, min(rows, bank.labels.size)).astype(np.int64)
+    windows: npt.NDArray[np.float32] = bank.windows(pick).numpy()
+    return windows
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m inference.ensemble``: ``build`` or ``card``; 0 on success."""
+    """``python -m inference.ensemble``: ``build``, ``reserialise`` or ``card``; 0 on
+    success."""
     from inference import physionet_data as pdata
 
     here = Path(__file__).resolve().parent
@@ -563,6 +705,26 @@ def main(argv: list[str] | None = None) -> int:
         choices=sorted(GBM_PARAMS_BY_SET),
         help="the gradient boosting's window features: 1 = version 2's (default), 2 = version 3's",
     )
+    r = sub.add_parser(
+        "reserialise",
+        help="script a saved ensemble again with this code; written only if bit-identical",
+        description=(
+            "Rebuild a saved ensemble (same transformer, trees, features and stacking; "
+            "nothing refitted) with this version of EnsembleRiskModel, e.g. to give an "
+            "existing model version a faster tree walk. The new file is written only when "
+            "forward and both components give bit-identical outputs on random windows, "
+            "windows with NaN values and, with --data-dir, real test-split windows."
+        ),
+    )
+    r.add_argument("path", type=Path, help="the version's model.pt")
+    r.add_argument("--out", type=Path, help="where to write (default: in place)")
+    r.add_argument(
+        "--data-dir",
+        type=Path,
+        default=pdata.PHYSIONET_DIR,
+        help="PhysioNet stays for real test-split windows (skipped when absent)",
+    )
+    r.add_argument("--check-rows", type=int, default=2048)
     c = sub.add_parser("card", help="copy a wardwatch evaluate report into the model card")
     c.add_argument("--model-dir", type=Path, required=True)
     c.add_argument("--report", type=Path, required=True, help="the report's metrics.json")
@@ -580,6 +742,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps({k: card[k] for k in ("alert_threshold", "metrics")}, indent=1))
         print(json.dumps(card["ensemble"]["stacking"], indent=1))
+    elif a.cmd == "reserialise":
+        real = _real_windows(a.path.parent, a.data_dir, a.check_rows)
+        if real is None:
+            print(f"no PhysioNet data at {a.data_dir}: checking random windows only")
+        from inference.features import FeatureSpec
+
+        n_features = FeatureSpec.load(a.path.parent / FEATURE_SPEC_FILE).n_features
+        done = reserialise(a.path, a.out or a.path, n_features, real)
+        print(f"{a.out or a.path}: written; outputs bit-identical: {json.dumps(done)}")
     else:
         card = add_evaluation(a.model_dir, a.report)
         print(json.dumps(card["metrics"]["validation"], indent=1))

@@ -16,12 +16,15 @@ import pytest
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from inference import ensemble as ens
 from inference.ensemble import (
     build,
     check_export,
     export_ensemble,
     feature_module,
     numpy_features,
+    reserialise,
+    saved_trees,
     tree_tensors,
 )
 from inference.evaluate import (
@@ -385,3 +388,51 @@ def test_report_names_the_ensemble_and_its_weights() -> None:
     assert "Ensemble: AUROC 0.860 (met), utility 0.360 (not met)." in md
     assert "sigmoid(0.2500 + 0.5000 * logit(p_transformer) + 0.7500 * logit(p_gbm))" in md
     assert f"highest utility: **{GBM_NAME}**" in md
+
+
+def test_reserialise_rewrites_a_saved_ensemble_bit_identically(tmp_path: Path) -> None:
+    model_dir, *_ = _ensemble_dir(tmp_path)
+    path, out = model_dir / "2" / "model.pt", tmp_path / "again.pt"
+    nf = default_spec().n_features
+    real = np.random.default_rng(3).normal(size=(70, WINDOW, nf)).astype(np.float32)
+    done = reserialise(path, out, nf, real)
+    assert done["real_windows"] == 70 and {1, 33, 64, 100} <= set(done["batch_sizes"])
+    old, new = torch.jit.load(str(path)), torch.jit.load(str(out))
+    x = torch.from_numpy(np.random.default_rng(4).normal(size=(130, WINDOW, nf)).astype(np.float32))
+    with torch.inference_mode():
+        assert torch.equal(old(x), new(x))
+        assert torch.equal(old.gbm_probability(x), new.gbm_probability(x))
+
+
+def test_reserialise_writes_nothing_when_an_output_would_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir, *_ = _ensemble_dir(tmp_path)
+    real_trees = ens.saved_trees
+
+    def shifted(module: Any) -> dict[str, torch.Tensor]:
+        trees = real_trees(module)
+        return trees | {"value": trees["value"] + 0.01}
+
+    monkeypatch.setattr(ens, "saved_trees", shifted)
+    out = tmp_path / "again.pt"
+    with pytest.raises(RuntimeError, match=r"gbm_probability at batch 1.*not written"):
+        reserialise(model_dir / "2" / "model.pt", out, default_spec().n_features)
+    assert not out.exists()
+
+
+def test_saved_trees_reads_both_buffer_layouts() -> None:
+    x = _windows(200, F, seed=6)
+    gbm = _fitted_gbm(x)
+    want, _, _ = tree_tensors(gbm)
+    module = export_ensemble(_traced(F), gbm, Stacking(-0.5, 0.8, 1.2, 0.3), CODES, 1)
+    got = saved_trees(module)
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    # files saved before 2026-12-02 hold left / right / missing_left as buffers
+    legacy = torch.nn.Module()
+    for k, v in want.items():
+        legacy.register_buffer(k, v)
+    got = saved_trees(legacy)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    with pytest.raises(ValueError, match="not an ensemble"):
+        saved_trees(torch.nn.Module())
