@@ -10,7 +10,8 @@ FastAPI over the same database as the worker (``WARDWATCH_DATABASE_URL``):
   ``alerts`` table by row id, so every alert the worker stored is sent once per
   connection, in order, and a client that reconnects with ``Last-Event-ID`` misses none).
 * ``GET /health`` (liveness, no database) and ``GET /ready`` (the database answers and is
-  migrated); OpenAPI documentation at ``/docs`` and ``/openapi.json``.
+  migrated); OpenAPI documentation at ``/docs`` (Swagger UI from vendored files, no
+  CDN) and ``/openapi.json``.
 * ``GET /`` — the dashboard (static files in ``streams/dashboard/``).
 
 Access control: ``Authorization: Bearer <token>`` (``wardwatch token create``). Roles:
@@ -34,7 +35,8 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, text
@@ -71,9 +73,14 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
     ``stream_poll_s``: how often ``/alerts/stream`` looks for new alerts. Raises nothing;
     request handlers raise HTTPException (4xx) or answer 503 when the database is away.
     """
+    # /docs is served below from vendored Swagger UI files: FastAPI's default page loads
+    # them from a CDN, which a hospital network without internet access cannot reach
+    # (a blank page). ReDoc would need a CDN too, so it is off.
     api = FastAPI(
         title="WardWatch analyst API",
         version="1",
+        docs_url=None,
+        redoc_url=None,
         description=(
             "Scores and alerts of WardWatch (clinical decision support, not a diagnosis). "
             "Patients are pseudonyms. Authenticate with `Authorization: Bearer <token>` "
@@ -297,6 +304,17 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
     @api.get("/", include_in_schema=False)
     def dashboard() -> FileResponse:
         return FileResponse(DASHBOARD_DIR / "index.html")
+
+    @api.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        swagger = "/static/vendor/swagger-ui"
+        return get_swagger_ui_html(
+            openapi_url=api.openapi_url or "/openapi.json",
+            title=f"{api.title} (OpenAPI)",
+            swagger_js_url=f"{swagger}/swagger-ui-bundle.js",
+            swagger_css_url=f"{swagger}/swagger-ui.css",
+            swagger_favicon_url=f"{swagger}/favicon-32x32.png",
+        )
 
     api.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
     return api

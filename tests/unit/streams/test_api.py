@@ -3,6 +3,7 @@ alert workflow, the SSE stream and the dashboard files."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +74,19 @@ def test_health_ready_docs_and_dashboard(client: TestClient) -> None:
     assert "Live alerts" in client.get("/").text
     assert client.get("/static/app.js").status_code == 200
     assert "window.Chart" in client.get("/static/vendor/chart.umd.min.js").text
+
+
+def test_docs_load_nothing_from_outside(client: TestClient) -> None:
+    # A hospital network often has no internet: every script, style and icon of the
+    # OpenAPI page must come from this server.
+    page = client.get("/docs")
+    assert page.status_code == 200 and "SwaggerUIBundle" in page.text
+    urls = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(urls) == 3 and all(u.startswith("/static/vendor/swagger-ui/") for u in urls)
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+    assert "url: '/openapi.json'" in page.text
+    assert client.get("/redoc").status_code == 404  # ReDoc needs a CDN: off
 
 
 def test_ready_is_503_without_a_schema(tmp_path: Path) -> None:
