@@ -67,14 +67,21 @@ function renderAlerts(newIds = new Set()) {
     cell(tr, fmtRisk(a.risk));
     cell(tr, a.news2 === null ? "–" : String(a.news2));
     cell(tr, a.reason);
-    const st = a.status === "open" ? "open"
-      : a.status + (a.acknowledged_by && a.status === "acknowledged" ? " by " + a.acknowledged_by : "");
+    const by = a.status === "acknowledged" ? a.acknowledged_by
+      : a.status === "resolved" ? a.resolved_by : null;
+    const st = a.status + (by ? " by " + by : "");
     cell(tr, st, "status status-" + a.status);
     const act = cell(tr, "");
     if (a.status === "open") {
       const b = document.createElement("button");
       b.type = "button"; b.className = "ack"; b.textContent = "Acknowledge";
-      b.addEventListener("click", () => acknowledge(a.alert_id, b));
+      b.addEventListener("click", () => transition(a, "acknowledge", b));
+      act.appendChild(b);
+    }
+    if (a.status === "open" || a.status === "acknowledged") {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "resolve"; b.textContent = "Resolve";
+      b.addEventListener("click", () => transition(a, "resolve", b));
       act.appendChild(b);
     }
     body.appendChild(tr);
@@ -82,18 +89,26 @@ function renderAlerts(newIds = new Set()) {
   $("alerts-empty").hidden = list.length > 0;
 }
 
-async function acknowledge(alertId, button) {
+// Acknowledge (open -> acknowledged) or resolve (open or acknowledged -> resolved) an
+// alert; the server records the token's name and the time. Resolving takes the alert
+// off the open list for everyone, so it asks first.
+async function transition(a, action, button) {
+  if (action === "resolve" &&
+      !window.confirm("Resolve the " + a.severity + " alert for " + a.patient + "? It leaves the open list.")) {
+    return;
+  }
   button.disabled = true;
   try {
-    const row = await api("/alerts/" + encodeURIComponent(alertId) + "/acknowledge", { method: "POST" });
+    const row = await api("/alerts/" + encodeURIComponent(a.alert_id) + "/" + action, { method: "POST" });
     alerts.set(row.alert_id, row);
     $("show-all").checked = true;
     renderAlerts();
     showError("");
   } catch (e) {
     button.disabled = false;
-    if (e.status === 403) showError("This token's role may not acknowledge alerts.");
-    else if (e.message !== "401") showError("Acknowledge failed: " + e.message);
+    if (e.status === 403) showError("This token's role may not " + action + " alerts.");
+    else if (e.status === 409) showError("The alert changed meanwhile (" + e.message + "); reload to see it.");
+    else if (e.message !== "401") showError(action[0].toUpperCase() + action.slice(1) + " failed: " + e.message);
   }
 }
 

@@ -2,8 +2,9 @@
 served by the API over a fresh PostgreSQL database with seeded scores and alerts.
 
 It logs in with a token, sees the open alerts, sees a new alert arrive over the SSE
-stream, clicks "Acknowledge" and checks the database, opens a patient's risk/NEWS2
-chart, and saves a screenshot to ``var/artifacts/dashboard.png``. Markers: ``e2e`` and
+stream, clicks "Acknowledge" and "Resolve" and checks the database, opens a patient's
+risk/NEWS2 chart, and saves a screenshot to ``var/artifacts/dashboard.png``; and the API's
+``/docs`` page renders the schema from the vendored Swagger UI. Markers: ``e2e`` and
 ``postgres``; it FAILS (never skips) when PostgreSQL or Chromium is missing (`.ci/run`
 installs Chromium).
 """
@@ -221,6 +222,30 @@ def test_dashboard_live_alerts_acknowledge_and_chart(
         )
     )
 
+    # resolve it: the page asks first (dismissing changes nothing), then the database
+    # records who and when
+    resolve = row.format("alert-2") + " button.resolve"
+    browser.find_element(By.CSS_SELECTOR, resolve).click()
+    wait.until(ec.alert_is_present()).dismiss()
+    time.sleep(0.5)
+    assert alert_status(engine, "alert-2") == ("acknowledged", "ward-7-nurse")
+    browser.find_element(By.CSS_SELECTOR, resolve).click()
+    prompt = wait.until(ec.alert_is_present())
+    assert "pz-" in prompt.text
+    prompt.accept()
+    deadline = time.monotonic() + 15
+    while alert_status(engine, "alert-2")[0] != "resolved":
+        assert time.monotonic() < deadline, "alert-2 was not resolved in the database"
+        time.sleep(0.2)
+    with engine.connect() as conn:
+        by = conn.execute(text("SELECT resolved_by FROM alerts WHERE alert_id = 'alert-2'"))
+        assert by.scalar_one() == "ward-7-nurse"
+    wait.until(
+        ec.text_to_be_present_in_element(
+            (By.CSS_SELECTOR, row.format("alert-2") + " td.status"), "resolved by ward-7-nurse"
+        )
+    )
+
     # the patient's trajectory: risk and NEWS2 over 48 h with the two alert markers
     browser.find_element(By.CSS_SELECTOR, row.format("alert-1") + " a.patient").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "patient-info"), "48 scores"))
@@ -235,3 +260,16 @@ def test_dashboard_live_alerts_acknowledge_and_chart(
     # no PHI: the page shows pseudonyms only (the seeded data has nothing else to show)
     body = browser.find_element(By.TAG_NAME, "body").text
     assert PATIENT in body
+
+
+def test_docs_page_renders_the_schema_from_vendored_files(
+    server: str, browser: webdriver.Chrome
+) -> None:
+    # Swagger UI 4 could not show FastAPI's OpenAPI 3.1; the vendored 5 must render it.
+    browser.get(server + "/docs")
+    wait = WebDriverWait(browser, 20)
+    title = (By.CSS_SELECTOR, ".swagger-ui .info .title")
+    wait.until(ec.text_to_be_present_in_element(title, "WardWatch analyst API"))
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, ".opblock")))
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/scores", "/alerts", "/alerts/{alert_id}/resolve"} <= paths
