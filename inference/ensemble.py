@@ -68,7 +68,7 @@ from inference.utility import best_threshold, normalized_utility
 from inference.window_features import WindowFeatures, lab_mask, window_features
 
 if TYPE_CHECKING:
-    from inference.train import Stay
+    from inference.train import Bank, Stay
 
 MODEL_NAME = "sepsis_transformer"
 F32 = npt.NDArray[np.float32]
@@ -323,7 +323,7 @@ def rebuild(module: Any) -> torch.jit.ScriptModule:
     return scripted
 
 
-def _same_outputs(a: Any, b: Any, windows: Sequence[torch.Tensor]) -> list[str]:
+def _differences(a: Any, b: Any, windows: Sequence[torch.Tensor]) -> list[str]:
     """Where ``a`` and ``b`` differ (forward and each component, bit for bit)."""
     out = []
     with torch.inference_mode():
@@ -357,17 +357,19 @@ def reserialise(
     holes = rand.clone()
     holes[::3, :, 0] = float("nan")  # NaN summaries: the trees' missing-value side
     sets = [rand, holes]
+    real = None
     if real_windows is not None and len(real_windows):
-        sets.append(torch.from_numpy(np.ascontiguousarray(real_windows, dtype=np.float32)))
+        real = torch.from_numpy(np.ascontiguousarray(real_windows, dtype=np.float32))
+        sets.append(real)
     batches = [x[:n] for x in sets for n in (1, 7, 32, 33, 64, 100) if n <= x.shape[0]]
-    if len(sets) == 3:
-        batches += list(torch.split(sets[2], 64))
-    differ = _same_outputs(old, new, batches)
+    if real is not None:  # and every real window
+        batches += list(torch.split(real, 64))
+    differ = _differences(old, new, batches)
     if differ:
         raise RuntimeError(f"{path}: rebuilt model differs ({', '.join(differ)}); not written")
     new.save(str(out))
     reloaded = torch.jit.load(str(out), map_location="cpu")  # type: ignore[no-untyped-call]
-    differ = _same_outputs(old, reloaded.eval(), batches)
+    differ = _differences(old, reloaded.eval(), batches)
     if differ:
         raise RuntimeError(
             f"{out}: the written file differs ({', '.join(differ)}); do not serve it"
@@ -464,9 +466,7 @@ def build(
     module = export_ensemble(base.module, gbm, stacking, codes, feature_set)
     # real windows, spread over the whole test split (a stay's first hours are mostly
     # padding, its later hours are not)
-    n_check = min(check_rows, tune_bank.labels.size)
-    pick = np.linspace(0, tune_bank.labels.size - 1, n_check).astype(np.int64)
-    check_windows = tune_bank.windows(pick).numpy()
+    check_windows = _spread_windows(tune_bank, check_rows)
     diffs = check_export(module, base.module, gbm, stacking, check_windows, codes, feature_set)
 
     model_dir = out / MODEL_NAME
@@ -666,7 +666,12 @@ def _real_windows(version_dir: Path, data_dir: Path, rows: int) -> npt.NDArray[n
     card = json.loads((version_dir.parent / "model_card.json").read_text())
     spec = FeatureSpec.load(version_dir / FEATURE_SPEC_FILE)
     stays = _load_stays(data_dir, int(card.get("split", {}).get("seed", 2019)), None, ("test",))
-    bank = tr.make_bank(stays, spec)
+    return _spread_windows(tr.make_bank(stays, spec), rows)
+
+
+def _spread_windows(bank: Bank, rows: int) -> npt.NDArray[np.float32]:
+    """Up to ``rows`` windows spread evenly over the bank (a stay's first hours are
+    mostly padding, its later hours are not)."""
     pick = np.linspace(0, bank.labels.size - 1, min(rows, bank.labels.size)).astype(np.int64)
     windows: npt.NDArray[np.float32] = bank.windows(pick).numpy()
     return windows
