@@ -718,7 +718,8 @@ def main(argv: list[str] | None = None) -> int:
             "nothing refitted) with this version of EnsembleRiskModel, e.g. to give an "
             "existing model version a faster tree walk. The new file is written only when "
             "forward and both components give bit-identical outputs on random windows, "
-            "windows with NaN values and, with --data-dir, real test-split windows."
+            "windows with NaN values and, where the PhysioNet data is (--data-dir), real "
+            "test-split windows."
         ),
     )
     r.add_argument("path", type=Path, help="the version's model.pt")
