@@ -72,21 +72,18 @@ function renderAlerts(newIds = new Set()) {
     const st = a.status + (by ? " by " + by : "");
     cell(tr, st, "status status-" + a.status);
     const act = cell(tr, "");
-    if (a.status === "open") {
-      const b = document.createElement("button");
-      b.type = "button"; b.className = "ack"; b.textContent = "Acknowledge";
-      b.addEventListener("click", () => transition(a, "acknowledge", b));
-      act.appendChild(b);
-    }
-    if (a.status === "open" || a.status === "acknowledged") {
-      const b = document.createElement("button");
-      b.type = "button"; b.className = "resolve"; b.textContent = "Resolve";
-      b.addEventListener("click", () => transition(a, "resolve", b));
-      act.appendChild(b);
-    }
+    if (a.status === "open") act.appendChild(actionButton(a, "acknowledge", "ack", "Acknowledge"));
+    if (a.status !== "resolved") act.appendChild(actionButton(a, "resolve", "resolve", "Resolve"));
     body.appendChild(tr);
   }
   $("alerts-empty").hidden = list.length > 0;
+}
+
+function actionButton(a, action, cls, label) {
+  const b = document.createElement("button");
+  b.type = "button"; b.className = cls; b.textContent = label;
+  b.addEventListener("click", () => transition(a, action, b));
+  return b;
 }
 
 // Acknowledge (open -> acknowledged) or resolve (open or acknowledged -> resolved) an
