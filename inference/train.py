@@ -151,6 +151,71 @@ def sigmoid(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     return out
 
 
+def fit_transformer(
+    train_bank: Bank,
+    test_bank: Bank,
+    cfg: ModelConfig,
+    rng: np.random.Generator,
+    *,
+    epochs: int,
+    neg_ratio: int,
+    batch_size: int,
+    lr: float,
+    patience: int,
+    deadline: float | None = None,
+    desc: str = "epoch",
+) -> tuple[SepsisTransformer, list[dict[str, float]], int]:
+    """Train a transformer on ``train_bank`` (all positive rows plus a fresh sample of
+    ``neg_ratio`` negatives per positive each epoch), early-stopped on ``test_bank``'s
+    AUROC; returns the best epoch's network, the per-epoch history and the best epoch.
+    Seeded by torch's global seed (set it before) and ``rng``. ``deadline`` (a
+    ``time.monotonic()`` value) stops after the epoch that passes it. Raises
+    ``ValueError`` when either bank has no positive row; nothing is retried."""
+    pos = np.flatnonzero(train_bank.labels == 1)
+    neg = np.flatnonzero(train_bank.labels == 0)
+    if pos.size == 0 or not (test_bank.labels == 1).any():
+        raise ValueError("need positive rows in train and test splits: use more patients")
+    net = SepsisTransformer(cfg)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    best_auc, best_state, best_epoch, bad = -1.0, None, 0, 0
+    history: list[dict[str, float]] = []
+    for epoch in range(1, epochs + 1):
+        net.train()
+        n_neg = min(neg.size, neg_ratio * pos.size)
+        sample = np.concatenate([pos, rng.choice(neg, n_neg, replace=False)])
+        rng.shuffle(sample)
+        total = 0.0
+        bar = tqdm(range(0, sample.size, batch_size), desc=f"{desc} {epoch}", unit="batch")
+        for i in bar:
+            idx = sample[i : i + batch_size]
+            x = train_bank.windows(idx)
+            y = torch.from_numpy(train_bank.labels[idx].astype(np.float32))
+            loss = loss_fn(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            opt.step()
+            total += loss.item() * idx.size
+            bar.set_postfix(loss=f"{total / min(i + batch_size, sample.size):.4f}")
+        auc = float(roc_auc_score(test_bank.labels, predict_logits(net, test_bank)))
+        history.append({"epoch": epoch, "train_loss": total / sample.size, "test_auroc": auc})
+        tqdm.write(f"{desc} {epoch}: train loss {total / sample.size:.4f}, test AUROC {auc:.4f}")
+        if auc > best_auc:
+            best_auc, best_epoch, bad = auc, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+        if deadline is not None and time.monotonic() > deadline:
+            tqdm.write("time budget reached")
+            break
+    assert best_state is not None
+    net.load_state_dict(best_state)
+    return net, history, best_epoch
+
+
 def train(
     data_dir: Path,
     out_dir: Path,
@@ -179,50 +244,20 @@ def train(
     }
     banks = {name: make_bank(ss, spec) for name, ss in parts.items()}
     train_bank, test_bank = banks["train"], banks["test"]
-    pos = np.flatnonzero(train_bank.labels == 1)
-    neg = np.flatnonzero(train_bank.labels == 0)
-    if pos.size == 0 or not (test_bank.labels == 1).any():
-        raise ValueError("need positive rows in train and test splits: use more patients")
 
     cfg = ModelConfig(n_features=spec.n_features)
-    net = SepsisTransformer(cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    best_auc, best_state, best_epoch, bad = -1.0, None, 0, 0
-    history = []
-    for epoch in range(1, epochs + 1):
-        net.train()
-        n_neg = min(neg.size, neg_ratio * pos.size)
-        sample = np.concatenate([pos, rng.choice(neg, n_neg, replace=False)])
-        rng.shuffle(sample)
-        total = 0.0
-        bar = tqdm(range(0, sample.size, batch_size), desc=f"epoch {epoch}", unit="batch")
-        for i in bar:
-            idx = sample[i : i + batch_size]
-            x = train_bank.windows(idx)
-            y = torch.from_numpy(train_bank.labels[idx].astype(np.float32))
-            loss = loss_fn(net(x), y)
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            opt.step()
-            total += loss.item() * idx.size
-            bar.set_postfix(loss=f"{total / min(i + batch_size, sample.size):.4f}")
-        auc = float(roc_auc_score(test_bank.labels, predict_logits(net, test_bank)))
-        history.append({"epoch": epoch, "train_loss": total / sample.size, "test_auroc": auc})
-        tqdm.write(f"epoch {epoch}: train loss {total / sample.size:.4f}, test AUROC {auc:.4f}")
-        if auc > best_auc:
-            best_auc, best_epoch, bad = auc, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-        if max_minutes is not None and (time.monotonic() - t_start) / 60 > max_minutes:
-            tqdm.write(f"time budget of {max_minutes} min reached")
-            break
-    assert best_state is not None
-    net.load_state_dict(best_state)
+    net, history, best_epoch = fit_transformer(
+        train_bank,
+        test_bank,
+        cfg,
+        rng,
+        epochs=epochs,
+        neg_ratio=neg_ratio,
+        batch_size=batch_size,
+        lr=lr,
+        patience=patience,
+        deadline=None if max_minutes is None else t_start + 60 * max_minutes,
+    )
 
     # Platt calibration on the test split's logits.
     test_logits = predict_logits(net, test_bank)
