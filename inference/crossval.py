@@ -416,13 +416,23 @@ def plot(m: dict[str, Any], feature_sets: Sequence[int], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m inference.crossval",
-        description=__doc__.split("\n\n")[0],
+        description="\n\n".join(
+            part for part in __doc__.split("\n\n") if part.startswith(("Cross", "Decision"))
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Runs for about 10 minutes per fold on 2 CPU cores (transformer training and "
         "two gradient-boosting fits); an interrupted run resumes from its fold files.",
     )
-    p.add_argument("--data-dir", type=Path, default=pdata.PHYSIONET_DIR)
-    p.add_argument("--out", type=Path, default=Path("var/crossval"), help="report folder")
-    p.add_argument("--folds", type=int, default=5)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=pdata.PHYSIONET_DIR,
+        help="PhysioNet 2019 .psv folder (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("var/crossval"), help="report folder (%(default)s)"
+    )
+    p.add_argument("--folds", type=int, default=5, help="folds of the train split (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment and fit seeds")
     p.add_argument("--max-patients", type=int, default=None, help="for a quick trial run")
     p.add_argument("--threads", type=int, default=2)
