@@ -21,7 +21,10 @@ thresholds. The validation split is not read.
 Decision rule (fixed before the first run): the configuration whose stacked ensemble has
 the higher normalised utility over all held-out patients pooled is the one to serve. The
 paired patient bootstrap of the difference and the per-fold utilities are reported so the
-size of the difference can be judged; they do not change the rule.
+size of the difference can be judged; they do not change the rule. With ``--baseline``
+(an earlier run's folder, same data, folds and seed, so the same patients in the same
+folds) the two compared are this run's ensemble and the baseline's, e.g. a transformer
+trained for more epochs against version 1's recipe.
 
 Writes ``<out>/folds/fold-<k>.npz`` (each fold's held-out predictions; an existing fold
 file of the same configuration is reused, so an interrupted run resumes),
@@ -208,22 +211,58 @@ def run_fold(
     return out
 
 
+def _same_patients(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
+    """Raises ``ValueError`` unless two runs' folds hold the same held-out rows."""
+    same = len(a) == len(b) and all(
+        np.array_equal(x["labels"], y["labels"]) and np.array_equal(x["stay_of"], y["stay_of"])
+        for x, y in zip(a, b, strict=False)
+    )
+    if not same:
+        raise ValueError(
+            "the baseline run's folds hold other patients: run both with the same data, "
+            "--folds and --seed"
+        )
+
+
 def summarise(
-    folds: list[dict[str, Any]], feature_sets: Sequence[int], n_boot: int, seed: int
+    folds: list[dict[str, Any]],
+    feature_sets: Sequence[int],
+    n_boot: int,
+    seed: int,
+    baseline: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Pooled and per-fold held-out metrics of every method, and the paired bootstrap of
-    the ensembles' utility difference (last feature set minus first). Raises
-    ``ValueError`` when no held-out stay is septic."""
-    methods = {"transformer": ("p_transformer", "th_transformer")}
+    the ensembles' utility difference: without ``baseline``, the last feature set's
+    ensemble minus the first's; with ``baseline`` (another run's folds), this run's
+    ensemble of the first feature set minus the baseline's. The rule picks the one with
+    the higher pooled utility. Raises ``ValueError`` when no held-out stay is septic or
+    the baseline's folds hold other patients."""
+    sources: dict[str, tuple[list[dict[str, Any]], str, str]] = {
+        "transformer": (folds, "p_transformer", "th_transformer")
+    }
     for fs in feature_sets:
-        methods[f"gbm_{fs}"] = (f"p_gbm_{fs}", f"th_gbm_{fs}")
-        methods[f"ensemble_{fs}"] = (f"p_ensemble_{fs}", f"th_ensemble_{fs}")
+        sources[f"gbm_{fs}"] = (folds, f"p_gbm_{fs}", f"th_gbm_{fs}")
+        sources[f"ensemble_{fs}"] = (folds, f"p_ensemble_{fs}", f"th_ensemble_{fs}")
+    first = feature_sets[0]
+    if baseline is None:
+        compared = (f"ensemble_{first}", f"ensemble_{feature_sets[-1]}")
+    else:
+        _same_patients(folds, baseline)
+        sources["baseline_transformer"] = (baseline, "p_transformer", "th_transformer")
+        sources[f"baseline_ensemble_{first}"] = (
+            baseline,
+            f"p_ensemble_{first}",
+            f"th_ensemble_{first}",
+        )
+        compared = (f"baseline_ensemble_{first}", f"ensemble_{first}")
     labels = [_split_by_stay(f["labels"], f["stay_of"]) for f in folds]
+    y = np.concatenate([f["labels"] for f in folds])
     per_method: dict[str, Any] = {}
     utils: dict[str, StayUtilities] = {}
-    for name, (p_key, th_key) in methods.items():
+    for name, (run, p_key, th_key) in sources.items():
+        alarms = [np.asarray(f[p_key]) >= float(f[th_key]) for f in run]
         per_fold_alarms = [
-            _split_by_stay(np.asarray(f[p_key]) >= float(f[th_key]), f["stay_of"]) for f in folds
+            _split_by_stay(al, f["stay_of"]) for al, f in zip(alarms, run, strict=True)
         ]
         fold_u = [
             StayUtilities.of(lab, al).normalised()
@@ -232,43 +271,35 @@ def summarise(
         utils[name] = StayUtilities.of(
             [x for lab in labels for x in lab], [x for al in per_fold_alarms for x in al]
         )
-        y = np.concatenate([f["labels"] for f in folds])
-        p = np.concatenate([f[p_key] for f in folds])
-        alarm = np.concatenate([np.asarray(f[p_key]) >= float(f[th_key]) for f in folds])
         per_method[name] = {
             "utility": round(utils[name].normalised(), 4),
             "utility_per_fold": [round(u, 4) for u in fold_u],
             # AUROC of pooled probabilities mixes folds' calibrations; per fold is the
             # clean ranking measure, the pooled one is shown beside it
-            "auroc_pooled": round(float(roc_auc_score(y, p)), 4),
-            "auroc_per_fold": [
-                round(float(roc_auc_score(f["labels"], f[p_key])), 4) for f in folds
-            ],
-            "alarm_hours_fraction": round(float(alarm.mean()), 4),
+            "auroc_pooled": round(
+                float(roc_auc_score(y, np.concatenate([f[p_key] for f in run]))), 4
+            ),
+            "auroc_per_fold": [round(float(roc_auc_score(f["labels"], f[p_key])), 4) for f in run],
+            "alarm_hours_fraction": round(float(np.concatenate(alarms).mean()), 4),
         }
-    first, last = feature_sets[0], feature_sets[-1]
-    diff, lo, hi, ahead = paired_bootstrap(
-        utils[f"ensemble_{first}"], utils[f"ensemble_{last}"], n_boot, np.random.default_rng(seed)
-    )
-    n_stays = sum(len(lab) for lab in labels)
-    n_septic = sum(int(s.any()) for lab in labels for s in lab)
-    chosen = last if diff > 0 else first
+    a, b = compared
+    diff, lo, hi, ahead = paired_bootstrap(utils[a], utils[b], n_boot, np.random.default_rng(seed))
     return {
         "n_folds": len(folds),
-        "n_patients": n_stays,
-        "n_septic_patients": n_septic,
-        "n_rows": int(sum(f["labels"].size for f in folds)),
+        "n_patients": sum(len(lab) for lab in labels),
+        "n_septic_patients": sum(int(s.any()) for lab in labels for s in lab),
+        "n_rows": int(y.size),
         "methods": per_method,
         "paired_bootstrap": {
-            "difference": f"ensemble_{last} - ensemble_{first}",
+            "difference": f"{b} - {a}",
             "utility_difference": round(diff, 4),
             "ci95": [round(lo, 4), round(hi, 4)],
             "fraction_of_resamples_ahead": round(ahead, 3),
             "resamples": n_boot,
             "unit": "patient",
         },
-        "chosen_feature_set": chosen,
-        "chosen": CONFIG_NAMES.get(chosen, f"feature set {chosen}"),
+        "compared": [a, b],
+        "chosen_method": b if diff > 0 else a,
         "rule": "higher pooled held-out utility of the stacked ensemble",
     }
 
@@ -278,6 +309,17 @@ def _fold_key(feature_sets: Sequence[int], seed: int, folds: int, recipe: dict[s
         {"feature_sets": list(feature_sets), "seed": seed, "folds": folds, "recipe": recipe},
         sort_keys=True,
     )
+
+
+def _load_folds(path: Path, key: str | None = None) -> dict[str, Any] | None:
+    """A fold file's arrays, or None when it is absent or (with ``key``) of another
+    configuration."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if key is not None and str(z["key"]) != key:
+            return None
+        return {n: z[n] for n in z.files}
 
 
 def crossvalidate(
@@ -292,15 +334,24 @@ def crossvalidate(
     threads: int = 2,
     n_boot: int = 1000,
     recipe: dict[str, int | float] | None = None,
+    baseline: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the cross-validation and write its report; returns the metrics.
-    Raises ``FileNotFoundError`` for a missing data folder, ``ValueError`` when a part
-    has no septic patient; nothing is retried."""
+    With ``baseline`` (the folder of an earlier run with the same data, folds and seed),
+    this run's ensemble of the first feature set is compared with the baseline's.
+    Raises ``FileNotFoundError`` for a missing data folder or baseline fold file,
+    ``ValueError`` when a part has no septic patient or the baseline's folds hold other
+    patients; nothing is retried."""
     from inference.ensemble import _load_stays
 
     recipe = dict(TRANSFORMER_RECIPE if recipe is None else recipe)
     if not data_dir.exists():
         raise FileNotFoundError(f"no PhysioNet data at {data_dir}")
+    base_folds = None
+    if baseline is not None:
+        base_folds = [_load_folds(baseline / "folds" / f"fold-{k}.npz") for k in range(folds)]
+        if any(f is None for f in base_folds):
+            raise FileNotFoundError(f"{baseline}/folds lacks some of its {folds} fold files")
     t0 = time.monotonic()
     torch.set_num_threads(threads)
     stays = _load_stays(data_dir, split_seed, max_patients, ("train", "test"))
@@ -312,29 +363,37 @@ def crossvalidate(
     results, seconds = [], []
     for k in tqdm(range(folds), desc="folds", unit="fold"):
         path = out / "folds" / f"fold-{k}.npz"
-        if path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["key"]) == key:
-                    results.append({n: z[n] for n in z.files})
-                    seconds.append(float(z["seconds"]))
-                    tqdm.write(f"fold {k}: reused {path}")
-                    continue
-        t_fold = time.monotonic()
-        fit = [s for s, f in zip(train, fold_of, strict=True) if f != k]
-        held = [s for s, f in zip(train, fold_of, strict=True) if f == k]
-        r = run_fold(fit, held, tune, feature_sets, seed + k, recipe)
-        r["seconds"] = time.monotonic() - t_fold
-        r["key"] = np.array(key)
-        np.savez(path, **r)
+        r = _load_folds(path, key)
+        if r is not None:
+            tqdm.write(f"fold {k}: reused {path}")
+        else:
+            t_fold = time.monotonic()
+            fit = [s for s, f in zip(train, fold_of, strict=True) if f != k]
+            held = [s for s, f in zip(train, fold_of, strict=True) if f == k]
+            r = run_fold(fit, held, tune, feature_sets, seed + k, recipe)
+            r["seconds"] = time.monotonic() - t_fold
+            r["key"] = np.array(key)
+            np.savez(path, **r)
+            tqdm.write(f"fold {k}: {r['seconds']:.0f} s")
         results.append(r)
-        seconds.append(r["seconds"])
-        tqdm.write(f"fold {k}: {r['seconds']:.0f} s")
-    metrics = summarise(results, feature_sets, n_boot, seed)
+        seconds.append(float(r["seconds"]))
+    metrics = summarise(
+        results,
+        feature_sets,
+        n_boot,
+        seed,
+        [f for f in base_folds if f is not None] if base_folds else None,
+    )
+    command = f"python -m inference.crossval --folds {folds} --seed {seed}"
+    command += f" --feature-sets {' '.join(map(str, feature_sets))}"
+    command += f" --epochs {recipe['epochs']} --patience {recipe['patience']}"
+    command += f" --max-patients {max_patients}" if max_patients else ""
+    command += f" --baseline {baseline}" if baseline else ""
     metrics |= {
-        "command": f"python -m inference.crossval --folds {folds} --seed {seed}"
-        + (f" --max-patients {max_patients}" if max_patients else ""),
+        "command": command,
         "split_seed": split_seed,
         "fold_seed": seed,
+        "feature_sets": list(feature_sets),
         "transformer_recipe": recipe,
         "transformer_best_epochs": [int(r["transformer_best_epoch"]) for r in results],
         "fold_seconds": [round(s, 1) for s in seconds],
@@ -342,34 +401,64 @@ def crossvalidate(
         "validation_read": False,
         "n_test_patients_for_tuning": len(tune),
     }
+    if baseline is not None:
+        base_metrics = json.loads((baseline / "metrics.json").read_text())
+        metrics["baseline"] = {
+            "folder": str(baseline),
+            "command": base_metrics.get("command"),
+            "transformer_recipe": base_metrics.get("transformer_recipe", TRANSFORMER_RECIPE),
+        }
+    metrics["chosen"] = method_label(metrics["chosen_method"], metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "report.md").write_text(render_markdown(metrics, feature_sets))
-    plot(metrics, feature_sets, out / "crossval.png")
+    (out / "report.md").write_text(render_markdown(metrics))
+    plot(metrics, out / "crossval.png")
     return metrics
 
 
-def render_markdown(m: dict[str, Any], feature_sets: Sequence[int]) -> str:
+def _recipe_text(recipe: dict[str, Any]) -> str:
+    return f"up to {recipe['epochs']} epochs, patience {recipe['patience']}"
+
+
+def method_label(name: str, m: dict[str, Any]) -> str:
+    """A report's name for a method key of :func:`summarise` (``ensemble_1``,
+    ``baseline_transformer``, ...). Raises ``KeyError`` for a baseline method without the
+    baseline's recipe in ``m``."""
+    prefix, run = "", m
+    if name.startswith("baseline_"):
+        prefix, run, name = "baseline: ", m["baseline"], name.removeprefix("baseline_")
+    recipe = _recipe_text(run["transformer_recipe"])
+    if name == "transformer":
+        return f"{prefix}transformer ({recipe})"
+    kind, fs = name.rsplit("_", 1)
+    config = CONFIG_NAMES.get(int(fs), f"feature set {fs}")
+    if kind == "gbm":
+        return f"{prefix}gradient boosting, {config}"
+    return f"{prefix}ensemble, {config}, transformer {recipe}"
+
+
+def render_markdown(m: dict[str, Any]) -> str:
     """The report as Markdown. Raises ``KeyError`` for an incomplete metrics dict."""
+    a, b = m["compared"]
     lines = [
-        "# Cross-validation on the train split: version 2's configuration against version 3's",
+        f"# Cross-validation on the train split: {method_label(b, m)} against {method_label(a, m)}",
         "",
         f"{m['n_folds']} folds over {m['n_patients']} train-split patients "
         f"({m['n_septic_patients']} septic, {m['n_rows']} hourly rows); each patient is "
-        "scored once by models that never saw it. Stacking weights and thresholds are fitted "
+        "scored once by models that never saw it. The transformer is trained again per "
+        "fold; stacking weights and thresholds are fitted "
         f"on the test split ({m['n_test_patients_for_tuning']} patients) per fold, as the "
         "build does. The validation split was not read.",
         "",
-        f"Command: `{m['command']}`; wall time {m['wall_seconds'] / 60:.0f} min.",
+        f"Command: `{m['command']}`; {sum(m['fold_seconds']) / 60:.0f} min of fitting; the "
+        f"transformer's best epoch per fold: {m['transformer_best_epochs']}.",
         "",
         "| method | pooled utility | utility per fold | AUROC per fold | alarm hours |",
         "|---|---|---|---|---|",
     ]
-    names = {"transformer": "transformer (retrained per fold)"}
-    for fs in feature_sets:
-        names[f"gbm_{fs}"] = f"gradient boosting, {CONFIG_NAMES.get(fs, fs)}"
-        names[f"ensemble_{fs}"] = f"**ensemble, {CONFIG_NAMES.get(fs, fs)}**"
-    for key, label in names.items():
-        r = m["methods"][key]
+    for key, r in m["methods"].items():
+        label = method_label(key, m)
+        if key in m["compared"]:
+            label = f"**{label}**"
         lines.append(
             f"| {label} | {r['utility']:.3f} | "
             + ", ".join(f"{u:.3f}" for u in r["utility_per_fold"])
@@ -392,22 +481,23 @@ def render_markdown(m: dict[str, Any], feature_sets: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def plot(m: dict[str, Any], feature_sets: Sequence[int], path: Path) -> None:
+def plot(m: dict[str, Any], path: Path) -> None:
     """Per-fold held-out utility of each method (points) and the pooled value (bar)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ["transformer"] + [f"{kind}_{fs}" for fs in feature_sets for kind in ("gbm", "ensemble")]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    keys = list(m["methods"])
+    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(keys)), 4))
     for i, key in enumerate(keys):
         r = m["methods"][key]
-        ax.bar(i, r["utility"], color="#9ecae1" if key.startswith("gbm") else "#3182bd")
+        colour = "#3182bd" if key in m["compared"] else "#9ecae1"
+        ax.bar(i, r["utility"], color=colour)
         ax.scatter([i] * len(r["utility_per_fold"]), r["utility_per_fold"], color="k", s=12)
-    ax.set_xticks(range(len(keys)), [k.replace("_", "\nset ") for k in keys])
+    ax.set_xticks(range(len(keys)), [k.replace("_", "\n") for k in keys])
     ax.set_ylabel("normalised utility (held-out)")
-    ax.set_title("Cross-validation on the train split: pooled (bar) and per fold (dots)")
+    ax.set_title("Cross-validation on the train split: pooled (bar), per fold (dots)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -420,8 +510,8 @@ def main(argv: list[str] | None = None) -> int:
             part for part in __doc__.split("\n\n") if part.startswith(("Cross", "Decision"))
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Runs for about 10 minutes per fold on 2 CPU cores (transformer training and "
-        "two gradient-boosting fits); an interrupted run resumes from its fold files.",
+        epilog="Runs for about 3-10 minutes per fold on 2 CPU cores (transformer training and "
+        "the gradient-boosting fits); an interrupted run resumes from its fold files.",
     )
     p.add_argument(
         "--data-dir",
@@ -434,18 +524,49 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--folds", type=int, default=5, help="folds of the train split (%(default)s)")
     p.add_argument("--seed", type=int, default=0, help="fold assignment and fit seeds")
+    p.add_argument(
+        "--feature-sets",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="gradient-boosting feature sets to fit (%(default)s); without --baseline the "
+        "first and last are compared",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=int(TRANSFORMER_RECIPE["epochs"]),
+        help="transformer epochs at most (%(default)s, version 1's recipe)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=int(TRANSFORMER_RECIPE["patience"]),
+        help="epochs without a better test AUROC before stopping (%(default)s)",
+    )
+    p.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="an earlier run's folder (same data, --folds, --seed): compare this run's "
+        "ensemble of the first feature set with the baseline's",
+    )
     p.add_argument("--max-patients", type=int, default=None, help="for a quick trial run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
     a = p.parse_args(argv)
+    recipe = TRANSFORMER_RECIPE | {"epochs": a.epochs, "patience": a.patience}
     m = crossvalidate(
         a.data_dir,
         a.out,
         folds=a.folds,
         seed=a.seed,
+        feature_sets=a.feature_sets,
         max_patients=a.max_patients,
         threads=a.threads,
         n_boot=a.resamples,
+        recipe=recipe,
+        baseline=a.baseline,
     )
     print(json.dumps({k: m[k] for k in ("methods", "paired_bootstrap", "chosen")}, indent=1))
     return 0

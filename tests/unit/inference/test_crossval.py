@@ -88,9 +88,10 @@ def test_crossvalidate_end_to_end_on_synthetic_stays_and_resumes(tmp_path: Path)
     pb = m["paired_bootstrap"]
     assert pb["ci95"][0] <= pb["utility_difference"] <= pb["ci95"][1]
     # the rule: the higher pooled ensemble utility is chosen
+    assert m["compared"] == ["ensemble_1", "ensemble_2"]
     u1, u2 = (m["methods"][f"ensemble_{fs}"]["utility"] for fs in (1, 2))
-    assert m["chosen_feature_set"] == (2 if pb["utility_difference"] > 0 else 1)
-    assert (u2 > u1) == (m["chosen_feature_set"] == 2) or u1 == u2
+    assert m["chosen_method"] == ("ensemble_2" if pb["utility_difference"] > 0 else "ensemble_1")
+    assert (u2 > u1) == (m["chosen_method"] == "ensemble_2") or u1 == u2
     report = (out / "report.md").read_text()
     assert "Chosen:" in report and "validation split was not read" in report
     assert (out / "crossval.png").read_bytes()[:4] == b"\x89PNG"
@@ -102,6 +103,19 @@ def test_crossvalidate_end_to_end_on_synthetic_stays_and_resumes(tmp_path: Path)
     again = crossvalidate(data, out, folds=3, seed=0, threads=1, n_boot=50, recipe=recipe)
     assert again["methods"] == m["methods"]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # another transformer recipe against this run as the baseline: same patients, so the
+    # baseline's ensemble and transformer are reported beside this run's and compared
+    longer = recipe | {"epochs": 2}
+    other = tmp_path / "cv-longer"
+    kw = {"folds": 3, "threads": 1, "n_boot": 50, "feature_sets": (1,), "recipe": longer}
+    b = crossvalidate(data, other, seed=0, baseline=out, **kw)  # type: ignore[arg-type]
+    assert b["compared"] == ["baseline_ensemble_1", "ensemble_1"]
+    assert b["methods"]["baseline_ensemble_1"] == m["methods"]["ensemble_1"]
+    assert b["baseline"]["transformer_recipe"]["epochs"] == 1
+    assert "baseline: ensemble" in (other / "report.md").read_text()
+    with pytest.raises(ValueError, match="other patients"):
+        crossvalidate(data, tmp_path / "cv-seed1", seed=1, baseline=out, **kw)  # type: ignore[arg-type]
 
 
 def test_help_explains_the_decision_rule(capsys: pytest.CaptureFixture[str]) -> None:
