@@ -64,6 +64,8 @@ TRANSFORMER_RECIPE: dict[str, int | float] = {
     "lr": 1e-3,
     "patience": 4,
 }
+# The target for the normalised utility (drawn on the plot).
+UTILITY_TARGET = 0.40
 CONFIG_NAMES: dict[int, str] = {
     1: "v2 config (feature set 1)",
     2: "v3 candidate config (feature set 2, labels 6 h earlier)",
@@ -495,6 +497,8 @@ def plot(m: dict[str, Any], path: Path) -> None:
         colour = "#3182bd" if key in m["compared"] else "#9ecae1"
         ax.bar(i, r["utility"], color=colour)
         ax.scatter([i] * len(r["utility_per_fold"]), r["utility_per_fold"], color="k", s=12)
+    ax.axhline(UTILITY_TARGET, ls="--", color="grey", label=f"target {UTILITY_TARGET:.2f}")
+    ax.legend(loc="lower right")
     ax.set_xticks(range(len(keys)), [k.replace("_", "\n") for k in keys])
     ax.set_ylabel("normalised utility (held-out)")
     ax.set_title("Cross-validation on the train split: pooled (bar), per fold (dots)")
