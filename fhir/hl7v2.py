@@ -100,6 +100,24 @@ def _rebuild_hl7(
     return Hl7Error(reason, ack_code=ack, error_code=code, resource_type=rtype, resource_id=rid)
 
 
+class Hl7TooLongError(Hl7Error):
+    """An MLLP frame longer than the decoder's limit (permanent: AR, dead-letter).
+
+    ``head`` is the frame's first ``limit`` bytes, all that was kept (the rest is skipped
+    so that one runaway sender cannot exhaust memory); ``length`` is the frame's whole
+    length when its end was seen before the limit was passed, else None ("more than the
+    limit"). The dead letter carries ``head`` and says it is truncated.
+    """
+
+    def __init__(self, reason: str, head: bytes, length: int | None) -> None:
+        self.head = head
+        self.length = length
+        super().__init__(reason, ack_code="AR", error_code=ERR_DATA_TYPE)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Hl7TooLongError, (self.reason, self.head, self.length))
+
+
 # ------------------------------------------------------------------------ mapping tables
 @dataclass(frozen=True, slots=True)
 class Hl7Mapping:
@@ -442,10 +460,10 @@ def frame(message: bytes) -> bytes:
 class MllpDecoder:
     """Incremental MLLP frame splitter with a bounded message size.
 
-    ``feed(data)`` returns the complete frames' payloads, and, for each frame that grew past
-    ``max_bytes`` before its end block, an :class:`Hl7Error` in its place (the rest of that
-    frame is skipped up to its end block). Bytes outside frames are dropped and counted in
-    ``discarded``. Never raises.
+    ``feed(data)`` returns the complete frames' payloads, and, for each frame longer than
+    ``max_bytes``, an :class:`Hl7TooLongError` in its place holding the frame's first
+    ``max_bytes`` bytes (the rest of that frame is skipped up to its end block). Bytes
+    outside frames are dropped and counted in ``discarded``. Never raises.
     """
 
     max_bytes: int = 5_000_000
@@ -480,11 +498,11 @@ class MllpDecoder:
             if end < 0:
                 if len(self.buf) - 1 > self.max_bytes:
                     out.append(
-                        Hl7Error(
+                        Hl7TooLongError(
                             f"MLLP message longer than {self.max_bytes} bytes; split it or "
                             "raise WARDWATCH_GATEWAY_MAX_BODY_BYTES",
-                            ack_code="AR",
-                            error_code=ERR_DATA_TYPE,
+                            bytes(self.buf[1 : 1 + self.max_bytes]),
+                            None,
                         )
                     )
                     self.buf.clear()
@@ -494,10 +512,12 @@ class MllpDecoder:
             del self.buf[: end + 2]
             if len(payload) > self.max_bytes:
                 out.append(
-                    Hl7Error(
-                        f"MLLP message of {len(payload)} bytes is longer than {self.max_bytes}",
-                        ack_code="AR",
-                        error_code=ERR_DATA_TYPE,
+                    Hl7TooLongError(
+                        f"MLLP message of {len(payload)} bytes is longer than "
+                        f"{self.max_bytes}; split it or raise "
+                        "WARDWATCH_GATEWAY_MAX_BODY_BYTES",
+                        payload[: self.max_bytes],
+                        len(payload),
                     )
                 )
                 continue

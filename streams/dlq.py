@@ -7,8 +7,10 @@ without patient data: position, stage, reason, size and the first bytes escaped 
 that reached the stream is pseudonymised; raw HL7 v2 shows only the start of its MSH).
 ``replay`` sends them back to ``fhir.inbound`` after a mapping fix: FHIR as the original
 bytes under the original key, HL7 v2 mapped again with the current tables (a message that
-still fails is reported, not sent). Every re-driven message carries ``wardwatch.redrive``
-headers naming the dead letter it came from.
+still fails is reported, not sent). A message over the gateway's size limit is
+dead-lettered truncated (``wardwatch.truncated: true``, its first bytes only) and is
+never replayed: the sender must split and resend it. Every re-driven message carries
+``wardwatch.redrive`` headers naming the dead letter it came from.
 """
 
 from __future__ import annotations
@@ -185,6 +187,18 @@ def redrive(
     out: list[Redrive] = []
     items: list[tuple[bytes, bytes]] = []
     for d in letters:
+        if d.headers.get("wardwatch.truncated") == "true":
+            # only the head of an over-long message was kept: mapping it could succeed on
+            # its first segments and silently drop the rest
+            out.append(
+                Redrive(
+                    d,
+                    False,
+                    f"not replayable: only the first {len(d.value)} bytes were kept (the "
+                    "message was over the size limit); ask the sender to split and resend it",
+                )
+            )
+            continue
         if d.headers.get("wardwatch.format") == "hl7v2":
             try:
                 mapped = map_message(d.value, key, default_tz=settings.gateway_default_tz)

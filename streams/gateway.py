@@ -57,6 +57,7 @@ from fhir.hl7v2 import (
     Hl7Error,
     Hl7Header,
     Hl7Mapping,
+    Hl7TooLongError,
     MllpDecoder,
     build_ack,
     frame,
@@ -311,7 +312,12 @@ class Gateway:
         return build_ack(header, "AA", note), ("AA", note)
 
     async def _reject(
-        self, payload: bytes, header: Hl7Header | None, exc: Hl7Error, peer: str
+        self,
+        payload: bytes,
+        header: Hl7Header | None,
+        exc: Hl7Error,
+        peer: str,
+        extra: Sequence[tuple[str, bytes]] = (),
     ) -> bytes:
         self.stats.hl7_rejected += 1
         sender = header.sender if header else ""
@@ -326,6 +332,7 @@ class Gateway:
                 ("wardwatch.source.sender", sender.encode()),
                 ("wardwatch.source.control_id", cid.encode()),
                 ("wardwatch.hl7.ack", exc.ack_code.encode()),
+                *extra,
             ],
         )
         try:
@@ -337,6 +344,21 @@ class Gateway:
             why = f"{exc.reason} (and the dead letter was not written: {dexc}; resend later)"
             return build_ack(header, "AE", why, error_code=exc.error_code)
         return build_ack(header, exc.ack_code, exc.reason, error_code=exc.error_code)
+
+    async def reject_too_long(self, exc: Hl7TooLongError, peer: str = "") -> bytes:
+        """Dead-letter an over-long MLLP frame's kept head (headers say it is truncated and
+        how long the frame was, when known) and return its AR; an AE when the dead letter
+        could not be written (the sender resends). Never raises."""
+        length = b"" if exc.length is None else str(exc.length).encode()
+        extra = [
+            ("wardwatch.truncated", b"true"),
+            ("wardwatch.original_length", length),
+        ]
+        try:
+            return await self._reject(exc.head, None, exc, peer, extra)
+        except Exception:  # contract: an ACK for everything
+            log.exception("MLLP %s: internal error", peer)
+            return build_ack(None, "AE", "gateway error; resend later", error_code=ERR_INTERNAL)
 
     # ------------------------------------------------------------------ MLLP server
     async def serve_mllp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -361,7 +383,10 @@ class Gateway:
                 if not data:
                     break
                 for item in decoder.feed(data):
-                    if isinstance(item, Hl7Error):
+                    if isinstance(item, Hl7TooLongError):
+                        # dead-lettered (its kept head) before the AR goes out, in order
+                        await queue.put(asyncio.ensure_future(self.reject_too_long(item, peer)))
+                    elif isinstance(item, Hl7Error):
                         self.stats.hl7_rejected += 1
                         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                         done.set_result(

@@ -153,6 +153,31 @@ def test_mllp_ack_duplicate_reject_and_topics(gateway: Running) -> None:
     assert {m.value() for m in dead} == {bad, unsupported}  # original bytes kept
 
 
+def test_over_long_mllp_frame_is_dead_lettered_truncated(tmp_path: Path) -> None:
+    run = uuid.uuid4().hex[:10]
+    s = Settings(
+        topic_inbound=f"gw-{run}.fhir.inbound",
+        topic_dlq=f"gw-{run}.fhir.inbound.dlq",
+        gateway_mllp_port=0,
+        gateway_http_port=0,
+        gateway_dedup_path=tmp_path / "seen.sqlite",
+        gateway_delivery_timeout_s=20,
+        gateway_max_body_bytes=4096,
+    )
+    big = ORU.format(cid="IT-BIG", hr=88).encode() + b"NTE|1||" + b"z" * 6000 + b"\r"
+    good = ORU.format(cid="IT-OK", hr=90).encode()
+    with Running(s) as r:
+        acks = mllp_send(r.server.mllp_port, [big, good])
+    assert [msa(a)[1] for a in acks] == ["AR", "AA"]
+    assert "WARDWATCH_GATEWAY_MAX_BODY_BYTES" in msa(acks[0])[3]
+    dead = consume_all(s, s.topic_dlq, 1)
+    assert len(dead) == 1 and dead[0].value() == big[:4096]  # the head, byte for byte
+    h = dict(dead[0].headers())
+    assert h["wardwatch.truncated"] == b"true" and h["wardwatch.stage"] == b"gateway.mllp"
+    assert h["wardwatch.original_length"] in (str(len(big)).encode(), b"")
+    assert len(consume_all(s, s.topic_inbound, 1)) == 1  # the next message still got in
+
+
 def test_http_fhir_to_kafka(gateway: Running) -> None:
     s = gateway.settings
     base = f"http://127.0.0.1:{gateway.server.http_port}"

@@ -10,8 +10,10 @@ import yaml
 
 from fhir.codes import load_code_table
 from fhir.hl7v2 import (
+    END_BLOCK,
     HL7_FILE,
     Hl7Error,
+    Hl7TooLongError,
     MllpDecoder,
     build_ack,
     frame,
@@ -167,10 +169,24 @@ def test_mllp_decoder_partial_pipelined_garbage_and_oversize() -> None:
     for i in range(len(wire)):  # byte by byte
         out += d.feed(wire[i : i + 1])
     assert out == [b"one", b"two"] and d.discarded == 4
-    big = frame(b"x" * 80) + frame(b"three")
+    big = frame(b"x" * 60 + b"y" * 20) + frame(b"three")
     res = d.feed(big[:30]) + d.feed(big[30:])
-    assert isinstance(res[0], Hl7Error) and res[0].ack_code == "AR" and res[1] == b"three"
+    # the frame ended in the same read: its length is known, its first 50 bytes kept
+    assert isinstance(res[0], Hl7TooLongError) and res[0].ack_code == "AR" and res[1] == b"three"
+    assert res[0].head == b"x" * 50 and res[0].length == 80 and "80 bytes" in res[0].reason
     assert d.feed(b"\x0bunfinished") == [] and d.pending == 11
+
+
+def test_mllp_decoder_keeps_the_head_of_a_runaway_frame_and_skips_the_rest() -> None:
+    d = MllpDecoder(max_bytes=50)
+    out: list[object] = d.feed(b"\x0b")
+    for _ in range(10):  # 200 bytes in, no end block yet: rejected once, head kept
+        out += d.feed(b"abcd" * 5)
+    assert len(out) == 1 and isinstance(out[0], Hl7TooLongError)
+    assert out[0].head == (b"abcd" * 13)[:50] and out[0].length is None
+    assert "WARDWATCH_GATEWAY_MAX_BODY_BYTES" in out[0].reason
+    assert d.pending <= 1  # what was read is not held
+    assert d.feed(b"tail" + END_BLOCK + frame(b"next")) == [b"next"]
 
 
 def test_mapping_table_is_checked() -> None:
@@ -196,6 +212,9 @@ def test_mapping_table_is_checked() -> None:
 
 def test_hl7error_pickles() -> None:
     import pickle
+
+    long = pickle.loads(pickle.dumps(Hl7TooLongError("too long", b"head", None)))
+    assert isinstance(long, Hl7TooLongError) and long.head == b"head" and long.length is None
 
     e = Hl7Error("r", ack_code="AR", error_code="200")
     e2 = pickle.loads(pickle.dumps(e))

@@ -132,7 +132,27 @@ def test_mllp_connection_pipelined_partial_oversize(tmp_path: Path) -> None:
     acks = asyncio.run(run())
     assert [msa(a[1:-2])[1] for a in acks] == ["AA", "AR", "AA"]
     assert [msa(a[1:-2])[2] for a in acks] == ["P1", "", "P2"]
-    assert len(bridge.sent) == 2
+    # the over-long frame is dead-lettered (its first 2,000 bytes, marked truncated)
+    assert [t for t, *_ in bridge.sent] == ["in", "dlq", "in"]
+    _topic, _key, value, headers = bridge.sent[1]
+    h = dict(headers)
+    assert value == b"x" * 2000 and h["wardwatch.truncated"] == b"true"
+    # its whole length when its end came in the read that passed the limit, else unknown
+    assert h["wardwatch.original_length"] in (b"3000", b"")
+    assert b"longer than 2000" in h["wardwatch.reason"] and h["wardwatch.hl7.ack"] == b"AR"
+
+
+def test_over_long_frame_without_a_dead_letter_gets_ae(tmp_path: Path) -> None:
+    from fhir.hl7v2 import Hl7TooLongError
+
+    gw, bridge = make(tmp_path, gateway_max_body_bytes=10)
+    exc = Hl7TooLongError("MLLP message of 12 bytes is longer than 10", b"x" * 10, 12)
+    bridge.fail = True  # Kafka away: the sender must resend, so AE, not AR
+    ack = msa(asyncio.run(gw.reject_too_long(exc)))
+    assert ack[1] == "AE" and "dead letter was not written" in ack[3]
+    bridge.fail = False
+    assert msa(asyncio.run(gw.reject_too_long(exc)))[1] == "AR"
+    assert dict(bridge.sent[0][3])["wardwatch.original_length"] == b"12"
 
 
 @pytest.fixture

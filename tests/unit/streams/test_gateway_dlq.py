@@ -60,3 +60,16 @@ def test_cli_commands_registered_and_replay_needs_a_selection() -> None:
     assert r.exit_code != 0 and "--offset" in r.output
     r = CliRunner().invoke(dlq_group, ["replay", "--offset", "nope"])
     assert r.exit_code != 0 and "PARTITION:OFFSET" in r.output
+
+
+def test_a_truncated_dead_letter_is_never_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[Any] = []
+    monkeypatch.setattr(dlq, "_publish_redrives", lambda s, letters, items: sent.append(items))
+    # the head of an over-long message maps cleanly on its own: replaying it would publish
+    # its first segments and silently lose the rest
+    head = letter(HL7, "hl7v2")
+    head.headers["wardwatch.truncated"] = "true"
+    res = redrive(Settings(topic_inbound="in"), [head, letter(HL7, "hl7v2", 1)])
+    assert [r.sent for r in res] == [False, True]
+    assert "not replayable" in res[0].note and "split" in res[0].note
+    assert len(sent[0]) == 1
