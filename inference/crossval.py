@@ -42,18 +42,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from inference import physionet_data as pdata
 from inference.evaluate import _split_by_stay, fit_gbm, fit_stacking, gbm_bank_features
 from inference.utility import best_alarms, best_threshold, stay_utility
+
+if TYPE_CHECKING:
+    from inference.train import Bank, Stay
 
 F64 = npt.NDArray[np.float64]
 # Version 1's training recipe (its model card's training command).
@@ -138,23 +140,25 @@ def paired_bootstrap(
     return b.normalised() - a.normalised(), float(lo), float(hi), float((d > 0).mean())
 
 
-def _sigmoid(x: npt.ArrayLike) -> F64:
-    out: F64 = 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+def _gbm_probability(gbm: Any, bank: Bank, codes: Sequence[str], feature_set: int) -> F64:
+    features = gbm_bank_features(bank.rows, bank.starts, codes, feature_set)
+    out: F64 = gbm.predict_proba(features)[:, 1]
     return out
 
 
 def run_fold(
-    fit_stays: list[Any],
-    held_stays: list[Any],
-    tune_stays: list[Any],
+    fit_stays: list[Stay],
+    held_stays: list[Stay],
+    tune_stays: list[Stay],
     feature_sets: Sequence[int],
     seed: int,
     recipe: dict[str, int | float],
 ) -> dict[str, Any]:
     """Train on ``fit_stays``, tune on ``tune_stays`` (the test split), score
-    ``held_stays``; returns the held-out arrays (labels, stay index, probabilities and
-    alarms of the transformer, of each feature set's gradient boosting and ensemble) and
-    the thresholds. Raises ``ValueError`` when a part lacks septic rows."""
+    ``held_stays``; returns the held-out rows' labels and stay index, the probabilities of
+    the transformer and of each feature set's gradient boosting and ensemble, and the
+    thresholds chosen on the test split. Raises ``ValueError`` when a part lacks septic
+    rows."""
     from inference import train as tr
     from inference.model import ModelConfig
 
@@ -177,10 +181,9 @@ def run_fold(
         desc="  transformer epoch",
     )
     tune_logit = tr.predict_logits(net, tune_bank)
-    platt = LogisticRegression(C=1e4).fit(tune_logit[:, None], tune_bank.labels)
-    a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-    tune_pt = _sigmoid(a * tune_logit + b)
-    held_pt = _sigmoid(a * tr.predict_logits(net, held_bank) + b)
+    a, b = tr.platt_fit(tune_logit, tune_bank.labels)
+    tune_pt = tr.sigmoid(a * tune_logit + b)
+    held_pt = tr.sigmoid(a * tr.predict_logits(net, held_bank) + b)
     tune_labels = _split_by_stay(tune_bank.labels, tune_bank.stay_of)
     th_t, _ = best_threshold(tune_labels, _split_by_stay(tune_pt, tune_bank.stay_of))
     out: dict[str, Any] = {
@@ -195,12 +198,8 @@ def run_fold(
         gbm = fit_gbm(
             fit_bank.rows, fit_bank.starts, fit_bank.labels, codes, seed, fs, fit_bank.stay_of
         )
-        tune_pg = gbm.predict_proba(gbm_bank_features(tune_bank.rows, tune_bank.starts, codes, fs))[
-            :, 1
-        ]
-        held_pg = gbm.predict_proba(gbm_bank_features(held_bank.rows, held_bank.starts, codes, fs))[
-            :, 1
-        ]
+        tune_pg = _gbm_probability(gbm, tune_bank, codes, fs)
+        held_pg = _gbm_probability(gbm, held_bank, codes, fs)
         th_g, _ = best_threshold(tune_labels, _split_by_stay(tune_pg, tune_bank.stay_of))
         stacking = fit_stacking(tune_bank.labels, tune_bank.stay_of, tune_pt, tune_pg)
         out |= {

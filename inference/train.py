@@ -146,6 +146,14 @@ def per_stay(bank: Bank, values: npt.NDArray[Any]) -> tuple[list[Any], list[Any]
     return labels, vals
 
 
+def platt_fit(logits: F32, labels: npt.NDArray[np.int8]) -> tuple[float, float]:
+    """Platt scaling: ``(a, b)`` so that ``sigmoid(a * logit + b)`` is calibrated on these
+    rows (a nearly unpenalised logistic regression). Raises ``ValueError`` when the
+    labels have one class."""
+    platt = LogisticRegression(C=1e4).fit(logits[:, None], labels)
+    return float(platt.coef_[0, 0]), float(platt.intercept_[0])
+
+
 def sigmoid(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
     return out
@@ -261,8 +269,7 @@ def train(
 
     # Platt calibration on the test split's logits.
     test_logits = predict_logits(net, test_bank)
-    platt = LogisticRegression(C=1e4).fit(test_logits[:, None], test_bank.labels)
-    a, b = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+    a, b = platt_fit(test_logits, test_bank.labels)
     test_prob = sigmoid(a * test_logits + b)
     th, _ = best_threshold(*per_stay(test_bank, test_prob))
     metrics: dict[str, Any] = {
