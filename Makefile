@@ -16,7 +16,7 @@ SERVICES := bash compose/services.sh
 PG_URL := postgresql+psycopg://wardwatch:wardwatch@127.0.0.1:5433/wardwatch
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status logs demo test test-unit test-integration lint format bench model clean
+.PHONY: help venv up down status logs demo test test-unit test-integration lint format bench model crossval clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -85,6 +85,16 @@ model: venv ## Retrain and export the committed risk models, v1 then v2 (about 1
 	cp -r $(MODEL_BUILD)/base/sepsis_transformer/1 $(MODEL_BUILD)/sepsis_transformer/2 inference/model_repository/sepsis_transformer/
 	cp $(MODEL_BUILD)/sepsis_transformer/model_card.json inference/model_repository/sepsis_transformer/
 	mkdir -p inference/reports/2 && cp $(MODEL_BUILD)/reports/2/* inference/reports/2/
+
+# Cross-validation on the train split (validation not read): the runs behind
+# inference/reports/crossval/, each reusing its fold files when run again.
+CROSSVAL_REPORTS := inference/reports/crossval
+crossval: venv ## Cross-validate the ensemble configurations on the train split (about 30 min on 2 cores)
+	$(PY) -m inference.crossval --out var/crossval
+	$(PY) -m inference.crossval --feature-sets 1 --epochs 12 --baseline var/crossval --out var/crossval-epochs
+	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs
+	cp var/crossval/report.md var/crossval/metrics.json var/crossval/crossval.png $(CROSSVAL_REPORTS)/feature-sets/
+	cp var/crossval-epochs/report.md var/crossval-epochs/metrics.json var/crossval-epochs/crossval.png $(CROSSVAL_REPORTS)/epochs/
 
 clean: down ## Remove local state (services' data, databases, logs)
 	rm -rf var
