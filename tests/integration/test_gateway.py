@@ -65,18 +65,23 @@ class Running:
         self.thread.join(30)
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+def gateway_settings(folder: Path, **kw: Any) -> Settings:
+    """A gateway on free ports with topics of its own (a fresh run id)."""
     run = uuid.uuid4().hex[:10]
-    s = Settings(
+    return Settings(
         topic_inbound=f"gw-{run}.fhir.inbound",
         topic_dlq=f"gw-{run}.fhir.inbound.dlq",
         gateway_mllp_port=0,
         gateway_http_port=0,
-        gateway_dedup_path=tmp_path_factory.mktemp("gw") / "seen.sqlite",
+        gateway_dedup_path=folder / "seen.sqlite",
         gateway_delivery_timeout_s=20,
+        **kw,
     )
-    with Running(s) as r:
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with Running(gateway_settings(tmp_path_factory.mktemp("gw"))) as r:
         yield r
 
 
@@ -154,16 +159,7 @@ def test_mllp_ack_duplicate_reject_and_topics(gateway: Running) -> None:
 
 
 def test_over_long_mllp_frame_is_dead_lettered_truncated(tmp_path: Path) -> None:
-    run = uuid.uuid4().hex[:10]
-    s = Settings(
-        topic_inbound=f"gw-{run}.fhir.inbound",
-        topic_dlq=f"gw-{run}.fhir.inbound.dlq",
-        gateway_mllp_port=0,
-        gateway_http_port=0,
-        gateway_dedup_path=tmp_path / "seen.sqlite",
-        gateway_delivery_timeout_s=20,
-        gateway_max_body_bytes=4096,
-    )
+    s = gateway_settings(tmp_path, gateway_max_body_bytes=4096)
     big = ORU.format(cid="IT-BIG", hr=88).encode() + b"NTE|1||" + b"z" * 6000 + b"\r"
     good = ORU.format(cid="IT-OK", hr=90).encode()
     with Running(s) as r:
