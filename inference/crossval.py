@@ -153,12 +153,14 @@ def run_fold(
     feature_sets: Sequence[int],
     seed: int,
     recipe: dict[str, int | float],
+    gbm_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train on ``fit_stays``, tune on ``tune_stays`` (the test split), score
     ``held_stays``; returns the held-out rows' labels and stay index, the probabilities of
     the transformer and of each feature set's gradient boosting and ensemble, and the
-    thresholds chosen on the test split. Raises ``ValueError`` when a part lacks septic
-    rows."""
+    thresholds chosen on the test split. ``gbm_overrides`` replace gradient-boosting
+    parameters (:func:`inference.evaluate.fit_gbm`). Raises ``ValueError`` when a part
+    lacks septic rows."""
     from inference import train as tr
     from inference.model import ModelConfig
 
@@ -196,7 +198,14 @@ def run_fold(
     }
     for fs in feature_sets:
         gbm = fit_gbm(
-            fit_bank.rows, fit_bank.starts, fit_bank.labels, codes, seed, fs, fit_bank.stay_of
+            fit_bank.rows,
+            fit_bank.starts,
+            fit_bank.labels,
+            codes,
+            seed,
+            fs,
+            fit_bank.stay_of,
+            gbm_overrides,
         )
         tune_pg = _gbm_probability(gbm, tune_bank, codes, fs)
         held_pg = _gbm_probability(gbm, held_bank, codes, fs)
@@ -208,6 +217,7 @@ def run_fold(
             f"p_ensemble_{fs}": stacking.predict(held_pt, held_pg),
             f"th_ensemble_{fs}": stacking.threshold,
             f"w_{fs}": np.array([stacking.intercept, stacking.w_transformer, stacking.w_gbm]),
+            f"gbm_iterations_{fs}": int(gbm.n_iter_),
         }
     return out
 
@@ -305,11 +315,22 @@ def summarise(
     }
 
 
-def _fold_key(feature_sets: Sequence[int], seed: int, folds: int, recipe: dict[str, Any]) -> str:
-    return json.dumps(
-        {"feature_sets": list(feature_sets), "seed": seed, "folds": folds, "recipe": recipe},
-        sort_keys=True,
-    )
+def _fold_key(
+    feature_sets: Sequence[int],
+    seed: int,
+    folds: int,
+    recipe: dict[str, Any],
+    gbm_overrides: dict[str, Any],
+) -> str:
+    key: dict[str, Any] = {
+        "feature_sets": list(feature_sets),
+        "seed": seed,
+        "folds": folds,
+        "recipe": recipe,
+    }
+    if gbm_overrides:  # absent otherwise, so earlier runs' fold files stay valid
+        key["gbm_overrides"] = gbm_overrides
+    return json.dumps(key, sort_keys=True)
 
 
 def _load_folds(path: Path, key: str | None = None) -> dict[str, Any] | None:
@@ -336,6 +357,7 @@ def crossvalidate(
     n_boot: int = 1000,
     recipe: dict[str, int | float] | None = None,
     baseline: Path | None = None,
+    gbm_overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the cross-validation and write its report; returns the metrics.
     With ``baseline`` (the folder of an earlier run with the same data, folds and seed),
@@ -359,7 +381,8 @@ def crossvalidate(
     train = [s for s in stays if s.split == "train"]
     tune = [s for s in stays if s.split == "test"]
     fold_of = assign_folds([s.stem for s in train], folds, seed)
-    key = _fold_key(feature_sets, seed, folds, recipe)
+    overrides = dict(gbm_overrides or {})
+    key = _fold_key(feature_sets, seed, folds, recipe, overrides)
     (out / "folds").mkdir(parents=True, exist_ok=True)
     results, seconds = [], []
     for k in tqdm(range(folds), desc="folds", unit="fold"):
@@ -371,7 +394,7 @@ def crossvalidate(
             t_fold = time.monotonic()
             fit = [s for s, f in zip(train, fold_of, strict=True) if f != k]
             held = [s for s, f in zip(train, fold_of, strict=True) if f == k]
-            r = run_fold(fit, held, tune, feature_sets, seed + k, recipe)
+            r = run_fold(fit, held, tune, feature_sets, seed + k, recipe, overrides)
             r["seconds"] = time.monotonic() - t_fold
             r["key"] = np.array(key)
             np.savez(path, **r)
@@ -388,6 +411,8 @@ def crossvalidate(
     command = f"python -m inference.crossval --folds {folds} --seed {seed}"
     command += f" --feature-sets {' '.join(map(str, feature_sets))}"
     command += f" --epochs {recipe['epochs']} --patience {recipe['patience']}"
+    if "max_iter" in overrides:
+        command += f" --gbm-max-iter {overrides['max_iter']}"
     command += f" --max-patients {max_patients}" if max_patients else ""
     command += f" --baseline {baseline}" if baseline else ""
     metrics |= {
@@ -397,6 +422,12 @@ def crossvalidate(
         "feature_sets": list(feature_sets),
         "transformer_recipe": recipe,
         "transformer_best_epochs": [int(r["transformer_best_epoch"]) for r in results],
+        "gbm_overrides": overrides,
+        "gbm_iterations": {
+            # fold files of runs before this was recorded lack it
+            str(fs): [int(r[n]) for r in results if (n := f"gbm_iterations_{fs}") in r]
+            for fs in feature_sets
+        },
         "fold_seconds": [round(s, 1) for s in seconds],
         "wall_seconds": round(time.monotonic() - t0, 1),
         "validation_read": False,
@@ -408,6 +439,7 @@ def crossvalidate(
             "folder": str(baseline),
             "command": base_metrics.get("command"),
             "transformer_recipe": base_metrics.get("transformer_recipe", TRANSFORMER_RECIPE),
+            "gbm_overrides": base_metrics.get("gbm_overrides", {}),
         }
     metrics["chosen"] = method_label(metrics["chosen_method"], metrics)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
@@ -432,6 +464,8 @@ def method_label(name: str, m: dict[str, Any]) -> str:
         return f"{prefix}transformer ({recipe})"
     kind, fs = name.rsplit("_", 1)
     config = CONFIG_NAMES.get(int(fs), f"feature set {fs}")
+    if run.get("gbm_overrides"):
+        config += ", " + ", ".join(f"{k} {v}" for k, v in sorted(run["gbm_overrides"].items()))
     if kind == "gbm":
         return f"{prefix}gradient boosting, {config}"
     return f"{prefix}ensemble, {config}, transformer {recipe}"
@@ -554,6 +588,13 @@ def main(argv: list[str] | None = None) -> int:
         help="an earlier run's folder (same data, --folds, --seed): compare this run's "
         "ensemble of the first feature set with the baseline's",
     )
+    p.add_argument(
+        "--gbm-max-iter",
+        type=int,
+        default=None,
+        help="gradient-boosting iterations at most (default: the feature set's, 300); early "
+        "stopping still applies",
+    )
     p.add_argument("--max-patients", type=int, default=None, help="for a quick trial run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
@@ -570,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         n_boot=a.resamples,
         recipe=recipe,
         baseline=a.baseline,
+        gbm_overrides=None if a.gbm_max_iter is None else {"max_iter": a.gbm_max_iter},
     )
     print(json.dumps({k: m[k] for k in ("methods", "paired_bootstrap", "chosen")}, indent=1))
     return 0

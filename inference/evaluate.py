@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -215,10 +215,12 @@ def fit_gbm(
     seed: int,
     feature_set: int = GBM_FEATURE_SET,
     stay_of: npt.NDArray[np.int64] | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> HistGradientBoostingClassifier:
     """The gradient-boosting model on a bank's rows (the train split), seeded: the same
     data and seed give the same trees. Parameters: :data:`GBM_PARAMS_BY_SET`; labels moved
-    earlier by :data:`GBM_EARLY_LABEL_HOURS` (which needs ``stay_of``). Raises
+    earlier by :data:`GBM_EARLY_LABEL_HOURS` (which needs ``stay_of``); ``overrides``
+    replace parameters (for cross-validated experiments, ``inference.crossval``). Raises
     ``ValueError`` for an unknown feature set, a missing ``stay_of`` or labels of one
     class (scikit-learn)."""
     if feature_set not in GBM_PARAMS_BY_SET:
@@ -228,7 +230,8 @@ def fit_gbm(
         if stay_of is None:
             raise ValueError("moving labels earlier needs stay_of")
         labels = early_labels(labels, stay_of, hours)
-    gbm = HistGradientBoostingClassifier(**GBM_PARAMS_BY_SET[feature_set], random_state=seed)
+    params = GBM_PARAMS_BY_SET[feature_set] | dict(overrides or {})
+    gbm = HistGradientBoostingClassifier(**params, random_state=seed)
     gbm.fit(gbm_bank_features(rows, starts, codes, feature_set), labels)
     return gbm
 
