@@ -124,3 +124,23 @@ def test_help_explains_the_decision_rule(capsys: pytest.CaptureFixture[str]) -> 
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "Decision rule" in out and "resumes" in out
+
+
+def test_gbm_overrides_change_the_fold_key_and_the_labels_only_when_given() -> None:
+    from inference.crossval import TRANSFORMER_RECIPE, _fold_key, method_label
+
+    recipe = dict(TRANSFORMER_RECIPE)
+    plain = _fold_key((1, 2), 0, 5, recipe, {})
+    # the key of runs made before overrides existed: their fold files stay valid
+    assert json.loads(plain) == {"feature_sets": [1, 2], "seed": 0, "folds": 5, "recipe": recipe}
+    assert _fold_key((1, 2), 0, 5, recipe, {"max_iter": 1000}) != plain
+    m = {
+        "transformer_recipe": recipe,
+        "gbm_overrides": {"max_iter": 1000},
+        "baseline": {"transformer_recipe": recipe, "gbm_overrides": {}},
+    }
+    assert method_label("ensemble_1", m).startswith(
+        "ensemble, v2 config (feature set 1), max_iter 1000"
+    )
+    assert "max_iter" not in method_label("baseline_ensemble_1", m)
+    assert method_label("transformer", m) == "transformer (up to 2 epochs, patience 4)"

@@ -31,6 +31,7 @@ from inference.evaluate import (
     Stacking,
     clipped_logit,
     early_labels,
+    fit_gbm,
     fit_stacking,
     gbm_features,
     window_gbm_features,
@@ -109,6 +110,22 @@ def test_early_labels_move_each_septic_stays_positives_earlier() -> None:
     assert early_labels(labels, stay_of, 50)[:5].tolist() == [1] * 5
     with pytest.raises(ValueError, match="hours"):
         early_labels(labels, stay_of, -1)
+
+
+def test_fit_gbm_takes_parameter_overrides_and_stays_seeded() -> None:
+    n_stays, hours = 12, 30
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(n_stays * (WINDOW - 1 + hours), F)).astype(np.float32)
+    starts = np.concatenate(
+        [i * (WINDOW - 1 + hours) + np.arange(hours) for i in range(n_stays)]
+    ).astype(np.int64)
+    labels = (rows[starts + WINDOW - 1, 0] > 0.5).astype(np.int8)
+    stay_of = np.repeat(np.arange(n_stays), hours).astype(np.int64)
+    capped = fit_gbm(rows, starts, labels, CODES, 0, 1, stay_of, {"max_iter": 3})
+    assert capped.max_iter == 3 and capped.n_iter_ <= 3 and capped.learning_rate == 0.05
+    again = fit_gbm(rows, starts, labels, CODES, 0, 1, stay_of, {"max_iter": 3})
+    x = gbm_features(rows, starts, C)
+    np.testing.assert_array_equal(capped.predict_proba(x), again.predict_proba(x))
 
 
 def test_window_features_reject_short_windows() -> None:
