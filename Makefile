@@ -89,12 +89,14 @@ model: venv ## Retrain and export the committed risk models, v1 then v2 (about 1
 # Cross-validation on the train split (validation not read): the runs behind
 # inference/reports/crossval/, each reusing its fold files when run again.
 CROSSVAL_REPORTS := inference/reports/crossval
-crossval: venv ## Cross-validate the ensemble configurations on the train split (about 30 min on 2 cores)
+crossval: venv ## Cross-validate the ensemble configurations on the train split (about 45 min on 2 cores)
 	$(PY) -m inference.crossval --out var/crossval
 	$(PY) -m inference.crossval --feature-sets 1 --epochs 12 --baseline var/crossval --out var/crossval-epochs
-	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs
+	$(PY) -m inference.crossval --feature-sets 1 --gbm-max-iter 1000 --baseline var/crossval --out var/crossval-gbm
+	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs $(CROSSVAL_REPORTS)/gbm-iterations
 	cp var/crossval/report.md var/crossval/metrics.json var/crossval/crossval.png $(CROSSVAL_REPORTS)/feature-sets/
 	cp var/crossval-epochs/report.md var/crossval-epochs/metrics.json var/crossval-epochs/crossval.png $(CROSSVAL_REPORTS)/epochs/
+	cp var/crossval-gbm/report.md var/crossval-gbm/metrics.json var/crossval-gbm/crossval.png $(CROSSVAL_REPORTS)/gbm-iterations/
 
 clean: down ## Remove local state (services' data, databases, logs)
 	rm -rf var
