@@ -370,10 +370,11 @@ def crossvalidate(
     recipe = dict(TRANSFORMER_RECIPE if recipe is None else recipe)
     if not data_dir.exists():
         raise FileNotFoundError(f"no PhysioNet data at {data_dir}")
-    base_folds = None
+    base_folds: list[dict[str, Any]] | None = None
     if baseline is not None:
-        base_folds = [_load_folds(baseline / "folds" / f"fold-{k}.npz") for k in range(folds)]
-        if any(f is None for f in base_folds):
+        loaded = [_load_folds(baseline / "folds" / f"fold-{k}.npz") for k in range(folds)]
+        base_folds = [f for f in loaded if f is not None]
+        if len(base_folds) != folds:
             raise FileNotFoundError(f"{baseline}/folds lacks some of its {folds} fold files")
     t0 = time.monotonic()
     torch.set_num_threads(threads)
@@ -384,7 +385,7 @@ def crossvalidate(
     overrides = dict(gbm_overrides or {})
     key = _fold_key(feature_sets, seed, folds, recipe, overrides)
     (out / "folds").mkdir(parents=True, exist_ok=True)
-    results, seconds = [], []
+    results = []
     for k in tqdm(range(folds), desc="folds", unit="fold"):
         path = out / "folds" / f"fold-{k}.npz"
         r = _load_folds(path, key)
@@ -400,14 +401,7 @@ def crossvalidate(
             np.savez(path, **r)
             tqdm.write(f"fold {k}: {r['seconds']:.0f} s")
         results.append(r)
-        seconds.append(float(r["seconds"]))
-    metrics = summarise(
-        results,
-        feature_sets,
-        n_boot,
-        seed,
-        [f for f in base_folds if f is not None] if base_folds else None,
-    )
+    metrics = summarise(results, feature_sets, n_boot, seed, base_folds)
     command = f"python -m inference.crossval --folds {folds} --seed {seed}"
     command += f" --feature-sets {' '.join(map(str, feature_sets))}"
     command += f" --epochs {recipe['epochs']} --patience {recipe['patience']}"
@@ -428,7 +422,7 @@ def crossvalidate(
             str(fs): [int(r[n]) for r in results if (n := f"gbm_iterations_{fs}") in r]
             for fs in feature_sets
         },
-        "fold_seconds": [round(s, 1) for s in seconds],
+        "fold_seconds": [round(float(r["seconds"]), 1) for r in results],
         "wall_seconds": round(time.monotonic() - t0, 1),
         "validation_read": False,
         "n_test_patients_for_tuning": len(tune),
