@@ -471,8 +471,8 @@ class MllpDecoder:
     discarded: int = 0
     _skipping: bool = False
 
-    def feed(self, data: bytes) -> list[bytes | Hl7Error]:
-        out: list[bytes | Hl7Error] = []
+    def feed(self, data: bytes) -> list[bytes | Hl7TooLongError]:
+        out: list[bytes | Hl7TooLongError] = []
         self.buf += data
         while True:
             if self._skipping:

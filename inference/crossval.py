@@ -91,7 +91,10 @@ def assign_folds(stems: Sequence[str], folds: int, seed: int) -> npt.NDArray[np.
 @dataclass(frozen=True)
 class StayUtilities:
     """Per stay: utility of the alarms, of the best alarms and of no alarm (the three sums
-    of the normalised utility), so that bootstrap resamples are sums of rows."""
+    of the normalised utility), so that bootstrap resamples are sums of rows.
+    :func:`inference.utility.normalized_utility` keeps its own running sums on purpose:
+    ``best_threshold`` compares its values with ``>``, and numpy's pairwise sums could
+    move a served model's threshold on a float-level tie."""
 
     observed: F64
     best: F64

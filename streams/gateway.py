@@ -238,10 +238,12 @@ class Gateway:
         try:
             return await self._handle_hl7(payload, peer)
         except Exception as exc:  # contract: an ACK for everything
-            log.exception("MLLP %s: internal error", peer)
-            return build_ack(
-                None, "AE", f"gateway internal error ({type(exc).__name__}); resend later"
-            )
+            return self._internal_error_ack(exc, peer)
+
+    @staticmethod
+    def _internal_error_ack(exc: Exception, peer: str) -> bytes:
+        log.exception("MLLP %s: internal error", peer)
+        return build_ack(None, "AE", f"gateway internal error ({type(exc).__name__}); resend later")
 
     async def _handle_hl7(self, payload: bytes, peer: str) -> bytes:
         text = normalise(payload)
@@ -356,9 +358,8 @@ class Gateway:
         ]
         try:
             return await self._reject(exc.head, None, exc, peer, extra)
-        except Exception:  # contract: an ACK for everything
-            log.exception("MLLP %s: internal error", peer)
-            return build_ack(None, "AE", "gateway error; resend later", error_code=ERR_INTERNAL)
+        except Exception as err:  # contract: an ACK for everything
+            return self._internal_error_ack(err, peer)
 
     # ------------------------------------------------------------------ MLLP server
     async def serve_mllp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -383,18 +384,14 @@ class Gateway:
                 if not data:
                     break
                 for item in decoder.feed(data):
-                    if isinstance(item, Hl7TooLongError):
-                        # dead-lettered (its kept head) before the AR goes out, in order
-                        await queue.put(asyncio.ensure_future(self.reject_too_long(item, peer)))
-                    elif isinstance(item, Hl7Error):
-                        self.stats.hl7_rejected += 1
-                        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                        done.set_result(
-                            build_ack(None, item.ack_code, item.reason, error_code=item.error_code)
-                        )
-                        await queue.put(done)
-                    else:
-                        await queue.put(asyncio.ensure_future(self.handle_hl7(item, peer)))
+                    # an over-long frame is dead-lettered (its kept head) before its AR;
+                    # either way the ACKs go out in the frames' order
+                    handled = (
+                        self.reject_too_long(item, peer)
+                        if isinstance(item, Hl7TooLongError)
+                        else self.handle_hl7(item, peer)
+                    )
+                    await queue.put(asyncio.ensure_future(handled))
             if decoder.pending:
                 self.stats.truncated_bytes += decoder.pending
                 log.warning(
