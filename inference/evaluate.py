@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fhir.events import Reading
+from inference.alert_metrics import HORIZON_HOURS, alert_metrics, policy_states
+from inference.alert_policy import AlertPolicy
 from inference.early_warning import news2, qsofa
 from inference.features import WINDOW, FeatureSpec
 from inference.runtime import LocalTorchModel
@@ -70,10 +72,6 @@ _RULE_CODES = (
     "o2_flow",
     "gcs_total",
 )
-
-
-# (per-stay hourly risks, per-stay hourly NEWS2 with -1 = null) -> alerts raised
-PolicyAlerts = Callable[[Sequence[F64], Sequence[F64]], int]
 
 
 @dataclass
@@ -349,13 +347,17 @@ def evaluate(
     threads: int = 2,
     seed: int = 0,
     progress: bool = True,
-    policy_alerts: PolicyAlerts | None = None,
+    policy: AlertPolicy | None = None,
 ) -> dict[str, Any]:
     """Write the report folder (default ``var/report/<model version>``); returns metrics.
 
-    ``policy_alerts`` (given by ``wardwatch evaluate``: the stream's alert policy with its
-    hysteresis, suppression window and NEWS2 >= 7 entry) counts the alerts the stream
-    would raise from the model's hourly risks and NEWS2, reported per patient-day.
+    ``policy`` (default: the model card's, :meth:`AlertPolicy.from_card`) is run over the
+    model's hourly risks and NEWS2 with the worker's own code
+    (:func:`inference.alert_metrics.simulate`); the report's ``alert_state`` gives what a
+    clinician sees (utility of the alert state, alerts raised per 100 patient-days, septic
+    patients alerted before onset, lead time, PPV per alert) beside the same measures of
+    risk >= threshold and NEWS2 >= 5 on the same rows, and ``alert_state.png`` plots
+    utility and alert burden against the threshold.
 
     Raises ``FileNotFoundError`` when the model or data is missing, ``ValueError`` when the
     split has no positive rows.
@@ -469,13 +471,9 @@ def evaluate(
             "alerts_per_patient_day": rising_edges(alarms) / patient_days,
             "alarm_hours_fraction": float(np.mean(m.score >= m.threshold)),
         }
-    if policy_alerts is not None:
-        first = results[model_name]
-        n_alerts = policy_alerts(
-            _split_by_stay(model_method.score, bank.stay_of),
-            _split_by_stay(news2_method.score, bank.stay_of),
-        )
-        first["policy_alerts_per_patient_day"] = n_alerts / patient_days
+    if policy is None:
+        policy = AlertPolicy.from_card(card)
+    alert_state = _alert_state(policy, labels, model_method, news2_method, bank.stay_of)
     report = {
         "model": {"name": card["name"], "version": card["version"], "dir": str(model_dir)},
         "split": split,
@@ -489,14 +487,72 @@ def evaluate(
         "gbm": {**gbm_info, "threshold_rule": "best utility on the test split"},
         "ensemble": ensemble_info,
         "methods": results,
+        "alert_policy": policy.to_dict(),
+        "alert_state": alert_state,
         "targets": {"auroc": 0.85, "utility": 0.40},
         "wall_seconds": round(time.monotonic() - t0, 1),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _plots(out, y, methods, labels, bank.stay_of)
+    _alert_state_plot(out / "alert_state.png", alert_state["threshold_curve"], policy)
     (out / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "report.md").write_text(render_markdown(report))
     return report
+
+
+def _alert_state(
+    policy: AlertPolicy,
+    labels: list[npt.NDArray[np.int8]],
+    model: Scored,
+    news2_scores: Scored,
+    stay_of: npt.NDArray[np.int64],
+) -> dict[str, Any]:
+    """The alert-state metrics of ``policy`` over the model's hourly risks, beside risk >=
+    threshold and NEWS2 >= 5, and the policy's utility and burden at other thresholds
+    (0.5x..3x). Raises ``ValueError`` when no stay is septic."""
+    risks = _split_by_stay(model.score, stay_of)
+    n2 = _split_by_stay(news2_scores.score, stay_of)
+    states, raised = policy_states(policy, risks, n2)
+    rows: dict[str, Any] = {
+        "alert state (the policy)": alert_metrics(labels, states, raised).to_dict(),
+        f"risk >= threshold ({policy.threshold:.4g})": alert_metrics(
+            labels, [r >= policy.threshold for r in risks]
+        ).to_dict(),
+        "NEWS2 >= 5": alert_metrics(labels, [s >= 5 for s in n2]).to_dict(),
+    }
+    curve = []
+    for scale in (0.5, 0.7, 0.85, 1.0, 1.2, 1.5, 2.0, 3.0):
+        p = replace(policy, threshold=min(0.999, scale * policy.threshold))
+        m = alert_metrics(labels, *policy_states(p, risks, n2))
+        curve.append(
+            {
+                "threshold": p.threshold,
+                "utility": round(m.utility, 4),
+                "alerts_per_100_patient_days": round(m.alerts_per_100_patient_days, 2),
+            }
+        )
+    return {"methods": rows, "threshold_curve": curve, "horizon_hours": HORIZON_HOURS}
+
+
+def _alert_state_plot(path: Path, curve: list[dict[str, Any]], policy: AlertPolicy) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [100 * c["threshold"] for c in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(xs, [c["utility"] for c in curve], "o-", color="tab:blue", label="utility")
+    ax.axvline(100 * policy.threshold, color="grey", ls=":", label="the card's threshold")
+    ax.set(xlabel="alert threshold (% risk)", ylabel="normalised utility of the alert state")
+    ax2 = ax.twinx()
+    ax2.plot(xs, [c["alerts_per_100_patient_days"] for c in curve], "^-", color="tab:orange")
+    ax2.set_ylabel("alerts raised per 100 patient-days", color="tab:orange")
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title("The alert state: utility and burden against the threshold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 GBM_NAME = "gradient boosting (HistGradientBoosting)"
@@ -688,20 +744,61 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"on the train split (seed {r['gbm'].get('seed', '?')}, "
         f"{r['gbm'].get('n_iter', '?')} trees).",
         *(_ensemble_note(r["ensemble"]) if "ensemble" in r else []),
-        *(
-            [
-                f"* With the stream's alert policy (hysteresis, suppression window, NEWS2 >= 7 "
-                f"also alerts) the model raises "
-                f"**{mm['policy_alerts_per_patient_day']:.2f} alerts per patient-day**."
-            ]
-            if "policy_alerts_per_patient_day" in mm
-            else []
-        ),
         "",
-        "Plots: `roc.png`, `precision_recall.png`, `calibration.png`, `utility_vs_threshold.png`.",
+        *_alert_state_lines(r),
+        "Plots: `roc.png`, `precision_recall.png`, `calibration.png`, `utility_vs_threshold.png`, "
+        "`alert_state.png`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _alert_state_lines(r: dict[str, Any]) -> list[str]:
+    """The report's section on the alert state a clinician sees. Raises nothing."""
+    a = r.get("alert_state")
+    if not a:
+        return []
+    p = r["alert_policy"]
+    n2 = "no NEWS2 entry" if p["news2_enter"] is None else f"NEWS2 >= {p['news2_enter']} enters"
+    if p["news2_stay"] is not None:
+        n2 += f", >= {p['news2_stay']} stays"
+    lines = [
+        "## The alert state (what a clinician sees)",
+        "",
+        f"Policy: alert at risk >= {100 * p['threshold']:.3g} %, clear below "
+        f"{p['clear_ratio']:g}x that, hold {p['hold_hours']:g} h, {n2}, no repeat within "
+        f"{p['suppress_hours']:g} h (NEWS2 >= 7 enters while the model is unavailable); run "
+        "with the worker's own policy code.",
+        "",
+        f"| hourly state | utility | alerts / 100 patient-days | septic alerted in the "
+        f"{a['horizon_hours']} h before onset | median lead (h) | PPV per alert | alert hours |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, m in a["methods"].items():
+        lead = "-" if m["median_lead_hours"] is None else f"{m['median_lead_hours']:g}"
+        ppv = "-" if m["ppv_per_alert"] is None else f"{100 * m['ppv_per_alert']:.1f} %"
+        lines.append(
+            f"| {name} | {m['utility']:.3f} | {m['alerts_per_100_patient_days']:.1f} | "
+            f"{100 * m['septic_alerted_before_onset']:.1f} % | {lead} | {ppv} | "
+            f"{100 * m['alert_hours_fraction']:.1f} % |"
+        )
+    ours = a["methods"]["alert state (the policy)"]["utility"]
+    rule = next(v for k, v in a["methods"].items() if k.startswith("risk >="))["utility"]
+    if ours < rule - 0.005:
+        lines += [
+            "",
+            f"**Defect:** the alert state earns {ours:.3f}, less than its own threshold's "
+            f"{rule:.3f}: the policy's hysteresis or NEWS2 rules keep alerts on in hours "
+            "that cost more than they earn.",
+        ]
+    lines += [
+        "",
+        "An alert raised counts as true when it falls on a septic patient between "
+        f"{a['horizon_hours']} h before and 3 h after onset (first positive label + 6 h); a "
+        "rule raises one alert per rising edge.",
+        "",
+    ]
+    return lines
 
 
 def _ensemble_note(e: dict[str, Any]) -> list[str]:

@@ -1,166 +1,18 @@
-"""The alert policy: when a patient enters, stays in and leaves the alert state.
+"""What a raised alert looks like to the world: its CDS Hooks card and FHIR RiskAssessment.
 
-Pure functions over a small per-patient :class:`AlertState` kept beside the clinical
-state. The policy is deliberately simple and stated in full, because a clinician must be
-able to predict it:
-
-* **enter** when the model's risk reaches the threshold, or NEWS2 reaches 7 (the RCP's
-  "high" band, an emergency response whatever the model says — this keeps alerts flowing
-  while the model is unavailable);
-* **stay** while risk >= threshold - margin (hysteresis; the margin is capped at half
-  the threshold, see :attr:`AlertPolicy.clear_below`) or NEWS2 >= 5; a missing risk
-  (model unavailable) never clears an alert on its own;
-* **raise** an alert message on entering, unless one was raised less than the
-  suppression window ago at the same or higher severity; an escalation of severity while
-  in the alert state raises again;
-* **clear** when neither condition holds.
+The policy that decides when an alert is raised is the scoring core's
+(:mod:`inference.alert_policy`); this module only dresses its decisions.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
-Severity = Literal["info", "warning", "critical"]
-_RANK: dict[str, int] = {"info": 0, "warning": 1, "critical": 2}
-NEWS2_ENTER = 7
-NEWS2_STAY = 5
-
-
-@dataclass(frozen=True, slots=True)
-class AlertPolicy:
-    """Thresholds of the policy (from settings and the model card)."""
-
-    threshold: float
-    clear_margin: float = 0.05
-    suppress_hours: float = 6.0
-
-    @property
-    def clear_below(self) -> float:
-        """The risk under which an alert may clear: ``threshold - clear_margin``, but never
-        below half the threshold. Without that floor an absolute margin larger than the
-        threshold (0.05 against the committed model's 0.021) would keep every alert on for
-        ever. Raises nothing."""
-        return max(self.threshold - self.clear_margin, self.threshold / 2)
-
-
-@dataclass(frozen=True, slots=True)
-class AlertState:
-    """Where one patient stands: in the alert state or not, and the last alert raised."""
-
-    active: bool = False
-    severity: Severity | None = None
-    last_raised_s: float | None = None
-    last_raised_severity: Severity | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "active": self.active,
-            "severity": self.severity,
-            "last_raised_s": self.last_raised_s,
-            "last_raised_severity": self.last_raised_severity,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> AlertState:
-        if not d:
-            return cls()
-        return cls(
-            active=bool(d.get("active", False)),
-            severity=d.get("severity"),
-            last_raised_s=d.get("last_raised_s"),
-            last_raised_severity=d.get("last_raised_severity"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class AlertDecision:
-    """An alert to raise now."""
-
-    alert_id: str
-    patient: str
-    raised_at: datetime
-    severity: Severity
-    risk: float | None
-    news2: int | None
-    reason: str
-
-
-def _severity(risk_high: bool, news2_high: bool) -> Severity:
-    return "critical" if risk_high and news2_high else "warning"
-
-
-def step(
-    state: AlertState,
-    *,
-    patient: str,
-    as_of: datetime,
-    risk: float | None,
-    news2: int | None,
-    policy: AlertPolicy,
-) -> tuple[AlertState, AlertDecision | None]:
-    """Advance one patient's alert state by one score. Pure; raises nothing."""
-    risk_high = risk is not None and risk >= policy.threshold
-    news2_high = news2 is not None and news2 >= NEWS2_ENTER
-    if not state.active:
-        if not (risk_high or news2_high):
-            return state, None
-        severity = _severity(risk_high, news2_high)
-        new = replace(state, active=True, severity=severity)
-    else:
-        stay = (
-            risk_high
-            or news2_high
-            or risk is None  # the model being away never clears an alert by itself
-            or risk >= policy.clear_below
-            or (news2 is not None and news2 >= NEWS2_STAY)
-        )
-        if not stay:
-            return replace(state, active=False, severity=None), None
-        severity = _severity(risk_high, news2_high)
-        if state.severity is not None and _RANK[severity] < _RANK[state.severity]:
-            severity = state.severity  # severity only falls when the alert clears
-        new = replace(state, severity=severity)
-
-    now_s = as_of.timestamp()
-    suppressed = (
-        state.last_raised_s is not None
-        and now_s - state.last_raised_s < policy.suppress_hours * 3600.0
-        and state.last_raised_severity is not None
-        and _RANK[severity] <= _RANK[state.last_raised_severity]
-    )
-    escalated = (
-        state.active and state.severity is not None and _RANK[severity] > _RANK[state.severity]
-    )
-    if (state.active and not escalated) or suppressed:
-        return new, None
-    reasons = []
-    if risk_high:
-        reasons.append(f"sepsis risk {risk:.2f} >= {policy.threshold:.2f}")
-    if news2_high:
-        reasons.append(f"NEWS2 {news2} >= {NEWS2_ENTER}")
-    decision = AlertDecision(
-        alert_id=alert_id(patient, as_of, severity),
-        patient=patient,
-        raised_at=as_of,
-        severity=severity,
-        risk=risk,
-        news2=news2,
-        reason="; ".join(reasons) or "escalation",
-    )
-    new = replace(new, last_raised_s=now_s, last_raised_severity=severity)
-    return new, decision
-
-
-def alert_id(patient: str, at: datetime, severity: str) -> str:
-    """Deterministic id: a redelivered score raises the same alert, stored once."""
-    raw = f"{patient}|{at.astimezone(UTC).isoformat()}|{severity}"
-    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
-
+from inference.alert_policy import AlertDecision, AlertPolicy, percent, risk_phrase
 
 ALERT_EXTENSION = "https://wardwatch.example.org/fhir/StructureDefinition/alert"
 CARD_EXTENSION = "https://wardwatch.example.org/fhir/StructureDefinition/cds-hooks-card"
@@ -225,17 +77,32 @@ def bundle_actions(
     return out
 
 
-def card_summary(decision: AlertDecision, threshold: float | None, news2_band: str | None) -> str:
-    """The card's one-line summary (under 140 characters). Raises nothing."""
+def card_summary(
+    decision: AlertDecision,
+    policy: AlertPolicy | None,
+    news2_band: str | None,
+    top: list[str] | None = None,
+) -> str:
+    """The card's one-line summary (under 140 characters): the risk as a percentage, its
+    multiple of the base rate and the threshold (:func:`~inference.alert_policy.risk_phrase`),
+    NEWS2 with its band, and the top contributing measurements, each part kept whole and
+    dropped from the end when it does not fit. Raises nothing."""
+    head = f"{decision.severity.capitalize()}: "
     parts = []
     if decision.risk is not None:
-        th = f" (alert at {threshold:.0%})" if threshold is not None else ""
-        parts.append(f"sepsis risk {decision.risk:.0%}{th}")
+        if policy is not None:
+            parts.append(risk_phrase(decision.risk, policy))
+        else:
+            parts.append(f"sepsis risk {percent(decision.risk)}")
     if decision.news2 is not None:
         band = f" ({news2_band})" if news2_band else ""
         parts.append(f"NEWS2 {decision.news2}{band}")
-    text = f"{decision.severity.capitalize()}: " + ", ".join(parts or ["escalation"])
-    text += "; review for sepsis now"
+    if top:
+        parts.append("top: " + ", ".join(t.replace("_", " ") for t in top[:3]))
+    text = head + (parts[0] if parts else "escalation")
+    for part in [*parts[1:], "review for sepsis now"]:
+        if len(text) + 2 + len(part) <= SUMMARY_MAX:
+            text += "; " + part
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 3] + "..."
 
 
@@ -244,7 +111,7 @@ def build_card(
     *,
     model: str,
     model_version: str,
-    threshold: float | None = None,
+    policy: AlertPolicy | None = None,
     news2: dict[str, Any] | None = None,
     top_features: list[dict[str, Any]] | None = None,
     attribution_method: str | None = None,
@@ -258,7 +125,8 @@ def build_card(
     ``suggestions`` (the hour-1 bundle). WardWatch's structured facts travel in
     ``extension``: ``news2`` (total, band, per-parameter breakdown, SpO2 scale, partial),
     ``top_features`` (up to five ``{"feature", "contribution", "value"}``, largest increase
-    of risk first) and ``attribution_method``. Raises nothing.
+    of risk first) and ``attribution_method``. ``policy`` states the threshold and base
+    rate the summary compares the risk with. Raises nothing.
     """
     readings = readings or {}
     n2 = news2 or {}
@@ -281,7 +149,9 @@ def build_card(
     lines.append("Decision support, not a diagnosis.")
     return {
         "uuid": decision.alert_id,
-        "summary": card_summary(decision, threshold, n2.get("band")),
+        "summary": card_summary(
+            decision, policy, n2.get("band"), [str(f.get("feature")) for f in top]
+        ),
         "indicator": decision.severity,
         "detail": "\n".join(lines),
         "source": {

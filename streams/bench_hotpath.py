@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from inference.alert_policy import AlertPolicy
 from inference.features import FeatureSpec, default_spec
-from streams.alerting import AlertPolicy
 from streams.pipeline import (
     Envelope,
     ModelInfo,

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-import numpy as np
-import numpy.typing as npt
 
 from .settings import Settings
 
@@ -17,41 +13,6 @@ def _settings() -> Settings:
     from .cli import settings
 
     return settings()
-
-
-def _policy_counter(
-    s: Settings, model_dir: Path
-) -> Callable[[Sequence[npt.NDArray[np.float64]], Sequence[npt.NDArray[np.float64]]], int]:
-    """Counts the alerts the stream's policy (:func:`streams.alerting.step`) raises over
-    hourly risks and NEWS2 (-1 = null) per stay, at the model card's threshold."""
-    from .alerting import AlertPolicy, AlertState, step
-    from .model_info import read_card
-
-    threshold = s.alert_threshold
-    if threshold is None:
-        threshold = float(read_card(model_dir)["alert_threshold"])
-    policy = AlertPolicy(threshold, s.alert_clear_margin, s.alert_suppress_hours)
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-    def count(
-        risks: Sequence[npt.NDArray[np.float64]], news2: Sequence[npt.NDArray[np.float64]]
-    ) -> int:
-        n = 0
-        for r, n2 in zip(risks, news2, strict=True):
-            state = AlertState()
-            for h, (risk, score) in enumerate(zip(r, n2, strict=True)):
-                state, decision = step(
-                    state,
-                    patient="p",
-                    as_of=t0 + timedelta(hours=h),
-                    risk=float(risk),
-                    news2=None if score < 0 else int(score),
-                    policy=policy,
-                )
-                n += decision is not None
-        return n
-
-    return count
 
 
 @click.command(name="evaluate")
@@ -101,6 +62,8 @@ def evaluate_cmd(
     from inference import physionet_data as pdata
     from inference.evaluate import evaluate
 
+    from .model_info import policy_of, read_card
+
     s = _settings()
     mdir = model_dir or s.model_dir
     try:
@@ -112,7 +75,7 @@ def evaluate_cmd(
             n_boot=bootstrap,
             max_patients=max_patients,
             threads=threads,
-            policy_alerts=_policy_counter(s, mdir),
+            policy=policy_of(read_card(mdir), s),
         )
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -122,6 +85,14 @@ def evaluate_cmd(
             f"{name:<42} AUROC {m['auroc']:.3f} [{m['auroc_ci95'][0]:.3f}, "
             f"{m['auroc_ci95'][1]:.3f}]  AUPRC {m['auprc']:.3f}  utility {m['utility']:.3f}  "
             f"alerts/patient-day {m['alerts_per_patient_day']:.2f}"
+        )
+    for name, a in report["alert_state"]["methods"].items():
+        lead = a["median_lead_hours"]
+        click.echo(
+            f"{name:<42} utility {a['utility']:.3f}  alerts/100 patient-days "
+            f"{a['alerts_per_100_patient_days']:.1f}  septic alerted before onset "
+            f"{a['septic_alerted_before_onset']:.0%}  median lead "
+            f"{'-' if lead is None else f'{lead:g} h'}"
         )
     click.echo(f"report written to {out}/report.md ({report['wall_seconds']} s)")
 

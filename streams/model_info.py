@@ -10,11 +10,11 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from inference.alert_policy import AlertPolicy
 from inference.attribution import Attribution, occlusion
 from inference.features import FEATURE_SPEC_FILE, FeatureSpec, newest_version_dir
 from inference.runtime import LocalTorchModel, RiskModel
 
-from .alerting import AlertPolicy
 from .pipeline import Explainer, ModelInfo
 from .settings import Settings
 
@@ -47,19 +47,26 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     return card
 
 
+def policy_of(card: dict[str, Any], settings: Settings) -> AlertPolicy:
+    """The alert policy the card states, with the settings' overrides. Raises
+    ``KeyError``/``ValueError`` for a card without a usable policy (permanent)."""
+    return AlertPolicy.from_card(
+        card,
+        threshold=settings.alert_threshold,
+        clear_ratio=settings.alert_clear_ratio,
+        hold_hours=settings.alert_hold_hours,
+        suppress_hours=settings.alert_suppress_hours,
+    )
+
+
 def load_model_info(settings: Settings) -> LoadedModel:
-    """Model name/version and alert policy from the model card and the settings."""
+    """Model name/version and alert policy from the model card and the settings.
+    Raises ``FileNotFoundError`` without a card, ``KeyError``/``ValueError`` for a card
+    without a usable policy (permanent)."""
     card = read_card(settings.model_dir)
-    threshold = settings.alert_threshold
-    if threshold is None:
-        threshold = float(card["alert_threshold"])
     return LoadedModel(
         info=ModelInfo(name=settings.triton_model, version=str(card["version"])),
-        policy=AlertPolicy(
-            threshold=threshold,
-            clear_margin=settings.alert_clear_margin,
-            suppress_hours=settings.alert_suppress_hours,
-        ),
+        policy=policy_of(card, settings),
         spec=FeatureSpec.load(newest_version_dir(settings.model_dir) / FEATURE_SPEC_FILE),
         card=card,
     )

@@ -25,20 +25,14 @@ from aiokafka.partitioner import murmur2
 from fhir.events import ClinicalEvent
 from fhir.parse import parse_resource
 from fhir.pseudonym import LENGTH, PREFIX
+from inference.alert_policy import AlertDecision, AlertPolicy, AlertState, step
 from inference.attribution import TOP_K, Attribution
 from inference.context import uses_spo2_scale2
 from inference.early_warning import news2, qsofa, sirs
 from inference.features import FeatureSpec, feature_window
 from inference.state import PatientState
 
-from .alerting import (
-    AlertDecision,
-    AlertPolicy,
-    AlertState,
-    build_card,
-    risk_assessment,
-    step,
-)
+from .alerting import build_card, risk_assessment
 
 # Explains one window (float32[WINDOW, F]) for an alert's card: see inference.attribution.
 Explainer = Callable[[npt.NDArray[np.float32]], Attribution]
@@ -362,7 +356,7 @@ def alert_resource(
         decision,
         model=model.name,
         model_version=model.version,
-        threshold=policy.threshold,
+        policy=policy,
         news2=pending.news2.to_dict(),
         top_features=top,
         attribution_method=method,

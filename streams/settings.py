@@ -166,8 +166,21 @@ class Settings(BaseSettings):
     alert_threshold: float | None = Field(
         None, description="Risk at or above which an alert is raised; default: the model card's."
     )
-    alert_clear_margin: float = Field(0.05, description="Hysteresis: clear below threshold-margin.")
-    alert_suppress_hours: float = Field(6.0, description="No repeat alert within this window.")
+    alert_clear_ratio: float | None = Field(
+        None,
+        description="Hysteresis: an alert clears below threshold x this ratio; default: the "
+        "model card's alert_policy (chosen by cross-validation).",
+    )
+    alert_hold_hours: float | None = Field(
+        None,
+        description="An alert stays at least this long after the risk last reached the "
+        "threshold; default: the model card's alert_policy.",
+    )
+    alert_suppress_hours: float | None = Field(
+        None,
+        description="No repeat alert within this window unless severity escalates; default: "
+        "the model card's alert_policy (6 h).",
+    )
     physionet_stay_start: str = Field(
         "2026-01-01T00:00:00+00:00",
         description="When a replayed PhysioNet stay begins (row hour 0).",

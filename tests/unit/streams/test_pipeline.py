@@ -12,8 +12,8 @@ import pytest
 from fhir.errors import PermanentInputError
 from fhir.events import NUMERIC_CODES, ClinicalEvent
 from fhir.physionet import COLUMNS
+from inference.alert_policy import AlertPolicy
 from inference.features import WINDOW, FeatureSpec
-from streams.alerting import AlertPolicy
 from streams.persist import alert_row, score_row
 from streams.pipeline import (
     Envelope,

@@ -13,8 +13,8 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from fhir.events import NUMERIC_CODES, ClinicalEvent
+from inference.alert_policy import AlertPolicy
 from inference.features import FeatureSpec
-from streams.alerting import AlertPolicy
 from streams.pipeline import (
     APPLIED_KEEP,
     Envelope,
