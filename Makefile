@@ -16,7 +16,7 @@ SERVICES := bash compose/services.sh
 PG_URL := postgresql+psycopg://wardwatch:wardwatch@127.0.0.1:5433/wardwatch
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status logs demo test test-unit test-integration lint format bench model crossval clean
+.PHONY: help venv up down status logs demo test test-unit test-integration lint format bench model crossval policy clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -97,6 +97,15 @@ crossval: venv ## Cross-validate the ensemble configurations on the train split 
 	cp var/crossval/report.md var/crossval/metrics.json var/crossval/crossval.png $(CROSSVAL_REPORTS)/feature-sets/
 	cp var/crossval-epochs/report.md var/crossval-epochs/metrics.json var/crossval-epochs/crossval.png $(CROSSVAL_REPORTS)/epochs/
 	cp var/crossval-gbm/report.md var/crossval-gbm/metrics.json var/crossval-gbm/crossval.png $(CROSSVAL_REPORTS)/gbm-iterations/
+
+# The alert policy, chosen on the held-out predictions of v2's configuration (the
+# crossval run of feature set 1), written into the served model card's alert_policy.
+POLICY_CV := var/crossval-v2
+policy: venv ## Choose the alert policy by cross-validation on the alert state (about 10 min)
+	$(PY) -m inference.crossval --feature-sets 1 --out $(POLICY_CV)
+	$(PY) -m inference.policy_tuning --crossval $(POLICY_CV) --out var/policy \
+	  --write-card inference/model_repository/sepsis_transformer/model_card.json
+	mkdir -p inference/reports/policy && cp var/policy/report.md var/policy/policy.json var/policy/policy.png inference/reports/policy/
 
 clean: down ## Remove local state (services' data, databases, logs)
 	rm -rf var

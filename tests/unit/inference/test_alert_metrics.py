@@ -24,7 +24,7 @@ def test_simulate_reads_nan_as_model_away_and_minus_one_as_null_news2() -> None:
     state, _ = simulate(p, np.array([np.nan, np.nan, 0.1]), np.array([7.0, -1.0, 7.0]))
     # NEWS2 7 enters while the model is away; a missing risk never clears; a risk does
     assert state.tolist() == [True, True, False]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="differ in length"):
         simulate(p, np.zeros(3), np.zeros(2))
 
 

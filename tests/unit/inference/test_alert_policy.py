@@ -86,8 +86,6 @@ def test_state_round_trip() -> None:
     assert AlertState.from_dict(None) == AlertState()
 
 
-
-
 def test_plain_policy_is_risk_at_or_above_the_threshold() -> None:
     plain = AlertPolicy(threshold=0.5)
     seq = [(0.6, 9), (0.49, 9), (0.5, 0), (0.1, 8), (None, 8), (0.2, 8)]
@@ -125,7 +123,7 @@ def test_nan_risk_is_no_risk() -> None:
     "kwargs", [{"threshold": 0.0}, {"threshold": 1.0}, {"threshold": 0.1, "clear_ratio": 0.0}]
 )
 def test_policy_out_of_range_is_refused(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="must be in"):
         AlertPolicy(**kwargs)
 
 

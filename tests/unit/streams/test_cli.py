@@ -58,3 +58,24 @@ def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"`WARDWATCH_{name.upper()}`" in readme, name
+
+
+def test_score_alert_state_is_the_served_policys(tmp_path: Path, physionet_dir: Path) -> None:
+    """What a clinician sees (``alert``) through ``wardwatch score`` on real stays is the
+    served card's policy: chosen by cross-validation to be risk >= its threshold, every
+    hour (the hysteresis and NEWS2 rules it replaced kept 1.7x the alert hours)."""
+    import orjson
+
+    from inference.alert_policy import AlertPolicy
+
+    card = orjson.loads(
+        (ROOT / "inference/model_repository/sepsis_transformer/model_card.json").read_bytes()
+    )
+    policy = AlertPolicy.from_card(card)
+    assert (policy.clear_ratio, policy.hold_hours, policy.news2_enter) == (1.0, 0.0, None)
+    stays = sorted(physionet_dir.glob("p1000[0-2]*.psv"))[:30]
+    out = run("score", *map(str, stays), "--out", str(tmp_path / "s.jsonl"), "--quiet")
+    assert out.returncode == 0, out.stderr
+    lines = [orjson.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert any(x["alert"] for x in lines) and not all(x["alert"] for x in lines)
+    assert all(x["alert"] == (x["risk"] >= policy.threshold) for x in lines)

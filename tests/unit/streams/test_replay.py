@@ -31,7 +31,8 @@ SPEC = FeatureSpec(
     codes=NUMERIC_CODES, mean=(0.0,) * len(NUMERIC_CODES), std=(1.0,) * len(NUMERIC_CODES)
 )
 MODEL = ModelInfo("sepsis_transformer", "7")
-POLICY = AlertPolicy(threshold=0.5, suppress_hours=6.0)
+# NEWS2 enters at 7 and holds at 5: these tests drive the alert state by NEWS2 alone
+POLICY = AlertPolicy(threshold=0.5, suppress_hours=6.0, news2_enter=7, news2_stay=5)
 TOPIC_PARTITION = "wardwatch.fhir.inbound/3"
 TS0 = 1_800_000_000_000
 
