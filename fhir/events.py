@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-EventKind = Literal["vital", "lab", "encounter", "condition", "medication", "note", "flag"]
+EventKind = Literal[
+    "vital", "lab", "encounter", "condition", "medication", "note", "flag", "demographic"
+]
 EventStatus = Literal["final", "amended", "corrected", "preliminary", "entered-in-error"]
 
 # The canonical names of the numeric observations the project understands. The mapping
@@ -63,6 +65,17 @@ NUMERIC_CODES: tuple[str, ...] = VITAL_CODES + LAB_CODES
 # Condition, Flag, Goal or medication; ``kind`` is condition/flag/medication. Mapping them
 # is the edge's job; what the scores make of them (NEWS2 SpO2 scale 2) is inference's.
 CONTEXT_CODES: tuple[str, ...] = ("condition", "flag", "goal", "antibiotic", "vasopressor")
+# Patient context, as a hospital sends it: who the patient is and where the stay began.
+# ``birth_year`` (kind demographic, ``value`` = the year: the edge never passes the full
+# birth date) and ``sex`` (kind demographic, ``value_code`` = FHIR administrative gender)
+# come from Patient (HL7 v2 PID-7, PID-8); ``admission`` (kind encounter, the hospital
+# admission: Encounter.period.start, PV1-44) and ``icu_admission`` (kind encounter, an
+# ICU location's period.start, or the ADT event that moved the patient there, PV1-3)
+# from Encounter. The model's features read them (inference.features).
+STAY_CODES: tuple[str, ...] = ("birth_year", "sex", "admission", "icu_admission")
+# The time of a demographic fact whose Patient carries no meta.lastUpdated: a person's
+# birth year and sex hold for the whole stay, whenever the Patient arrives.
+DEMOGRAPHIC_EPOCH = datetime(1900, 1, 1, tzinfo=UTC)
 
 
 def _utc(t: datetime) -> datetime:

@@ -90,7 +90,7 @@ from fhir.errors import (
     UnknownCode,
     UnsupportedResource,
 )
-from fhir.events import ClinicalEvent, EventStatus
+from fhir.events import DEMOGRAPHIC_EPOCH, ClinicalEvent, EventStatus
 from fhir.lean import Problems, check_bundle_shell, check_observation
 
 MAX_DEPTH = 3  # Bundles nested deeper than this are rejected
@@ -648,6 +648,33 @@ def load_context_medications(path: Path | None = None) -> dict[str, tuple[str, .
     return out
 
 
+@lru_cache(maxsize=4)
+def load_icu_locations(path: Path | None = None) -> frozenset[str]:
+    """``icu_locations`` of codes.yaml, upper-cased (cached). Raises ValueError
+    (configuration error, not retryable) when the list is missing or malformed."""
+    p = CODES_FILE if path is None else path
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{p}: cannot read icu_locations: {exc}") from exc
+    raw = (doc or {}).get("icu_locations")
+    if not isinstance(raw, list) or not raw or not all(_WORD.fullmatch(str(x)) for x in raw):
+        raise ValueError(f"{p}: icu_locations must list ward codes (letters and digits)")
+    return frozenset(str(x).upper() for x in raw)
+
+
+_WORD = re.compile(r"[A-Za-z0-9]+")
+
+
+def _is_icu(display: object) -> str | None:
+    """The ICU word a location display starts with ("ICU-3 bed 4" -> "ICU"), or None."""
+    if not isinstance(display, str):
+        return None
+    m = _WORD.match(display.strip())
+    word = m.group(0).upper() if m else ""
+    return word if word in load_icu_locations() else None
+
+
 def _medication_class(cc: object) -> tuple[str | None, str | None]:
     """(antibiotic/vasopressor or None, "system|code" that matched)."""
     meds = load_context_medications()
@@ -863,6 +890,7 @@ def _encounter_events(
     )
     wanted: list[tuple[str, bool, tuple[tuple[str, object], ...]]] = []
     updated = ("meta.lastUpdated", _meta_updated(doc))
+    event_cands: tuple[tuple[str, object], ...] = ()
     if isinstance(trigger, str):
         if trigger not in _ADT_EVENT:
             res.ignored.append(f"{source}: ADT {trigger} gives no encounter event")
@@ -875,14 +903,17 @@ def _encounter_events(
         else:
             cands = (updated, ("period.start", period.get("start")))
         wanted.append((ev, retracts, cands))
+        if ev != "discharge":
+            event_cands = cands  # the ADT event that put the patient where PV1-3 says
     else:
         if "start" in period:
             wanted.append(("admission", False, (("period.start", period.get("start")),)))
         if st == "finished" and "end" in period:
             wanted.append(("discharge", False, (("period.end", period.get("end")),)))
-        if not wanted:
-            res.ignored.append(f"{source}: no period.start")
-            return res
+    wanted += _icu_admissions(doc, event_cands, source, res)
+    if not wanted:
+        res.ignored.append(f"{source}: no period.start")
+        return res
     patient = _context_subject(doc, ctx, where, res, source)
     if patient is None:
         return res
@@ -893,12 +924,43 @@ def _encounter_events(
                 time=_first_time(doc, cands, where),
                 code=ev,
                 kind="encounter",
-                value_code=value_code,
+                # the state keeps context by value_code: an Encounter without a class
+                # still dates the admission
+                value_code=value_code or "encounter",
                 status="entered-in-error" if (retracts or retracted_all) else "final",
                 source=source,
             )
         )
     return res
+
+
+def _icu_admissions(
+    doc: Mapping[str, Any],
+    event_cands: tuple[tuple[str, object], ...],
+    source: str,
+    res: ParseResult,
+) -> list[tuple[str, bool, tuple[tuple[str, object], ...]]]:
+    """``icu_admission`` for each of an Encounter's locations that is an ICU
+    (:func:`load_icu_locations`): timed at the location's period.start, else at the ADT
+    event that moved the patient there (``event_cands``). A planned location, or an ICU
+    location with neither time, gives none (the latter noted in ``ignored``)."""
+    out: list[tuple[str, bool, tuple[tuple[str, object], ...]]] = []
+    locations = doc.get("location")
+    for loc in locations if isinstance(locations, list) else ():
+        if not isinstance(loc, dict) or loc.get("status") == "planned":
+            continue
+        ref = loc.get("location")
+        if _is_icu(ref.get("display") if isinstance(ref, dict) else None) is None:
+            continue
+        lp = loc.get("period") if isinstance(loc.get("period"), dict) else {}
+        assert isinstance(lp, dict)
+        if "start" in lp:
+            out.append(("icu_admission", False, (("location.period.start", lp.get("start")),)))
+        elif event_cands:
+            out.append(("icu_admission", False, event_cands))
+        else:
+            res.ignored.append(f"{source}: ICU location without a period.start")
+    return out[-1:]  # the latest ICU location is where the patient is
 
 
 def _resource(doc: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> ParseResult:
@@ -914,7 +976,68 @@ def _resource(doc: Mapping[str, Any], ctx: _Ctx, full_url: str | None) -> ParseR
         return _observation(doc, ctx, full_url)
     if rt in CONTEXT_TYPES:
         return _context(doc, ctx, rt, full_url)
+    if rt == "Patient":
+        return _patient(doc, ctx)
     return ParseResult(resources=1)
+
+
+_GENDERS = frozenset({"male", "female", "other", "unknown"})
+
+
+def _patient(doc: Mapping[str, Any], ctx: _Ctx) -> ParseResult:
+    """Patient -> demographic events: ``birth_year`` (the year of birthDate; the edge keeps
+    no more) and ``sex`` (administrative gender), timed at meta.lastUpdated, else
+    :data:`~fhir.events.DEMOGRAPHIC_EPOCH` (they hold for the whole stay). A Patient
+    without an id, or one that fails R4B validation, gives none and is noted in
+    ``ignored``: a patient without demographics is still scored. Raises nothing."""
+    res = ParseResult(resources=1)
+    rid = doc.get("id")
+    if not isinstance(rid, str) or not _FHIR_ID.match(rid):
+        res.ignored.append("Patient without a valid id: no demographics")
+        return res
+    source = f"Patient/{rid}"
+    if ctx.validate:
+        try:
+            _validate("Patient", doc, rid)
+        except InvalidResource as exc:
+            res.ignored.append(f"{source}: {exc.reason}")
+            return res
+    time = DEMOGRAPHIC_EPOCH
+    updated = _meta_updated(doc)
+    if updated is not None:
+        try:
+            time = parse_fhir_time(updated, "meta.lastUpdated")
+        except InvalidTime:
+            res.ignored.append(f"{source}: meta.lastUpdated is not a dateTime; timed at 1900")
+    bd = doc.get("birthDate")
+    year = bd[:4] if isinstance(bd, str) and len(bd) >= 4 and bd[:4].isdigit() else None
+    if year is not None and 1850 <= int(year) <= 2200:
+        res.events.append(
+            ClinicalEvent(
+                patient=rid,
+                time=time,
+                code="birth_year",
+                kind="demographic",
+                value=float(year),
+                unit="a",
+                source=source,
+            )
+        )
+    gender = doc.get("gender")
+    if isinstance(gender, str) and gender in _GENDERS:
+        res.events.append(
+            ClinicalEvent(
+                patient=rid,
+                time=time,
+                code="sex",
+                kind="demographic",
+                value_code=gender,
+                source=source,
+            )
+        )
+    if not res.events:
+        res.ignored.append(f"{source}: no birthDate or gender")
+    return res
 
 
 def preload() -> CodeTable:
@@ -927,6 +1050,7 @@ def preload() -> CodeTable:
     inconsistent (a configuration error: not retried).
     """
     table = load_code_table()
+    load_icu_locations()
     for rt in ("Bundle", "Observation", "Patient", *sorted(CONTEXT_TYPES)):
         _model_class(rt)
     return table
@@ -1056,6 +1180,7 @@ __all__ = [
     "MAX_DEPTH",
     "ParseResult",
     "load_context_medications",
+    "load_icu_locations",
     "parse_events",
     "parse_fhir_time",
     "parse_resource",

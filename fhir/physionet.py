@@ -205,14 +205,72 @@ def _observation(
     }
 
 
+def _finite(v: float | None) -> float | None:
+    return v if v is not None and math.isfinite(v) else None
+
+
+def context_entries(
+    patient_pseudonym: str, stay_start: datetime, rows: list[PsvRow]
+) -> list[dict[str, Any]]:
+    """Transaction entries for a stay's patient context, as a hospital sends it: a Patient
+    (``gender`` from Gender, 1 = male and 0 = female; ``birthDate`` the year only, the
+    stay start's year minus Age, so an age computed from it is Age's whole years) and an
+    Encounter (``period.start`` = the hospital admission, HospAdmTime hours from the ICU
+    admission; one ICU ``location``, MICU for Unit1, SICU for Unit2, else ICU, whose
+    ``period.start`` is the ICU admission that the first row's ICULOS implies: row 0 is
+    ICULOS hours after it). Values the file lacks (NaN) are left out; an empty list when
+    it has no rows. Raises ValueError if ``stay_start`` has no time zone."""
+    _check_start(stay_start)
+    if not rows:
+        return []
+    first = rows[0]
+    patient: dict[str, Any] = {"resourceType": "Patient", "id": patient_pseudonym}
+    gender, age = _finite(first.get("Gender")), _finite(first.get("Age"))
+    if gender in (0.0, 1.0):
+        patient["gender"] = "male" if gender == 1.0 else "female"
+    if age is not None and 0 <= age < 150:
+        patient["birthDate"] = f"{stay_start.year - int(age):04d}"
+    iculos, hosp = _finite(first.get("ICULOS")), _finite(first.get("HospAdmTime"))
+    icu_start = stay_start - timedelta(hours=iculos if iculos is not None else 0.0)
+    unit = "MICU" if first.get("Unit1") == 1.0 else "SICU" if first.get("Unit2") == 1.0 else "ICU"
+    enc_id = f"{patient_pseudonym}-stay"
+    encounter: dict[str, Any] = {
+        "resourceType": "Encounter",
+        "id": enc_id,
+        "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": f"Patient/{patient_pseudonym}"},
+    }
+    if hosp is not None:
+        encounter["period"] = {"start": (icu_start + timedelta(hours=hosp)).isoformat()}
+    if iculos is not None:
+        encounter["location"] = [
+            {"location": {"display": unit}, "period": {"start": icu_start.isoformat()}}
+        ]
+    return [
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid5(_NS, 'Patient/' + patient_pseudonym)}",
+            "resource": patient,
+            "request": {"method": "PUT", "url": f"Patient/{patient_pseudonym}"},
+        },
+        {
+            "fullUrl": f"urn:uuid:{uuid.uuid5(_NS, 'Encounter/' + enc_id)}",
+            "resource": encounter,
+            "request": {"method": "PUT", "url": f"Encounter/{enc_id}"},
+        },
+    ]
+
+
 def row_bundle(
     patient_pseudonym: str,
     stay_start: datetime,
     hour: int,
     row: Mapping[str, float | None],
     table: CodeTable | None = None,
+    context: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any] | None:
-    """A FHIR R4 ``transaction`` Bundle with one Observation per measured value of the row.
+    """A FHIR R4 ``transaction`` Bundle with one Observation per measured value of the row,
+    after the ``context`` entries (:func:`context_entries`) when given.
 
     LOINC-coded (primary LOINC of codes.yaml), UCUM units, category vital-signs or
     laboratory, subject ``Patient/<patient_pseudonym>``, effectiveDateTime = ``stay_start`` +
@@ -235,6 +293,7 @@ def row_bundle(
         )
     if not entries:
         return None
+    entries = [*(context or []), *entries]
     return {
         "resourceType": "Bundle",
         "id": str(uuid.uuid5(_NS, f"{patient_pseudonym}-{hour}")),
@@ -248,6 +307,7 @@ __all__ = [
     "DEMOGRAPHIC_COLUMNS",
     "PsvRow",
     "column_map",
+    "context_entries",
     "observation_id",
     "read_psv",
     "row_bundle",

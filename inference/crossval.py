@@ -167,7 +167,8 @@ def run_fold(
     from inference import train as tr
     from inference.model import ModelConfig
 
-    spec = tr.fit_spec(fit_stays)  # the normalisation, from the fold's training patients
+    # the normalisation, from the fold's training patients
+    spec = tr.fit_spec(fit_stays, context=bool(recipe.get("context", False)))
     codes = spec.codes
     fit_bank = tr.make_bank(fit_stays, spec)
     tune_bank = tr.make_bank(tune_stays, spec)
@@ -410,6 +411,7 @@ def crossvalidate(
     command += f" --epochs {recipe['epochs']} --patience {recipe['patience']}"
     if "max_iter" in overrides:
         command += f" --gbm-max-iter {overrides['max_iter']}"
+    command += " --context" if recipe.get("context") else ""
     command += f" --max-patients {max_patients}" if max_patients else ""
     command += f" --baseline {baseline}" if baseline else ""
     metrics |= {
@@ -446,7 +448,8 @@ def crossvalidate(
 
 
 def _recipe_text(recipe: dict[str, Any]) -> str:
-    return f"up to {recipe['epochs']} epochs, patience {recipe['patience']}"
+    text = f"up to {recipe['epochs']} epochs, patience {recipe['patience']}"
+    return text + (", with patient context" if recipe.get("context") else "")
 
 
 def method_label(name: str, m: dict[str, Any]) -> str:
@@ -592,11 +595,22 @@ def main(argv: list[str] | None = None) -> int:
         help="gradient-boosting iterations at most (default: the feature set's, 300); early "
         "stopping still applies",
     )
+    p.add_argument(
+        "--context",
+        action="store_true",
+        help="the models read the patient-context features too (age, sex, hours since "
+        "hospital and ICU admission; feature spec version 2)",
+    )
     p.add_argument("--max-patients", type=int, default=None, help="for a quick trial run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
     a = p.parse_args(argv)
-    recipe = TRANSFORMER_RECIPE | {"epochs": a.epochs, "patience": a.patience}
+    recipe: dict[str, int | float] = TRANSFORMER_RECIPE | {
+        "epochs": a.epochs,
+        "patience": a.patience,
+    }
+    if a.context:  # absent otherwise, so earlier runs' fold files stay valid
+        recipe["context"] = 1
     m = crossvalidate(
         a.data_dir,
         a.out,

@@ -599,8 +599,8 @@ def _load_stays(
     for path in pdata.stay_files(data_dir, max_patients):
         split = pdata.split_of(path.stem, seed)
         if split in splits:
-            matrix, labels = pdata.stay_matrix(path, codes)
-            stays.append(tr.Stay(path.stem, split, matrix, labels))
+            matrix, labels, context = pdata.stay_data(path, codes)
+            stays.append(tr.Stay(path.stem, split, matrix, labels, context))
     return stays
 
 

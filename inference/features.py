@@ -20,6 +20,15 @@ Layout of one window, ``float32[WINDOW, n_features(spec)]``:
     ``LAST_CAP_HOURS`` and divided by it; 1 when never measured.
   - ``[3C]`` stay time: hours from ``state.first_seen`` to the bin's end, clipped to
     ``[0, FIRST_CAP_HOURS]`` and divided by it (0 before the first observation).
+  - with ``spec.context`` (feature spec version 2), :data:`CONTEXT_FEATURES` more: the
+    patient context a hospital sends (:class:`StayContext`: Patient.birthDate's year and
+    gender, Encounter admissions; HL7 v2 PID-7, PID-8, PV1-3, PV1-44), each value beside
+    a known flag, so a patient without a Patient or Encounter is scored with the context
+    marked unknown: age in years / 100 at the bin's end, female (1) or male (0), hours
+    since the hospital admission (clipped to ``[0, HOSPITAL_CAP_HOURS]``, divided by it)
+    and since the ICU admission (``[0, FIRST_CAP_HOURS]``), each the latest admission at
+    or before the bin's end. All are 0 in bins that end before the first observation,
+    like the stay time, so the padding before a stay in training is the same.
 
 Categorical codes are not model inputs. The normalisation (per-code mean and std over the
 measured hourly values of the training split) lives in :class:`FeatureSpec`, stored in
@@ -45,6 +54,17 @@ HOUR: Final = 3600.0
 CLIP: Final = 5.0
 LAST_CAP_HOURS: Final = 48.0
 FIRST_CAP_HOURS: Final = 336.0
+HOSPITAL_CAP_HOURS: Final = 720.0
+CONTEXT_FEATURES: Final = (
+    "age_years",
+    "age_known",
+    "female",
+    "sex_known",
+    "hospital_hours",
+    "hospital_known",
+    "icu_hours",
+    "icu_known",
+)
 FEATURE_SPEC_FILE: Final = "feature_spec.json"
 DEFAULT_MODEL_DIR: Final = (
     Path(__file__).resolve().parent / "model_repository" / "sepsis_transformer"
@@ -54,13 +74,73 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
 
+@dataclass(frozen=True, slots=True)
+class StayContext:
+    """The patient context the features read: birth year, sex (FHIR administrative
+    gender), and the times (epoch seconds, ascending) of hospital and ICU admissions."""
+
+    birth_year: float | None = None
+    sex: str | None = None
+    admissions: tuple[float, ...] = ()
+    icu_admissions: tuple[float, ...] = ()
+
+    @classmethod
+    def of_state(cls, state: PatientState) -> StayContext:
+        """The context a patient's state holds (:data:`fhir.events.STAY_CODES`). Raises
+        nothing."""
+        year = state.stay_fact("birth_year")
+        sex = state.stay_fact("sex")
+        return cls(
+            birth_year=float(year) if isinstance(year, int | float) else None,
+            sex=sex if isinstance(sex, str) else None,
+            admissions=tuple(state.stay_times("admission")),
+            icu_admissions=tuple(state.stay_times("icu_admission")),
+        )
+
+
+def _since(ends: F64, times: tuple[float, ...], cap: float) -> tuple[F64, F64]:
+    """(hours since the latest of ``times`` at or before each end / cap, known flag)."""
+    if not times:
+        zero = np.zeros_like(ends)
+        return zero, zero
+    t = np.asarray(times, dtype=np.float64)
+    i = np.searchsorted(t, ends, side="right") - 1
+    known = i >= 0
+    hours = np.where(known, (ends - t[np.maximum(i, 0)]) / HOUR, 0.0)
+    return np.minimum(hours, cap) / cap, known.astype(np.float64)
+
+
+def context_columns(ends: F64, first_seen: float | None, ctx: StayContext) -> F64:
+    """The :data:`CONTEXT_FEATURES` columns ``float64[len(ends), 8]`` for bins ending at
+    ``ends`` (epoch seconds). One function for serving (:func:`feature_window`) and
+    training (:func:`hourly_rows`). Raises nothing."""
+    out = np.zeros((ends.size, len(CONTEXT_FEATURES)), dtype=np.float64)
+    if first_seen is None:
+        return out
+    if ctx.birth_year is not None:
+        years = ends.astype(np.int64).astype("datetime64[s]").astype("datetime64[Y]")
+        age = years.astype(np.int64) + 1970 - ctx.birth_year
+        out[:, 0] = np.clip(age, 0.0, 120.0) / 100.0
+        out[:, 1] = 1.0
+    if ctx.sex in ("female", "male"):
+        out[:, 2] = 1.0 if ctx.sex == "female" else 0.0
+        out[:, 3] = 1.0
+    out[:, 4], out[:, 5] = _since(ends, ctx.admissions, HOSPITAL_CAP_HOURS)
+    out[:, 6], out[:, 7] = _since(ends, ctx.icu_admissions, FIRST_CAP_HOURS)
+    out[ends < first_seen] = 0.0  # before the first observation, as the stay time
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which numeric codes the model reads, in column order, and their normalisation."""
+    """Which numeric codes the model reads, in column order, and their normalisation;
+    ``context``: whether the window carries the patient-context columns (spec version 2).
+    """
 
     codes: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    context: bool = False
 
     def __post_init__(self) -> None:
         if not (len(self.codes) == len(self.mean) == len(self.std)):
@@ -70,7 +150,7 @@ class FeatureSpec:
 
     @property
     def n_features(self) -> int:
-        return 3 * len(self.codes) + 1
+        return 3 * len(self.codes) + 1 + (len(CONTEXT_FEATURES) if self.context else 0)
 
     @cached_property
     def arrays(self) -> tuple[F64, F64]:
@@ -87,10 +167,11 @@ class FeatureSpec:
             + [f"measured:{x}" for x in c]
             + [f"staleness:{x}" for x in c]
             + ["stay_hours"]
+            + ([f"context:{x}" for x in CONTEXT_FEATURES] if self.context else [])
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "window_hours": WINDOW,
             "codes": list(self.codes),
             "mean": list(self.mean),
@@ -101,6 +182,12 @@ class FeatureSpec:
             "n_features": self.n_features,
             "layout": "value[C] | measured[C] | staleness[C] | stay_hours; rows oldest->newest",
         }
+        if self.context:  # absent in version 1 specs, which stay byte-identical
+            d["version"] = 2
+            d["context"] = list(CONTEXT_FEATURES)
+            d["hospital_cap_hours"] = HOSPITAL_CAP_HOURS
+            d["layout"] += " | " + " | ".join(CONTEXT_FEATURES)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
@@ -113,11 +200,18 @@ class FeatureSpec:
         ):
             if key in d and float(d[key]) != want:
                 raise ValueError(f"feature spec {key}={d[key]} differs from this code's {want}")
-        return cls(
+        context = d.get("context")
+        if context is not None and list(context) != list(CONTEXT_FEATURES):
+            raise ValueError(f"feature spec context {context} differs from this code's")
+        spec = cls(
             codes=tuple(d["codes"]),
             mean=tuple(float(x) for x in d["mean"]),
             std=tuple(float(x) for x in d["std"]),
+            context=context is not None,
         )
+        if "n_features" in d and int(d["n_features"]) != spec.n_features:
+            raise ValueError(f"feature spec n_features {d['n_features']} != {spec.n_features}")
+        return spec
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
@@ -233,15 +327,24 @@ def feature_window(state: PatientState, as_of: TimeLike, spec: FeatureSpec | Non
     else:
         hours = np.clip((ends - state.first_seen) / HOUR, 0.0, FIRST_CAP_HOURS)
         out[:, 3 * c] = hours / FIRST_CAP_HOURS
+    if spec.context:
+        out[:, 3 * c + 1 :] = context_columns(ends, state.first_seen, StayContext.of_state(state))
     return out
 
 
-def hourly_rows(matrix: npt.ArrayLike, spec: FeatureSpec | None = None) -> F32:
+def hourly_rows(
+    matrix: npt.ArrayLike,
+    spec: FeatureSpec | None = None,
+    context: StayContext | None = None,
+    start: float = 0.0,
+) -> F32:
     """Per-row feature vectors ``float32[T, F]`` of a stay's hourly matrix.
 
     ``matrix[t, k]`` is the value of ``spec.codes[k]`` at hour ``t`` of the stay (NaN = not
-    measured), in canonical units; row t's values are observed at stay start + t hours.
-    Row t of the result equals the last row of ``feature_window`` as of hour t.
+    measured), in canonical units; row t's values are observed at ``start`` (epoch
+    seconds) + t hours. With ``spec.context``, ``context`` (None: all unknown) fills the
+    context columns. Row t of the result equals the last row of ``feature_window`` as of
+    hour t.
     """
     spec = spec or default_spec()
     m = np.asarray(matrix, dtype=np.float64)
@@ -260,12 +363,17 @@ def hourly_rows(matrix: npt.ArrayLike, spec: FeatureSpec | None = None) -> F32:
     stale = np.minimum(rows[:, None] - last, LAST_CAP_HOURS) / LAST_CAP_HOURS
     out[:, 2 * c : 3 * c] = np.where(have, stale, 1.0)
     any_seen = seen.any(axis=1)
+    first: int | None = None
     if any_seen.any():
         first = int(np.argmax(any_seen))
         hours = np.clip((rows - first).astype(np.float64), 0.0, FIRST_CAP_HOURS)
         out[:, 3 * c] = hours / FIRST_CAP_HOURS
     else:
         out[:, 3 * c] = 0.0
+    if spec.context:
+        ends = start + HOUR * rows.astype(np.float64)
+        first_seen = None if first is None else start + HOUR * first
+        out[:, 3 * c + 1 :] = context_columns(ends, first_seen, context or StayContext())
     return out
 
 
@@ -288,11 +396,14 @@ def windows_from_hourly(
     matrix: npt.ArrayLike,
     t_indices: Sequence[int] | npt.ArrayLike,
     spec: FeatureSpec | None = None,
+    context: StayContext | None = None,
+    start: float = 0.0,
 ) -> F32:
     """Vectorised :func:`feature_window` for training: ``float32[B, WINDOW, F]``.
 
     Window b equals ``feature_window(state of rows 0..t, as_of = stay start + t h)`` with
-    ``t = t_indices[b]``; see :func:`hourly_rows` for ``matrix``.
+    ``t = t_indices[b]``; see :func:`hourly_rows` for ``matrix``, ``context`` and
+    ``start``.
     """
     spec = spec or default_spec()
-    return windows_from_rows(hourly_rows(matrix, spec), t_indices, spec)
+    return windows_from_rows(hourly_rows(matrix, spec, context, start), t_indices, spec)

@@ -19,6 +19,8 @@ import numpy.typing as npt
 from fhir import physionet
 from fhir.codes import load_code_table
 from fhir.events import ClinicalEvent
+from inference.features import StayContext
+from inference.state import PatientState
 
 # psv column -> canonical code (the 34 measured columns); also the model's column order.
 # Must equal fhir.physionet.column_map() (checked in the tests).
@@ -104,6 +106,42 @@ def stay_matrix(
     events, labels = stay_events(path, stay_start=stay_start)
     flat = [e for row in events for e in row]
     return hourly_matrix(flat, stay_start, len(labels), codes), np.asarray(labels, np.int8)
+
+
+def stay_context(
+    rows: list[physionet.PsvRow], stay_start: datetime = DEFAULT_STAY_START
+) -> StayContext:
+    """The patient context of a stay as the stream would hold it: the Patient and Encounter
+    that replay sends (``fhir.physionet.context_entries``), parsed by the edge's parser
+    and applied to a patient state, read back as the features read it. Raises what
+    ``fhir.parse.parse_resource`` raises for a malformed resource (a bug here)."""
+    import orjson
+
+    from fhir.parse import parse_resource
+
+    entries = physionet.context_entries("pt-stay", stay_start, rows)
+    if not entries:
+        return StayContext()
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    state = PatientState()
+    state.apply(parse_resource(orjson.dumps(bundle)).events)
+    return StayContext.of_state(state)
+
+
+def stay_data(
+    path: Path, codes: Sequence[str], stay_start: datetime = DEFAULT_STAY_START
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.int8], StayContext]:
+    """:func:`stay_matrix` and :func:`stay_context` of a stay file, read once."""
+    rows = physionet.read_psv(path.read_text())
+    table = load_code_table()
+    events = [
+        e
+        for h, r in enumerate(rows)
+        for e in physionet.row_events(path.stem, stay_start, h, r, table)
+    ]
+    labels = np.asarray([int(r.get("SepsisLabel") or 0) for r in rows], np.int8)
+    matrix = hourly_matrix(events, stay_start, len(rows), codes)
+    return matrix, labels, stay_context(rows, stay_start)
 
 
 def split_of(stem: str, seed: int) -> str:

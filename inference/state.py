@@ -25,7 +25,12 @@ state, and applying an event twice changes nothing):
   never shortens (a Condition recorded days ago still holds). Read them with
   :meth:`PatientState.context`.
 
-Events of other kinds/codes (encounters, notes, ...) and non-finite values are ignored.
+* Patient context (:data:`fhir.events.STAY_CODES`: birth year, sex, hospital and ICU
+  admission) is kept the same way, never pruned either: ``birth_year`` keeps its numeric
+  value, the others their ``value_code``. Read it with :meth:`PatientState.stay_fact` and
+  :meth:`PatientState.stay_times`. It does not move ``first_seen``.
+
+Events of other kinds/codes (discharges, notes, ...) and non-finite values are ignored.
 Times are kept as UTC epoch seconds (float).
 """
 
@@ -43,6 +48,7 @@ from fhir.events import (
     CATEGORICAL_CODES,
     CONTEXT_CODES,
     NUMERIC_CODES,
+    STAY_CODES,
     ClinicalEvent,
     Reading,
 )
@@ -52,8 +58,11 @@ TimeLike = datetime | float | int
 _NUMERIC: Final = frozenset(NUMERIC_CODES)
 _CATEGORICAL: Final = frozenset(CATEGORICAL_CODES)
 _CONTEXT: Final = frozenset(CONTEXT_CODES)
+_STAY: Final = frozenset(STAY_CODES)
+_KEPT: Final = _CONTEXT | _STAY  # series that prune never shortens
 _RANK: Final[dict[str, int]] = {"preliminary": 0, "final": 1, "amended": 2, "corrected": 2}
-_SCHEMA: Final = 2
+_SCHEMA: Final = 3
+_SCHEMA_V2: Final = 2  # still read: the same layout, without patient context
 _SCHEMA_V1: Final = 1  # still read: see PatientState's serialising section
 
 
@@ -136,8 +145,8 @@ class PatientState:
 
     def _apply_one(self, ev: ClinicalEvent) -> int:
         code = ev.code
-        numeric = code in _NUMERIC
-        context = code in _CONTEXT
+        numeric = code in _NUMERIC or code == "birth_year"
+        context = code in _KEPT
         if not numeric and not context and code not in _CATEGORICAL:
             return 0
         if not self.patient:
@@ -157,7 +166,7 @@ class PatientState:
             if not ev.value_code:
                 return 0
             value = ev.value_code
-        if numeric and (self.first_seen is None or t < self.first_seen):
+        if numeric and not context and (self.first_seen is None or t < self.first_seen):
             self.first_seen = t
         if source in self._tombstones:
             return 0
@@ -202,7 +211,7 @@ class PatientState:
         cutoff = to_epoch(now) - keep_hours * 3600.0
         removed = 0
         for code, series in self._series.items():
-            if code in _CONTEXT:
+            if code in _KEPT:
                 continue  # context holds until retracted
             keep_from = series.last_at_or_before(cutoff)  # this one stays
             if keep_from > 0:
@@ -218,7 +227,7 @@ class PatientState:
     @property
     def codes(self) -> list[str]:
         """Codes with at least one observation (context codes not included)."""
-        return sorted(c for c in self._series if c not in _CONTEXT)
+        return sorted(c for c in self._series if c not in _KEPT)
 
     def context(self, code: str, as_of: TimeLike | None = None) -> frozenset[str]:
         """The ``value_code`` s of context ``code`` (e.g. ``"condition"``, ``"flag"``,
@@ -232,10 +241,23 @@ class PatientState:
         n = len(s) if as_of is None else s.last_at_or_before(to_epoch(as_of)) + 1
         return frozenset(str(v) for v in s.values[:n])
 
+    def stay_fact(self, code: str) -> Any:
+        """The newest value of patient-context ``code`` (:data:`fhir.events.STAY_CODES`),
+        whatever its time (a birth year or sex holds for the whole stay), or None.
+        Raises nothing."""
+        s = self._series.get(code) if code in _STAY else None
+        return s.values[-1] if s else None
+
+    def stay_times(self, code: str) -> list[float]:
+        """The times (epoch seconds, ascending) of patient-context ``code``, e.g. every
+        ``icu_admission`` (a shared list: do not modify). Raises nothing."""
+        s = self._series.get(code) if code in _STAY else None
+        return s.times if s else []
+
     @property
     def last_seen(self) -> float | None:
         """Epoch seconds of the newest stored observation, or None."""
-        ts = [s.times[-1] for c, s in self._series.items() if s.times and c not in _CONTEXT]
+        ts = [s.times[-1] for c, s in self._series.items() if s.times and c not in _KEPT]
         return max(ts) if ts else None
 
     def series(self, code: str) -> tuple[list[float], list[Any]]:
@@ -321,10 +343,13 @@ class PatientState:
     # round() per observation on both sides (most of the codec's cost); it is still read,
     # since records of that schema stay in changelogs until their patient is rewritten.
     # Both give the same state: a schema-1 round trip was exact too (times are kept at
-    # millisecond resolution).
+    # millisecond resolution). Schema 3 has schema 2's layout and may also hold patient
+    # context (STAY_CODES); a schema-2 record reads as a state with none. The number
+    # changed so that a worker of before it, which would prune those series as if they
+    # were observations, refuses a schema-3 record loudly rather than losing them.
 
     def _payload(self) -> dict[str, Any]:
-        """The schema-2 form, sharing this state's lists (serialise it at once)."""
+        """The schema-3 form, sharing this state's lists (serialise it at once)."""
         series = self._series
         return {
             "v": _SCHEMA,
@@ -337,7 +362,7 @@ class PatientState:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-ready form (schema 2: absolute epoch seconds), in new lists."""
+        """Canonical JSON-ready form (schema 3: absolute epoch seconds), in new lists."""
         d = self._payload()
         d["o"] = {code: [list(x) for x in cols] for code, cols in d["o"].items()}
         return d
@@ -354,7 +379,7 @@ class PatientState:
         ``ValueError`` for a malformed one (permanent: not retried).
         """
         v = d.get("v")
-        if v == _SCHEMA:
+        if v in (_SCHEMA, _SCHEMA_V2):  # v2 is v3 without patient context
             return cls._from_v2(d)
         if v == _SCHEMA_V1:
             return cls._from_v1(d)

@@ -20,7 +20,7 @@ import argparse
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from inference.features import (
     FEATURE_SPEC_FILE,
     WINDOW,
     FeatureSpec,
+    StayContext,
     empty_row,
     hourly_rows,
 )
@@ -57,10 +58,15 @@ F32 = npt.NDArray[np.float32]
 
 @dataclass
 class Stay:
+    """One PhysioNet stay: hourly matrix (rows at ``start`` + t h), labels, and the
+    patient context the stream would hold for it."""
+
     stem: str
     split: str
     matrix: npt.NDArray[np.float64]
     labels: npt.NDArray[np.int8]
+    context: StayContext = field(default_factory=StayContext)
+    start: float = pdata.DEFAULT_STAY_START.timestamp()
 
 
 @dataclass
@@ -82,14 +88,15 @@ def load_stays(data_dir: Path, seed: int, max_patients: int | None) -> list[Stay
     codes = tuple(pdata.PSV_CODES.values())
     stays = []
     for path in tqdm(pdata.stay_files(data_dir, max_patients), desc="load stays", unit="stay"):
-        matrix, labels = pdata.stay_matrix(path, codes)
-        stays.append(Stay(path.stem, pdata.split_of(path.stem, seed), matrix, labels))
+        matrix, labels, context = pdata.stay_data(path, codes)
+        stays.append(Stay(path.stem, pdata.split_of(path.stem, seed), matrix, labels, context))
     return stays
 
 
-def fit_spec(stays: list[Stay]) -> FeatureSpec:
+def fit_spec(stays: list[Stay], context: bool = False) -> FeatureSpec:
     """Per-code mean/std over measured hourly values of the train split (0.5-99.5 %
-    winsorised, so a few absurd values do not set the scale)."""
+    winsorised, so a few absurd values do not set the scale); ``context``: the window
+    carries the patient-context columns too (feature spec version 2)."""
     codes = tuple(pdata.PSV_CODES.values())
     m = np.concatenate([s.matrix for s in stays if s.split == "train"], axis=0)
     means, stds = [], []
@@ -103,7 +110,7 @@ def fit_spec(stays: list[Stay]) -> FeatureSpec:
         v = np.clip(v, lo, hi)
         means.append(round(float(v.mean()), 6))
         stds.append(round(max(float(v.std()), 1e-3), 6))
-    return FeatureSpec(codes=codes, mean=tuple(means), std=tuple(stds))
+    return FeatureSpec(codes=codes, mean=tuple(means), std=tuple(stds), context=context)
 
 
 def make_bank(stays: list[Stay], spec: FeatureSpec) -> Bank:
@@ -111,7 +118,7 @@ def make_bank(stays: list[Stay], spec: FeatureSpec) -> Bank:
     chunks, starts, labels, stay_of = [], [], [], []
     offset = 0
     for i, s in enumerate(stays):
-        rows = hourly_rows(s.matrix, spec)
+        rows = hourly_rows(s.matrix, spec, s.context, s.start)
         chunks += [pad, rows]
         n = rows.shape[0]
         starts.append(offset + np.arange(n))
@@ -238,15 +245,17 @@ def train(
     patience: int = 4,
     threads: int = 2,
     max_minutes: float | None = None,
+    context: bool = False,
 ) -> dict[str, Any]:
-    """Train and export; returns the model card (also written to the model folder)."""
+    """Train and export; returns the model card (also written to the model folder).
+    ``context``: the model reads the patient-context features (feature spec version 2)."""
     t_start = time.monotonic()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
 
     stays = load_stays(data_dir, seed, max_patients)
-    spec = fit_spec(stays)
+    spec = fit_spec(stays, context=context)
     parts = {
         name: [s for s in stays if s.split == name] for name in ("train", "test", "validation")
     }
@@ -333,7 +342,9 @@ def train(
             "wall_seconds": round(time.monotonic() - t_start, 1),
             "command": f"python -m inference.train --seed {seed} --epochs {epochs} "
             f"--neg-ratio {neg_ratio} --batch-size {batch_size} --lr {lr} --patience {patience} "
-            f"--version {version}" + (f" --max-patients {max_patients}" if max_patients else ""),
+            f"--version {version}"
+            + (f" --max-patients {max_patients}" if max_patients else "")
+            + (" --context" if context else ""),
         },
         "alert_threshold": th,
         "alert_threshold_rule": "maximises PhysioNet 2019 normalised utility on the test split",
@@ -427,6 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-minutes", type=float, default=None, help="stop after the epoch that passes this"
     )
+    p.add_argument(
+        "--context",
+        action="store_true",
+        help="read the patient-context features (age, sex, hours since hospital and ICU "
+        "admission: feature spec version 2)",
+    )
     a = p.parse_args(argv)
     card = train(
         a.data_dir,
@@ -441,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         patience=a.patience,
         threads=a.threads,
         max_minutes=a.max_minutes,
+        context=a.context,
     )
     print(json.dumps({"alert_threshold": card["alert_threshold"], **card["metrics"]}, indent=1))
     return 0

@@ -37,6 +37,8 @@ from .alerting import build_card, risk_assessment
 # Explains one window (float32[WINDOW, F]) for an alert's card: see inference.attribution.
 Explainer = Callable[[npt.NDArray[np.float32]], Attribution]
 
+# Event kinds that update the state without being a time to score at.
+_CONTEXT_ONLY_KINDS = frozenset({"demographic", "encounter"})
 # Observations older than this are dropped from the state; the model looks back 48 h and
 # a vital goes stale after 12 h, so 72 h keeps every value that can still matter.
 STATE_KEEP_HOURS = 72.0
@@ -233,7 +235,9 @@ def prepare(
 ) -> Pending | None:
     """Apply one envelope to the patient's state and compute the rule scores.
 
-    The scoring time is the latest event time of the envelope, or ``as_of`` when given
+    The scoring time is the latest event time of the envelope (patient context,
+    :data:`fhir.events.STAY_CODES`, excepted: an envelope of only that is applied and not
+    scored), or ``as_of`` when given
     (offline scoring of a PhysioNet row with no measurement scores the unchanged state at
     that row's hour). NEWS2 uses SpO2 scale 2 when the patient's context (a Flag/Goal or
     Condition listed in ``inference/data/news2_scale2.yaml``) says so. ``basis`` lists the
@@ -245,8 +249,13 @@ def prepare(
     if env.events:
         record.state.apply(env.events)
         if as_of is None:
-            as_of = max(e.time for e in env.events)
-        record.state.prune(as_of, STATE_KEEP_HOURS)
+            # patient context (who the patient is, when the stay began) updates the state
+            # for the next score but is no scoring time itself: a Patient's facts are
+            # timed at 1900 when it carries no lastUpdated
+            timed = [e.time for e in env.events if e.kind not in _CONTEXT_ONLY_KINDS]
+            as_of = max(timed) if timed else None
+        if as_of is not None:
+            record.state.prune(as_of, STATE_KEEP_HOURS)
     if as_of is None:
         return None
     state = record.state

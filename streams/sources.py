@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from fhir.physionet import PsvRow, read_psv, row_bundle
+from fhir.physionet import PsvRow, context_entries, read_psv, row_bundle
 from fhir.pseudonym import pseudonymise, strip_phi
 
 SUFFIXES = (".psv", ".json", ".ndjson", ".jsonl")
@@ -92,15 +92,20 @@ def fhir_message(raw: bytes, key: bytes, *, origin: str, stem: str) -> Message:
 def psv_messages(
     path: Path, key: bytes, stay_start: datetime, rows: Sequence[PsvRow] | None = None
 ) -> Iterator[Message]:
-    """One transaction Bundle per PhysioNet row that has any measurement.
+    """One transaction Bundle per PhysioNet row that has any measurement; the first also
+    carries the stay's Patient and Encounter (``fhir.physionet.context_entries``) before
+    its Observations, as a hospital sends them before the first result.
 
     ``rows`` are the file's rows when the caller has read them already.
     """
     pseudonym = pseudonymise(path.stem, key, system="physionet2019")
-    for hour, row in enumerate(read_psv(path.read_text()) if rows is None else rows):
-        bundle = row_bundle(pseudonym, stay_start, hour, row)
+    rows = read_psv(path.read_text()) if rows is None else rows
+    context: list[dict[str, Any]] | None = context_entries(pseudonym, stay_start, list(rows))
+    for hour, row in enumerate(rows):
+        bundle = row_bundle(pseudonym, stay_start, hour, row, context=context)
         if bundle is None:
             continue
+        context = None  # sent once
         yield Message(
             pseudonym.encode(), orjson.dumps(bundle), f"{path}:{hour + 2}", path.stem, hour
         )

@@ -26,19 +26,20 @@ EXPECTED_KINDS = {
     "fhir-json": {
         "files": 603,
         "inputs": 603,
-        "with_events": 50,
+        # Patients give birth_year and sex (23 files of nothing but a Patient before them)
+        "with_events": 73,
         "rejected": 23,
-        "nothing_clinical": 530,
-        "events": 3959,
+        "nothing_clinical": 507,
+        "events": 4533,
         "entry_rejects": 182,
     },
     "hl7v2": {
         "files": 70,
         "inputs": 70,
-        "with_events": 4,
+        "with_events": 5,
         "rejected": 65,
-        "nothing_clinical": 1,
-        "events": 5,
+        "nothing_clinical": 0,
+        "events": 15,
         "entry_rejects": 0,
     },
     "psv": {
@@ -47,7 +48,8 @@ EXPECTED_KINDS = {
         "with_events": 1942,
         "rejected": 0,
         "nothing_clinical": 0,
-        "events": 13849,
+        # + 4 per stay: the Patient and Encounter replay sends before the first Observation
+        "events": 14049,
         "entry_rejects": 0,
     },
 }
@@ -63,7 +65,15 @@ EXPECTED_VITALS = {
     "fio2": 42,
     "gcs_total": 2,
 }
-EXPECTED_CONTEXT = {"admission": 689, "discharge": 685, "note": 685, "condition": 655}
+EXPECTED_CONTEXT = {
+    "admission": 739,
+    "discharge": 685,
+    "note": 685,
+    "condition": 655,
+    "birth_year": 335,
+    "sex": 349,
+    "icu_admission": 50,  # the PhysioNet stays' ICU location; no HL7 sample is in an ICU
+}
 
 
 @pytest.mark.shared

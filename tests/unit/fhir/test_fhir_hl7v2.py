@@ -60,7 +60,15 @@ def test_oru_maps_codes_units_times_status_and_local_codes() -> None:
     assert m.pseudonym == pseudo
     assert m.header.control_id == "C1" and m.header.sender == "LAB|HOSP"
     evs = {e.code: e for e in events(m.bundle)}
-    assert set(evs) == {"heart_rate", "temperature", "spo2", "respiratory_rate", "systolic_bp"}
+    assert set(evs) == {
+        "heart_rate",
+        "temperature",
+        "spo2",
+        "respiratory_rate",
+        "systolic_bp",
+        "birth_year",  # PID-7, as a year only
+        "sex",  # PID-8
+    }
     assert evs["heart_rate"].value == 88 and evs["heart_rate"].patient == pseudo
     assert evs["temperature"].value == pytest.approx(38.0)  # degF -> Cel
     assert evs["temperature"].time.isoformat() == "2026-01-01T10:55:00+00:00"
@@ -96,6 +104,27 @@ def test_adt_with_newlines_maps_encounter_and_default_tz() -> None:
     assert enc["meta"]["tag"][0]["code"] == "A01"
     assert any("Europe/Berlin" in n for n in m.notes)
     parse_resource(orjson.dumps(m.bundle), strict=True)  # a valid R4B transaction
+
+
+def test_adt_carries_the_patient_context_to_events() -> None:
+    """PID-7 and PID-8 give birth year and sex; an A01 into PV1-3 "ICU" with PV1-44 dates
+    both the hospital and the ICU admission; an A02 into an ICU dates the ICU admission at
+    the event (EVN-2), and an A02 to a ward gives none."""
+    got = {e.code: e for e in events(map_message(ADT.encode(), KEY).bundle)}
+    assert got["birth_year"].value == 1980.0 and got["sex"].value_code == "female"
+    assert got["admission"].time == got["icu_admission"].time
+    assert got["icu_admission"].time.isoformat() == "2026-01-01T07:55:00+00:00"
+    a02 = (
+        ADT.replace("ADT^A01|A1", "ADT^A02|A2")
+        .replace("EVN|A01|20260101080000", "EVN|A02|20260102101500")
+        .replace("ICU^01^A", "SICU^03^B")
+    )
+    moved = {e.code: e for e in events(map_message(a02.encode(), KEY).bundle)}
+    assert moved["icu_admission"].time.isoformat() == "2026-01-02T10:15:00+00:00"
+    to_ward = a02.replace("SICU^03^B", "W4^03^B")
+    assert "icu_admission" not in {
+        e.code for e in events(map_message(to_ward.encode(), KEY).bundle)
+    }
 
 
 def test_same_result_corrected_keeps_its_observation_id() -> None:

@@ -249,8 +249,53 @@ def test_unknown_code_is_ignored_visibly() -> None:
 
 
 def test_non_observation_resources_are_skipped() -> None:
-    res = parse({"resourceType": "Patient", "id": "p", "gender": "male"})
+    res = parse({"resourceType": "Organization", "id": "o", "name": "Ward"})
     assert (res.events, res.ignored, res.rejected, res.resources) == ([], [], [], 1)
+
+
+def test_patient_gives_birth_year_and_sex_only() -> None:
+    res = parse(
+        {
+            "resourceType": "Patient",
+            "id": "p",
+            "gender": "female",
+            "birthDate": "1961-04-03",
+            "meta": {"lastUpdated": "2026-01-01T08:00:00Z"},
+        }
+    )
+    got = {e.code: e for e in res.events}
+    assert set(got) == {"birth_year", "sex"} and res.ignored == []
+    assert got["birth_year"].value == 1961.0 and got["birth_year"].kind == "demographic"
+    assert got["sex"].value_code == "female" and got["sex"].time.hour == 8
+    assert all(e.source == "Patient/p" and e.patient == "p" for e in res.events)
+    bare = parse({"resourceType": "Patient", "id": "p"})
+    assert bare.events == [] and bare.ignored == ["Patient/p: no birthDate or gender"]
+    assert parse({"resourceType": "Patient", "gender": "male"}).events == []
+
+
+def test_encounter_icu_location_gives_the_icu_admission() -> None:
+    enc = {
+        "resourceType": "Encounter",
+        "id": "e1",
+        "status": "in-progress",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "IMP"},
+        "subject": {"reference": "Patient/p"},
+        "period": {"start": "2026-01-01T00:00:00Z"},
+        "location": [
+            {"location": {"display": "Ward 3"}, "period": {"start": "2026-01-01T00:00:00Z"}},
+            {"location": {"display": "micu-2 bed 4"}, "period": {"start": "2026-01-02T05:00:00Z"}},
+        ],
+    }
+    got = {e.code: e for e in parse(enc).events}
+    assert set(got) == {"admission", "icu_admission"}
+    assert got["icu_admission"].time.isoformat() == "2026-01-02T05:00:00+00:00"
+    assert got["admission"].time.isoformat() == "2026-01-01T00:00:00+00:00"
+    ward_only = {**enc, "location": enc["location"][:1]}
+    assert {e.code for e in parse(ward_only).events} == {"admission"}
+    no_time = {**enc, "location": [{"location": {"display": "ICU"}}]}
+    res = parse(no_time)
+    assert {e.code for e in res.events} == {"admission"}
+    assert res.ignored == ["Encounter/e1: ICU location without a period.start"]
 
 
 def test_time_sources() -> None:

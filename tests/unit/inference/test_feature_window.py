@@ -163,3 +163,73 @@ def test_psv_codes_match_the_fhir_mapping() -> None:
     from fhir.physionet import column_map
 
     assert dict(column_map()) == pdata.PSV_CODES
+
+
+def ctx_spec() -> FeatureSpec:
+    base = spec_for(CODES)
+    return FeatureSpec(base.codes, base.mean, base.std, context=True)
+
+
+def test_context_through_the_edge_equals_training_on_real_stays() -> None:
+    """Age, sex and the admissions, sent by replay as a Patient and an Encounter before the
+    first Observation and parsed by the edge, give the stream the same context columns
+    that training computes from the same rows (pdata.stay_context)."""
+    from fhir.physionet import read_psv
+    from streams.pipeline import normalise
+    from streams.sources import psv_messages
+
+    root = data_dir()
+    spec = ctx_spec()
+    c = len(CODES)
+    seen_known = 0
+    for path in pdata.stay_files(root)[:8]:
+        rows = read_psv(path.read_text())
+        matrix, labels, context = pdata.stay_data(path, CODES, T0)
+        offline = windows_from_hourly(matrix, np.arange(len(labels)), spec, context, T0.timestamp())
+        by_hour = {m.hour: m for m in psv_messages(path, b"k" * 32, T0, rows)}
+        state = PatientState()
+        for t in range(len(labels)):
+            msg = by_hour.get(t)
+            if msg is not None:
+                for env in normalise(msg.value, source="s", inbound_ts_ms=None).envelopes:
+                    state.apply(env.events)
+            online = feature_window(state, T0 + timedelta(hours=t), spec)
+            np.testing.assert_allclose(online, offline[t], atol=1e-6, rtol=0, err_msg=path.name)
+        last = offline[-1, -1, 3 * c + 1 :]
+        seen_known += int(last[1] == 1.0 and last[3] == 1.0 and last[7] == 1.0)
+        age = float(rows[0]["Age"] or 0)
+        assert last[0] == pytest.approx(int(age) / 100, abs=1e-6), path.name
+    assert seen_known == 8  # every one of these stays has age, sex and an ICU start
+
+
+def test_missing_context_is_marked_unknown_and_still_scores() -> None:
+    spec = ctx_spec()
+    c = len(CODES)
+    state = PatientState()
+    state.apply([hr(0, 80.0), hr(1, 95.0)])
+    w = feature_window(state, T0 + timedelta(hours=1), spec)
+    assert w.shape == (WINDOW, spec.n_features) and np.isfinite(w).all()
+    assert (w[:, 3 * c + 1 :] == 0.0).all()  # all unknown: values and known flags 0
+    # a Patient arriving later fills in age and sex for the next window
+    state.apply(
+        [
+            ClinicalEvent(
+                patient="p", time=T0, code="sex", kind="demographic", value_code="female"
+            ),
+            ClinicalEvent(
+                patient="p", time=T0, code="birth_year", kind="demographic", value=1961.0
+            ),
+        ]
+    )
+    w = feature_window(state, T0 + timedelta(hours=1), spec)
+    assert w[-1, 3 * c + 1 : 3 * c + 5].tolist() == pytest.approx([0.65, 1.0, 1.0, 1.0])
+    assert w[-1, 3 * c + 5 :].tolist() == [0.0, 0.0, 0.0, 0.0]  # no admission known
+
+
+def test_context_spec_round_trips_and_v1_specs_stay_as_they_were(tmp_path: Path) -> None:
+    spec = ctx_spec()
+    spec.save(tmp_path / "s.json")
+    back = FeatureSpec.load(tmp_path / "s.json")
+    assert back == spec and back.n_features == 3 * len(CODES) + 9
+    assert back.feature_names()[-1] == "context:icu_known"
+    assert "context" not in spec_for(CODES).to_dict()

@@ -4,6 +4,7 @@ written before schema 2) still load, to the same state."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import orjson
 import pytest
 
-from fhir.events import CATEGORICAL_CODES, NUMERIC_CODES, ClinicalEvent
+from fhir.events import CATEGORICAL_CODES, DEMOGRAPHIC_EPOCH, NUMERIC_CODES, ClinicalEvent
 from inference.features import default_spec, feature_window
 from inference.state import PatientState
 
@@ -139,7 +140,7 @@ def test_schema_1_record_loads_to_the_same_state() -> None:
     assert columns(old) == columns(built)
     assert old.first_seen == built.first_seen
     assert old.to_json() == built.to_json()
-    assert orjson.loads(old.to_json())["v"] == 2
+    assert orjson.loads(old.to_json())["v"] == 3
     as_of = T0 + timedelta(hours=4)
     assert old.latest_readings(as_of) == built.latest_readings(as_of)
     assert old.context("condition", as_of) == built.context("condition", as_of)
@@ -174,7 +175,69 @@ def test_loaded_state_shares_no_lists_with_its_input() -> None:
     assert st.series("heart_rate")[0][-1] != 1e12
 
 
-def test_schema_2_is_absolute_times_and_empty_state_round_trips() -> None:
+def test_schema_2_record_reads_as_a_state_without_patient_context() -> None:
+    st = PatientState()
+    st.apply(legacy_events())
+    d = orjson.loads(st.to_json())
+    assert d["v"] == 3
+    d["v"] = 2
+    old = PatientState.from_dict(d)
+    assert old == st and old.stay_fact("birth_year") is None and old.stay_times("admission") == []
+
+
+def test_patient_context_is_kept_unpruned_and_round_trips() -> None:
+    st = PatientState()
+    st.apply(legacy_events())
+    facts = [
+        ClinicalEvent(
+            patient="p1",
+            time=DEMOGRAPHIC_EPOCH,
+            code="birth_year",
+            kind="demographic",
+            value=1950.0,
+            source="Patient/p1",
+        ),
+        ClinicalEvent(
+            patient="p1",
+            time=DEMOGRAPHIC_EPOCH,
+            code="sex",
+            kind="demographic",
+            value_code="female",
+            source="Patient/p1",
+        ),
+        ClinicalEvent(
+            patient="p1",
+            time=T0 - timedelta(days=9),
+            code="admission",
+            kind="encounter",
+            value_code="IMP",
+            source="Encounter/e1",
+        ),
+        ClinicalEvent(
+            patient="p1",
+            time=T0 - timedelta(days=8),
+            code="icu_admission",
+            kind="encounter",
+            value_code="MICU",
+            source="Encounter/e1",
+        ),
+    ]
+    first, last = st.first_seen, st.last_seen
+    assert st.apply(facts) == 4
+    # context is not an observation: first/last seen and the codes stay as they were
+    assert (st.first_seen, st.last_seen) == (first, last)
+    assert "birth_year" not in st.codes and "sex" not in st.codes
+    st.prune(T0 + timedelta(days=30), keep_hours=72)
+    assert st.stay_fact("birth_year") == 1950.0 and st.stay_fact("sex") == "female"
+    assert st.stay_times("icu_admission") == [(T0 - timedelta(days=8)).timestamp()]
+    back = PatientState.from_json(st.to_json())
+    assert back == st and back.stay_fact("sex") == "female"
+    # the Encounter entered in error takes both its admissions with it
+    st.apply([replace(facts[2], status="entered-in-error")])
+    assert st.stay_times("admission") == [] and st.stay_times("icu_admission") == []
+
+
+def test_schema_3_is_absolute_times_and_empty_state_round_trips() -> None:
     st = PatientState()
     st.apply([ev("heart_rate", 1.0 / 7, 80.0, source="Observation/a")])
     d = orjson.loads(st.to_json())
@@ -183,7 +246,7 @@ def test_schema_2_is_absolute_times_and_empty_state_round_trips() -> None:
     empty = PatientState("p9")
     assert PatientState.from_json(empty.to_json()) == empty
     with pytest.raises(ValueError, match="schema"):
-        PatientState.from_json(b'{"v": 3}')
+        PatientState.from_json(b'{"v": 4}')
     np.testing.assert_array_equal(
         feature_window(PatientState.from_json(st.to_json()), T0, default_spec()),
         feature_window(st, T0, default_spec()),

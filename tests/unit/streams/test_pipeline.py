@@ -163,7 +163,7 @@ def test_legacy_record_from_the_changelog_still_loads(stay: Path) -> None:
     ):
         assert old.state == rec.state and old.alert == rec.alert
         assert old.to_json() == rec.to_json()
-        assert orjson.loads(old.to_json())["s"]["v"] == 2
+        assert orjson.loads(old.to_json())["s"]["v"] == 3
         # and it scores on exactly as the state it was saved from
         later = ClinicalEvent(
             patient=rec.state.patient,
