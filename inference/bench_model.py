@@ -50,14 +50,19 @@ def newest_version(model_dir: Path) -> Path:
     return versions[-1]
 
 
-def synthetic_windows(n: int, window: int, n_codes: int, seed: int = 0) -> npt.NDArray[np.float32]:
-    """``n`` windows float32[n, window, 3 * n_codes + 1] in the model's layout."""
+def synthetic_windows(
+    n: int, window: int, n_codes: int, seed: int = 0, n_context: int = 0
+) -> npt.NDArray[np.float32]:
+    """``n`` windows float32[n, window, 3 * n_codes + 1 + n_context] in the model's
+    layout (``n_context`` patient-context columns: values in [0, 1], known flags 1)."""
     rng = np.random.default_rng(seed)
     values = rng.normal(0.0, 1.0, (n, window, n_codes))
     masks = (rng.random((n, window, n_codes)) < 0.3).astype(np.float64)
     stale = rng.uniform(0.0, 1.0, (n, window, n_codes))
     hours = np.broadcast_to(np.linspace(0.0, 1.0, window)[None, :, None], (n, window, 1))
-    x = np.concatenate([values * masks, masks, stale, hours], axis=2)
+    context = np.ones((n, window, n_context))
+    context[:, :, 0::2] = rng.uniform(0.0, 1.0, (n, 1, (n_context + 1) // 2))
+    x = np.concatenate([values * masks, masks, stale, hours, context], axis=2)
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -92,15 +97,16 @@ def run(model_dir: Path, batches: list[int], seconds: float, threads: int) -> di
     vdir = newest_version(model_dir)
     spec = json.loads((vdir / "feature_spec.json").read_text())
     n_codes = len(spec["codes"])
+    n_context = len(spec.get("context", []))
     window = int(spec.get("window_hours", 48))
-    windows = synthetic_windows(max(batches), window, n_codes)
+    windows = synthetic_windows(max(batches), window, n_codes, n_context=n_context)
     torch.set_num_threads(threads)
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))
     out: dict[str, Any] = {
         "model": f"{model_dir.name} v{vdir.name}",
-        "window": [window, 3 * n_codes + 1],
+        "window": [window, 3 * n_codes + 1 + n_context],
         "torch": torch.__version__,
         "cpu_threads": threads,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,

@@ -309,7 +309,7 @@ def tune(
         "rule 2, nested (the served rule)": _method_metrics(folds, nested_guarded),
         "rule 1, nested": _method_metrics(folds, nested_best),
         "risk >= threshold": _method_metrics(folds, ["risk"] * k),
-        "legacy policy (v2 as served)": _method_metrics(folds, [legacy()] * k),
+        "previous policy (as v2 was served)": _method_metrics(folds, [legacy()] * k),
         "NEWS2 >= 5": _method_metrics(folds, ["news2"] * k),
         "rule 1's pick, in-sample (all folds)": _method_metrics(folds, [best] * k),
     }

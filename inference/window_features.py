@@ -58,16 +58,21 @@ F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
 
-def n_window_features(n_codes: int) -> int:
-    """How many features :func:`window_features` gives for ``n_codes`` codes."""
-    return (3 * n_codes + 1) + 6 * n_codes + n_codes + 3 * n_codes + 5 * n_codes + N_COUNTS
+def n_window_features(n_codes: int, n_extra: int = 0) -> int:
+    """How many features :func:`window_features` gives for ``n_codes`` codes and
+    ``n_extra`` columns after the stay time (the patient context), carried in ``last``."""
+    return (
+        (3 * n_codes + 1 + n_extra) + 6 * n_codes + n_codes + 3 * n_codes + 5 * n_codes + N_COUNTS
+    )
 
 
-def feature_names(codes: Sequence[str]) -> list[str]:
-    """Names of the :func:`window_features` columns, in order."""
+def feature_names(codes: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """Names of the :func:`window_features` columns, in order (``extra``: the names of the
+    columns after the stay time)."""
     c = list(codes)
     last = [f"last:value:{x}" for x in c] + [f"last:measured:{x}" for x in c]
     last += [f"last:staleness:{x}" for x in c] + ["last:stay_hours"]
+    last += [f"last:{x}" for x in extra]
 
     def vm(tag: str) -> list[str]:
         return [f"{tag}:value:{x}" for x in c] + [f"{tag}:measured:{x}" for x in c]
@@ -87,16 +92,17 @@ def lab_mask(codes: Sequence[str]) -> F64:
 
 
 def window_features(windows: npt.ArrayLike, n_codes: int, is_lab: npt.ArrayLike) -> F32:
-    """Feature set 2 of windows ``float32[B, WINDOW, 3 * n_codes + 1]`` ->
-    ``float32[B, n_window_features(n_codes)]`` (see the module docstring); ``is_lab`` is
+    """Feature set 2 of windows ``float32[B, WINDOW, 3 * n_codes + 1 (+ extra)]`` ->
+    ``float32[B, n_window_features(n_codes, extra)]`` (see the module docstring; columns
+    after the stay time, the patient context, are taken from the last hour); ``is_lab`` is
     :func:`lab_mask` of the codes. One window alone gives the same numbers as in a batch.
     Raises ``ValueError`` for windows of another shape or an ``is_lab`` of another length.
     """
     w = np.asarray(windows, dtype=np.float32)
     c = n_codes
     lab = np.asarray(is_lab, dtype=np.float64)
-    if w.ndim != 3 or w.shape[1] != WINDOW or w.shape[2] != 3 * c + 1:
-        raise ValueError(f"windows must be [B, {WINDOW}, {3 * c + 1}], got {list(w.shape)}")
+    if w.ndim != 3 or w.shape[1] != WINDOW or w.shape[2] < 3 * c + 1:
+        raise ValueError(f"windows must be [B, {WINDOW}, >= {3 * c + 1}], got {list(w.shape)}")
     if lab.shape != (c,):
         raise ValueError(f"is_lab must have {c} entries, got {list(lab.shape)}")
     vm = w[:, :, : 2 * c].astype(np.float64)
@@ -162,7 +168,7 @@ def bank_window_features(
     """:func:`window_features` of every sample row of a bank (``rows``/``starts`` as in
     ``train.Bank``), a chunk of windows at a time so memory stays small. Raises
     ``ValueError`` as :func:`window_features`."""
-    parts = [np.zeros((0, n_window_features(n_codes)), np.float32)]
+    parts = [np.zeros((0, n_window_features(n_codes, rows.shape[1] - 3 * n_codes - 1)), np.float32)]
     for i in range(0, starts.size, chunk):
         gather = starts[i : i + chunk, None] + np.arange(WINDOW)[None, :]
         parts.append(window_features(rows[gather], n_codes, is_lab))

@@ -27,8 +27,10 @@ def test_measures_the_served_model_and_its_ratios() -> None:
 
 def test_runs_the_model_the_stream_runs() -> None:
     # Same file, same outputs as the in-process runtime on the synthetic windows.
-    x = synthetic_windows(8, 48, 34)
     local = LocalTorchModel.from_dir(DEFAULT_DIR)
+    n_context = local.spec.n_features - (3 * 34 + 1)  # the served model reads the context
+    x = synthetic_windows(8, 48, 34, n_context=n_context)
+    assert x.shape == (8, 48, local.spec.n_features)
     module = torch.jit.load(  # type: ignore[no-untyped-call]
         str(newest_version(DEFAULT_DIR) / "model.pt"), map_location="cpu"
     )

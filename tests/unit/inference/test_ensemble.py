@@ -245,11 +245,14 @@ def test_local_model_loads_the_ensemble_and_its_components(tmp_path: Path) -> No
 
 
 def test_a_single_model_has_no_components(tmp_path: Path) -> None:
-    # The committed transformer (version 1) alone: a folder without the ensemble's version.
-    src = ROOT / "inference" / "model_repository" / "sepsis_transformer"
+    # A plain transformer alone: a folder without an ensemble's version.
+    spec = default_spec()
     single = tmp_path / "sepsis_transformer"
-    shutil.copytree(src / "1", single / "1")
-    shutil.copy(src / "model_card.json", single / "model_card.json")
+    (single / "1").mkdir(parents=True)
+    _traced(spec.n_features).save(str(single / "1" / "model.pt"))
+    spec.save(single / "1" / FEATURE_SPEC_FILE)
+    card = {"name": "sepsis_transformer", "version": 1, "alert_threshold": 0.3}
+    (single / "model_card.json").write_text(json.dumps(card))
     model = LocalTorchModel.from_dir(single)
     assert model.version == 1
     assert model.component_names() == []

@@ -69,7 +69,7 @@ def test_tune_reports_nested_rules_and_the_comparisons(tmp_path: Path) -> None:
     assert r["chosen"]["hold_hours"] == 2.0
     assert len(r["nested_choices"]["rule 2"]) == 3
     rows = r["methods"]
-    assert set(rows) >= {"NEWS2 >= 5", "rule 1, nested", "legacy policy (v2 as served)"}
+    assert set(rows) >= {"NEWS2 >= 5", "rule 1, nested", "previous policy (as v2 was served)"}
     # risk >= threshold is the plain policy's state, so the same utility
     assert rows["risk >= threshold"]["utility"] == pytest.approx(
         tune(_folds(flicker=True), [plain()], n_boot=50)["methods"][
