@@ -226,6 +226,26 @@ def run_fold(
     return out
 
 
+def _alert_state(
+    run: list[dict[str, Any]], labels: list[list[Any]], p_key: str, th_key: str
+) -> dict[str, Any]:
+    """What a clinician would see from one method's held-out risks: the served alert
+    policy's shape (:class:`~inference.alert_policy.AlertPolicy` at each fold's threshold:
+    state = risk >= threshold, a repeat alert at most every 6 h) through the worker's own
+    policy code, measured by :func:`inference.alert_metrics.alert_metrics`."""
+    from inference.alert_metrics import alert_metrics, policy_states
+    from inference.alert_policy import AlertPolicy
+
+    all_labels, states, raised = [], [], []
+    for f, lab in zip(run, labels, strict=True):
+        risks = _split_by_stay(np.asarray(f[p_key], dtype=np.float64), f["stay_of"])
+        st, rs = policy_states(AlertPolicy(threshold=float(f[th_key])), risks)
+        all_labels += lab
+        states += st
+        raised += rs
+    return alert_metrics(all_labels, states, raised).to_dict()
+
+
 def _same_patients(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> None:
     """Raises ``ValueError`` unless two runs' folds hold the same held-out rows."""
     same = len(a) == len(b) and all(
@@ -296,6 +316,7 @@ def summarise(
             ),
             "auroc_per_fold": [round(float(roc_auc_score(f["labels"], f[p_key])), 4) for f in run],
             "alarm_hours_fraction": round(float(np.concatenate(alarms).mean()), 4),
+            "alert_state": _alert_state(run, labels, p_key, th_key),
         }
     a, b = compared
     diff, lo, hi, ahead = paired_bootstrap(utils[a], utils[b], n_boot, np.random.default_rng(seed))
@@ -500,6 +521,29 @@ def render_markdown(m: dict[str, Any]) -> str:
             + " | "
             + ", ".join(f"{u:.3f}" for u in r["auroc_per_fold"])
             + f" | {100 * r['alarm_hours_fraction']:.1f} % |"
+        )
+    lines += [
+        "",
+        "The alert state a clinician would see from each (risk >= the fold's threshold, a "
+        "repeat alert at most every 6 h, run through the worker's policy code). NEWS2 is not "
+        "in the fold files, so escalations to critical (risk high and NEWS2 >= 7) are not "
+        "counted here; `inference/reports/policy/` counts them and compares NEWS2 and the "
+        "tuned policies:",
+        "",
+        "| method | utility | alerts / 100 patient-days | septic alerted in the 24 h before "
+        "onset | median lead (h) | PPV per alert |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, r in m["methods"].items():
+        a = r.get("alert_state")
+        if a is None:  # metrics written before the alert state was reported
+            continue
+        lead = "-" if a["median_lead_hours"] is None else f"{a['median_lead_hours']:g}"
+        ppv = "-" if a["ppv_per_alert"] is None else f"{100 * a['ppv_per_alert']:.1f} %"
+        lines.append(
+            f"| {method_label(key, m)} | {a['utility']:.3f} | "
+            f"{a['alerts_per_100_patient_days']:.1f} | "
+            f"{100 * a['septic_alerted_before_onset']:.1f} % | {lead} | {ppv} |"
         )
     pb = m["paired_bootstrap"]
     lines += [

@@ -85,6 +85,10 @@ def test_crossvalidate_end_to_end_on_synthetic_stays_and_resumes(tmp_path: Path)
     for r in m["methods"].values():
         assert len(r["utility_per_fold"]) == len(r["auroc_per_fold"]) == 3
         assert -5.0 < r["utility"] <= 1.0
+        # the served policy's alert state is risk >= threshold: the same utility, and
+        # suppression raises at most one alert per rising edge
+        assert r["alert_state"]["utility"] == pytest.approx(r["utility"], abs=1e-4)
+        assert r["alert_state"]["alerts"] >= 0
     pb = m["paired_bootstrap"]
     assert pb["ci95"][0] <= pb["utility_difference"] <= pb["ci95"][1]
     # the rule: the higher pooled ensemble utility is chosen
@@ -94,6 +98,7 @@ def test_crossvalidate_end_to_end_on_synthetic_stays_and_resumes(tmp_path: Path)
     assert (u2 > u1) == (m["chosen_method"] == "ensemble_2") or u1 == u2
     report = (out / "report.md").read_text()
     assert "Chosen:" in report and "validation split was not read" in report
+    assert "septic alerted in the 24 h before onset" in report
     assert (out / "crossval.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "metrics.json").read_text())["chosen"] == m["chosen"]
 
