@@ -185,6 +185,8 @@ def run_fold(
         lr=float(recipe["lr"]),
         patience=int(recipe["patience"]),
         desc="  transformer epoch",
+        pretrain_epochs=int(recipe.get("pretrain_epochs", 0)),
+        n_codes=len(codes),
     )
     tune_logit = tr.predict_logits(net, tune_bank)
     a, b = tr.platt_fit(tune_logit, tune_bank.labels)
@@ -433,6 +435,9 @@ def crossvalidate(
     if "max_iter" in overrides:
         command += f" --gbm-max-iter {overrides['max_iter']}"
     command += " --context" if recipe.get("context") else ""
+    command += (
+        f" --pretrain-epochs {recipe['pretrain_epochs']}" if recipe.get("pretrain_epochs") else ""
+    )
     command += f" --max-patients {max_patients}" if max_patients else ""
     command += f" --baseline {baseline}" if baseline else ""
     metrics |= {
@@ -470,6 +475,8 @@ def crossvalidate(
 
 def _recipe_text(recipe: dict[str, Any]) -> str:
     text = f"up to {recipe['epochs']} epochs, patience {recipe['patience']}"
+    if recipe.get("pretrain_epochs"):
+        text += f", after {recipe['pretrain_epochs']} pre-training epoch(s)"
     return text + (", with patient context" if recipe.get("context") else "")
 
 
@@ -645,6 +652,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the models read the patient-context features too (age, sex, hours since "
         "hospital and ICU admission; feature spec version 2)",
     )
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="epochs of self-supervised masked-value pre-training of the transformer's "
+        "encoder on every hour of the fold's training patients, before fine-tuning (0)",
+    )
     p.add_argument("--max-patients", type=int, default=None, help="for a quick trial run")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples")
@@ -655,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if a.context:  # absent otherwise, so earlier runs' fold files stay valid
         recipe["context"] = 1
+    if a.pretrain_epochs:
+        recipe["pretrain_epochs"] = a.pretrain_epochs
     m = crossvalidate(
         a.data_dir,
         a.out,

@@ -30,6 +30,7 @@ import numpy.typing as npt
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
+from torch import nn
 from tqdm import tqdm
 
 from inference import physionet_data as pdata
@@ -166,6 +167,63 @@ def sigmoid(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
     return out
 
 
+# Self-supervised pre-training: the share of measured (hour, code) values hidden per window.
+MASK_SHARE = 0.15
+
+
+def pretrain_encoder(
+    net: SepsisTransformer,
+    bank: Bank,
+    n_codes: int,
+    rng: np.random.Generator,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    desc: str = "pre-train epoch",
+) -> list[float]:
+    """Masked-value reconstruction over every hour of ``bank`` (labels unused): in each
+    window, :data:`MASK_SHARE` of the measured (hour, code) values are hidden (value and
+    measured flag set to 0) and a per-hour linear head on the encoder predicts them (mean
+    squared error on the hidden entries only). Trains ``net``'s projection and encoder in
+    place; the head is thrown away, so the classifier head starts fresh. Returns the loss
+    per epoch. Seeded by torch's global seed and ``rng``; raises nothing."""
+    recon = nn.Linear(net.cfg.hidden, n_codes)
+    params = [*net.project.parameters(), *net.encoder.parameters(), *recon.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    losses: list[float] = []
+    c = n_codes
+    for epoch in range(1, epochs + 1):
+        net.train()
+        order = rng.permutation(bank.labels.size)
+        total, count = 0.0, 0
+        bar = tqdm(range(0, order.size, batch_size), desc=f"{desc} {epoch}", unit="batch")
+        for i in bar:
+            x = bank.windows(order[i : i + batch_size])
+            measured = x[:, :, c : 2 * c] > 0.5
+            hide = measured & (torch.rand(measured.shape) < MASK_SHARE)
+            if not bool(hide.any()):
+                continue
+            xin = x.clone()
+            xin[:, :, :c] = torch.where(hide, torch.zeros_like(x[:, :, :c]), x[:, :, :c])
+            xin[:, :, c : 2 * c] = torch.where(
+                hide, torch.zeros_like(x[:, :, :c]), x[:, :, c : 2 * c]
+            )
+            hidden = net.encoder(inputs_embeds=net.project(xin), return_dict=False)[0]
+            err = (recon(hidden) - x[:, :, :c]) ** 2
+            loss = err[hide].mean()
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            total += loss.item() * int(hide.sum())
+            count += int(hide.sum())
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        losses.append(total / max(count, 1))
+        tqdm.write(f"{desc} {epoch}: masked-value loss {losses[-1]:.4f}")
+    return losses
+
+
 def fit_transformer(
     train_bank: Bank,
     test_bank: Bank,
@@ -179,10 +237,14 @@ def fit_transformer(
     patience: int,
     deadline: float | None = None,
     desc: str = "epoch",
+    pretrain_epochs: int = 0,
+    n_codes: int = 0,
 ) -> tuple[SepsisTransformer, list[dict[str, float]], int]:
     """Train a transformer on ``train_bank`` (all positive rows plus a fresh sample of
     ``neg_ratio`` negatives per positive each epoch), early-stopped on ``test_bank``'s
     AUROC; returns the best epoch's network, the per-epoch history and the best epoch.
+    With ``pretrain_epochs``, the encoder is first pre-trained on every hour of
+    ``train_bank`` (:func:`pretrain_encoder`, which needs ``n_codes``) and then fine-tuned.
     Seeded by torch's global seed (set it before) and ``rng``. ``deadline`` (a
     ``time.monotonic()`` value) stops after the epoch that passes it. Raises
     ``ValueError`` when either bank has no positive row; nothing is retried."""
@@ -191,6 +253,12 @@ def fit_transformer(
     if pos.size == 0 or not (test_bank.labels == 1).any():
         raise ValueError("need positive rows in train and test splits: use more patients")
     net = SepsisTransformer(cfg)
+    if pretrain_epochs:
+        if n_codes <= 0:
+            raise ValueError("pre-training needs the number of codes")
+        pretrain_encoder(
+            net, train_bank, n_codes, rng, epochs=pretrain_epochs, batch_size=batch_size, lr=lr
+        )
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-2)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     best_auc, best_state, best_epoch, bad = -1.0, None, 0, 0
