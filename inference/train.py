@@ -314,9 +314,12 @@ def train(
     threads: int = 2,
     max_minutes: float | None = None,
     context: bool = False,
+    pretrain_epochs: int = 0,
 ) -> dict[str, Any]:
     """Train and export; returns the model card (also written to the model folder).
-    ``context``: the model reads the patient-context features (feature spec version 2)."""
+    ``context``: the model reads the patient-context features (feature spec version 2);
+    ``pretrain_epochs``: masked-value pre-training of the encoder first
+    (:func:`pretrain_encoder`)."""
     t_start = time.monotonic()
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -342,6 +345,8 @@ def train(
         lr=lr,
         patience=patience,
         deadline=None if max_minutes is None else t_start + 60 * max_minutes,
+        pretrain_epochs=pretrain_epochs,
+        n_codes=len(spec.codes),
     )
 
     # Platt calibration on the test split's logits.
@@ -412,7 +417,8 @@ def train(
             f"--neg-ratio {neg_ratio} --batch-size {batch_size} --lr {lr} --patience {patience} "
             f"--version {version}"
             + (f" --max-patients {max_patients}" if max_patients else "")
-            + (" --context" if context else ""),
+            + (" --context" if context else "")
+            + (f" --pretrain-epochs {pretrain_epochs}" if pretrain_epochs else ""),
         },
         "alert_threshold": th,
         "alert_threshold_rule": "maximises PhysioNet 2019 normalised utility on the test split",
@@ -512,6 +518,13 @@ def main(argv: list[str] | None = None) -> int:
         help="read the patient-context features (age, sex, hours since hospital and ICU "
         "admission: feature spec version 2)",
     )
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="epochs of self-supervised masked-value pre-training of the encoder on every "
+        "hour of the train split before fine-tuning (0: none)",
+    )
     a = p.parse_args(argv)
     card = train(
         a.data_dir,
@@ -527,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=a.threads,
         max_minutes=a.max_minutes,
         context=a.context,
+        pretrain_epochs=a.pretrain_epochs,
     )
     print(json.dumps({"alert_threshold": card["alert_threshold"], **card["metrics"]}, indent=1))
     return 0

@@ -131,3 +131,38 @@ def test_committed_model_loads_and_scores_a_state() -> None:
     p = model.predict(w)
     assert p.shape == (1,)
     assert 0.0 <= float(p[0]) <= 1.0
+
+
+def test_pretraining_learns_to_fill_in_hidden_values_and_leaves_the_head(tmp_path: Path) -> None:
+    from inference import train as tr
+
+    _write_synthetic_stays(tmp_path, 12)
+    stays = tr.load_stays(tmp_path, 2019, None)
+    spec = tr.fit_spec(stays, context=True)
+    bank = tr.make_bank(stays, spec)
+    torch.manual_seed(0)
+    net = SepsisTransformer(ModelConfig(n_features=spec.n_features))
+    head = {k: v.clone() for k, v in net.head.state_dict().items()}
+    encoder = net.encoder.embeddings.position_embeddings.weight.detach().clone()
+    losses = tr.pretrain_encoder(
+        net, bank, len(spec.codes), np.random.default_rng(0), epochs=3, batch_size=32, lr=3e-3
+    )
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert all(torch.equal(v, net.head.state_dict()[k]) for k, v in head.items())
+    assert not torch.equal(encoder, net.encoder.embeddings.position_embeddings.weight)
+    # and the fine-tuning path runs after it, end to end
+    torch.manual_seed(0)
+    _, history, best = tr.fit_transformer(
+        bank,
+        bank,
+        ModelConfig(n_features=spec.n_features),
+        np.random.default_rng(0),
+        epochs=1,
+        neg_ratio=2,
+        batch_size=32,
+        lr=1e-3,
+        patience=1,
+        pretrain_epochs=1,
+        n_codes=len(spec.codes),
+    )
+    assert best == 1 and len(history) == 1 and 0.0 <= history[0]["test_auroc"] <= 1.0
