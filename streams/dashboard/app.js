@@ -33,7 +33,14 @@ async function api(path, options = {}) {
 }
 
 function fmtTime(iso) { return iso ? iso.replace("T", " ").slice(0, 16) : ""; }
-function fmtRisk(r) { return r === null || r === undefined ? "–" : r.toFixed(2); }
+// The risk as a percentage with two significant digits (at least one decimal under 10 %),
+// as the alert's reason states it: "0.02" hid whether 1.5 % was above a 1.43 % threshold.
+function fmtRisk(r) {
+  if (r === null || r === undefined) return "–";
+  const v = 100 * r;
+  if (v === 0) return "0%";
+  return v.toFixed(Math.max(0, 1 - Math.floor(Math.log10(Math.abs(v))))) + "%";
+}
 
 function cell(tr, text, cls) {
   const td = document.createElement("td");
