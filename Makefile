@@ -96,17 +96,19 @@ model: venv ## Retrain and export the served risk model, v3 (about 10 min on 2 c
 # Cross-validation on the train split (validation not read): the runs behind
 # inference/reports/crossval/, each reusing its fold files when run again.
 CROSSVAL_REPORTS := inference/reports/crossval
-crossval: venv ## Cross-validate the ensemble configurations on the train split (about 60 min on 2 cores)
+crossval: venv ## Cross-validate the ensemble configurations on the train split (about 80 min on 2 cores)
 	$(PY) -m inference.crossval --out var/crossval
 	$(PY) -m inference.crossval --feature-sets 1 --epochs 12 --baseline var/crossval --out var/crossval-epochs
 	$(PY) -m inference.crossval --feature-sets 1 --gbm-max-iter 1000 --baseline var/crossval --out var/crossval-gbm
 	$(PY) -m inference.crossval --feature-sets 1 --out var/crossval-v2
 	$(PY) -m inference.crossval --feature-sets 1 --context --baseline var/crossval-v2 --out $(POLICY_CV)
-	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs $(CROSSVAL_REPORTS)/gbm-iterations $(CROSSVAL_REPORTS)/context
+	$(PY) -m inference.crossval --feature-sets 1 --context --pretrain-epochs 1 --baseline $(POLICY_CV) --out var/crossval-pretrain
+	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs $(CROSSVAL_REPORTS)/gbm-iterations $(CROSSVAL_REPORTS)/context $(CROSSVAL_REPORTS)/pretraining
 	cp var/crossval/report.md var/crossval/metrics.json var/crossval/crossval.png $(CROSSVAL_REPORTS)/feature-sets/
 	cp var/crossval-epochs/report.md var/crossval-epochs/metrics.json var/crossval-epochs/crossval.png $(CROSSVAL_REPORTS)/epochs/
 	cp var/crossval-gbm/report.md var/crossval-gbm/metrics.json var/crossval-gbm/crossval.png $(CROSSVAL_REPORTS)/gbm-iterations/
 	cp $(POLICY_CV)/report.md $(POLICY_CV)/metrics.json $(POLICY_CV)/crossval.png $(CROSSVAL_REPORTS)/context/
+	cp var/crossval-pretrain/report.md var/crossval-pretrain/metrics.json var/crossval-pretrain/crossval.png $(CROSSVAL_REPORTS)/pretraining/
 
 # The alert policy alone, chosen on the held-out predictions of the served configuration
 # (the crossval run with the patient context), written into the served model card.
