@@ -51,6 +51,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from inference import physionet_data as pdata
+from inference.calibration import platt_fit, sigmoid
 from inference.evaluate import _split_by_stay, fit_gbm, fit_stacking, gbm_bank_features
 from inference.utility import best_alarms, best_threshold, stay_utility
 
@@ -189,9 +190,9 @@ def run_fold(
         n_codes=len(codes),
     )
     tune_logit = tr.predict_logits(net, tune_bank)
-    a, b = tr.platt_fit(tune_logit, tune_bank.labels)
-    tune_pt = tr.sigmoid(a * tune_logit + b)
-    held_pt = tr.sigmoid(a * tr.predict_logits(net, held_bank) + b)
+    a, b = platt_fit(tune_logit, tune_bank.labels)
+    tune_pt = sigmoid(a * tune_logit + b)
+    held_pt = sigmoid(a * tr.predict_logits(net, held_bank) + b)
     tune_labels = _split_by_stay(tune_bank.labels, tune_bank.stay_of)
     th_t, _ = best_threshold(tune_labels, _split_by_stay(tune_pt, tune_bank.stay_of))
     out: dict[str, Any] = {

@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from tqdm import tqdm
 
 from inference import physionet_data as pdata
+from inference.calibration import platt_fit, sigmoid
 from inference.features import (
     FEATURE_SPEC_FILE,
     WINDOW,
@@ -152,19 +152,6 @@ def per_stay(bank: Bank, values: npt.NDArray[Any]) -> tuple[list[Any], list[Any]
         labels.append(lab)
         vals.append(v)
     return labels, vals
-
-
-def platt_fit(logits: F32, labels: npt.NDArray[np.int8]) -> tuple[float, float]:
-    """Platt scaling: ``(a, b)`` so that ``sigmoid(a * logit + b)`` is calibrated on these
-    rows (a nearly unpenalised logistic regression). Raises ``ValueError`` when the
-    labels have one class."""
-    platt = LogisticRegression(C=1e4).fit(logits[:, None], labels)
-    return float(platt.coef_[0, 0]), float(platt.intercept_[0])
-
-
-def sigmoid(x: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-    out: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
-    return out
 
 
 # Self-supervised pre-training: the share of measured (hour, code) values hidden per window.

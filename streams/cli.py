@@ -239,7 +239,12 @@ def bench_cmd(
 COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd, bench_cmd)
 
 # Each area keeps its commands in a module of its own and lists them in ``COMMANDS``.
-COMMAND_MODULES = ("streams.cli_edge", "streams.cli_model", "streams.cli_analyst")
+COMMAND_MODULES = (
+    "streams.cli_edge",
+    "streams.cli_model",
+    "streams.cli_analyst",
+    "streams.cli_site",
+)
 
 
 def _subcommand(args: list[str]) -> str | None:

@@ -1,4 +1,4 @@
-"""``wardwatch`` commands for the risk model: evaluation."""
+"""``wardwatch`` commands for the risk model: evaluation and a site's recalibration."""
 
 from __future__ import annotations
 
@@ -97,4 +97,53 @@ def evaluate_cmd(
     click.echo(f"report written to {out}/report.md ({report['wall_seconds']} s)")
 
 
-COMMANDS: tuple[click.Command, ...] = (evaluate_cmd,)
+@click.command(name="recalibrate")
+@click.option(
+    "--from",
+    "recal_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="validate-site's recalibration.json.",
+)
+@click.option("--version", type=click.IntRange(min=1), required=True, help="The new version.")
+@click.option(
+    "--model-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The served model folder (default: WARDWATCH_MODEL_DIR).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("var") / "model-build" / "recalibrated",
+    show_default=True,
+    help="Where the new model folder is written (it must not exist yet).",
+)
+def recalibrate_cmd(recal_path: Path, version: int, model_dir: Path | None, out_dir: Path) -> None:
+    """Adopt this site's recalibration (from `wardwatch validate-site`) as a new model
+    version: the same ensemble with the recalibration folded into its stacking, checked
+    against the recalibrated old output, and a card with this site's threshold and base
+    rate. Serving is not changed: point WARDWATCH_MODEL_DIR (and Triton's repository) at
+    the new folder after validating it silently again.
+    """
+    import json
+
+    from inference import recalibrated_version
+
+    mdir = model_dir or _settings().model_dir
+    try:
+        card = recalibrated_version.build(
+            mdir, json.loads(recal_path.read_text()), version, out_dir
+        )
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    r = card["recalibration"]
+    click.echo(
+        f"version {version} written to {out_dir / mdir.name}: recalibration a={r['a']:.4f} "
+        f"b={r['b']:.4f} of version {r['of_version']} (checked to "
+        f"{r['max_difference_checked']:.1e}), alert threshold {card['alert_threshold']:.4g}"
+    )
+
+
+COMMANDS: tuple[click.Command, ...] = (evaluate_cmd, recalibrate_cmd)

@@ -4,19 +4,28 @@ Kafka, PostgreSQL and Triton are the ones `make up` started; the test gives itse
 own topics, consumer group and database so it cannot see (or disturb) a demo's data.
 Every published message must be accounted for — scored in the database or dead-lettered
 with its original bytes and a reason — and the stream's scores must equal what
-`wardwatch score` computes offline for the same files.
+`wardwatch score` computes offline for the same files. `wardwatch validate-site` then
+reads that database with the stays' labels.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import secrets
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
 from confluent_kafka import Consumer
+from sklearn.metrics import roc_auc_score
 
+from streams.cli_site import validate_site_cmd
 from streams.replay import make_producer, replay
 from streams.settings import Settings
 from tests.conftest import PHYSIONET, require_shared
@@ -62,6 +71,63 @@ def _dead_letters(s: Settings, want: int, deadline: float) -> list[tuple[bytes, 
     return out
 
 
+def _validate_site_on_the_replayed_database(
+    s: Settings,
+    files: list[Path],
+    rows: list[Any],
+    expected: dict[str, tuple[str, int]],
+    tmp: Path,
+) -> None:
+    """`wardwatch validate-site` on the database the replay filled, with the stays' own
+    labels (onset = first SepsisLabel hour + 6 h) given by PhysioNet record id: its
+    counts and AUROC are those of the stored scores of the same stays."""
+    start = datetime.fromisoformat(s.physionet_stay_start)
+    sepsis = {}
+    with (tmp / "labels.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patient", "onset"])
+        for path in files:
+            lines = path.read_text().splitlines()
+            col = lines[0].split("|").index("SepsisLabel")
+            y = np.array([int(float(x.split("|")[col])) for x in lines[1:]])
+            sepsis[path.stem] = y
+            onset = start + timedelta(hours=int(np.argmax(y)) + 6) if y.any() else None
+            w.writerow([path.stem, "" if onset is None else onset.isoformat()])
+    out = tmp / "site"
+    args = ["--labels", str(tmp / "labels.csv"), "--database-url", s.database_url]
+    args += ["--id-system", "physionet2019", "--out", str(out), "--bootstrap", "0"]
+    r = CliRunner().invoke(validate_site_cmd, args)
+    assert r.exit_code == 0, r.output
+    c = json.loads((out / "metrics.json").read_text())["counts"]
+    septic = sum(1 for y in sepsis.values() if y.any())
+    assert septic > 0
+    assert (c["patients"], c["septic_patients"], c["patients_no_outcome_given"]) == (
+        len(files),
+        septic,
+        0,
+    )
+    assert c["scores_read"] == len(rows) and c["scores_dropped_same_hour"] == 0
+    # The hourly rows it must have built: each stay's scored hours, the hours between
+    # them carrying the previous score forward (the replay sends no message for an hour
+    # without measurements).
+    scored: dict[str, dict[int, float | None]] = {}
+    for r in rows:
+        stem, hour = expected[r.event_offset]
+        scored.setdefault(stem, {})[hour] = r.risk
+    ys, risks = [], []
+    for stem, by_hour in scored.items():
+        last: float | None = None
+        for hour in range(min(by_hour), max(by_hour) + 1):
+            last = by_hour.get(hour, last)
+            if last is not None:
+                ys.append(sepsis[stem][hour])
+                risks.append(last)
+    assert c["rows"] == sum(max(h) - min(h) + 1 for h in scored.values())
+    d = json.loads((out / "metrics.json").read_text())["discrimination"]["model risk"]
+    assert d["auroc"] == pytest.approx(roc_auc_score(ys, risks), abs=1e-4)
+    assert (out / "report.md").read_text().startswith("# Site validation")
+
+
 def test_replayed_stays_are_all_accounted_for_and_match_offline_scores(
     run_settings: Settings, tmp_path: Path
 ) -> None:
@@ -89,6 +155,7 @@ def test_replayed_stays_are_all_accounted_for_and_match_offline_scores(
             assert r.alert == offline[expected[r.event_offset]]["alert"], expected[r.event_offset]
 
         assert_alerts_match_offline(s, files, rows)
+        _validate_site_on_the_replayed_database(s, files, rows, expected, tmp_path)
 
         dead = _dead_letters(s, len(BAD), time.monotonic() + 60)
         assert sorted(v for v, _ in dead) == sorted(BAD), "dead letters keep the original bytes"
