@@ -15,6 +15,9 @@ PY := $(VENV)/bin/python
 SERVICES := bash compose/services.sh
 PG_URL := postgresql+psycopg://wardwatch:wardwatch@127.0.0.1:5433/wardwatch
 PYTEST_ARGS ?=
+# The local targets run on the local services' public credentials and the default
+# pseudonym key: development mode lets components start on them (streams/deploy_checks.py).
+export WARDWATCH_DEV_MODE ?= 1
 
 .PHONY: help venv up down status logs demo test test-unit test-integration lint format bench model crossval policy clean
 

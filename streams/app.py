@@ -33,6 +33,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from faust.streams import Stream, _current_event
 from faust.types import EventT, StreamT
+from mode import CrashingSupervisor
 
 from fhir import parse as fhir_parse
 from inference.attribution import (
@@ -46,7 +47,8 @@ from inference.errors import ModelError, ModelUnavailable
 from storage.errors import StoragePermanentError
 
 from . import faust_fixes, persist
-from .errors import is_permanent, reason_of
+from .dead_letter_limit import DeadLetterLimit
+from .errors import WorkerStopError, is_permanent, reason_of
 from .model_info import load_model_info
 from .observe import (
     DatabaseProbe,
@@ -70,13 +72,14 @@ from .pipeline import (
     score_envelopes,
     stack_windows,
 )
-from .settings import VAR_DIR, Settings
+from .settings import Settings
 
 log = logging.getLogger("wardwatch.stream")
 T = TypeVar("T")
 
 # How long an agent keeps retrying a transient failure (database or broker away) before
-# it stops the worker without acknowledging: long enough to ride out a restart.
+# it stops the worker without acknowledging, by default (WARDWATCH_RETRY_BUDGET_S): long
+# enough to ride out a restart.
 RETRY_BUDGET_S = 300.0
 
 
@@ -98,13 +101,15 @@ def source_of(event: EventT[Any]) -> str:
     return f"{msg.topic}/{msg.partition}/{msg.offset}"
 
 
-async def retry_transient(fn: Callable[[], Awaitable[T]], what: str) -> T:
+async def retry_transient(
+    fn: Callable[[], Awaitable[T]], what: str, budget_s: float = RETRY_BUDGET_S
+) -> T:
     """Run ``fn`` until it succeeds, backing off on transient errors.
 
-    Raises the last transient error once :data:`RETRY_BUDGET_S` is spent (the caller
-    lets it stop the worker, unacknowledged); permanent errors propagate at once.
+    Raises the last transient error once ``budget_s`` is spent (the caller lets it stop
+    the worker, unacknowledged); permanent errors propagate at once.
     """
-    delay, deadline = 0.2, time.monotonic() + RETRY_BUDGET_S
+    delay, deadline = 0.2, time.monotonic() + budget_s
     while True:
         try:
             return await fn()
@@ -148,6 +153,8 @@ def create_app(settings: Settings) -> faust.App:
     at start-up, rather than by the first message).
     """
     fhir_parse.preload()
+    # Faust creates its data directory without parents: a fresh volume has none.
+    (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     # Roles (settings.worker_role): "all" runs every agent in one process; "score" and
     # "persist" split the alert path from the database writers. Writers are a consumer
     # group of their own (app id + "-writer"): they hold no table and read other topics.
@@ -179,7 +186,7 @@ def create_app(settings: Settings) -> faust.App:
         logging_config=log_config(settings.log_format),  # JSON lines (streams/observe.py)
         Worker=QuietWorker,  # no terminal spinner in the log output
         autodiscover=False,
-        datadir=str(VAR_DIR / "faust"),
+        datadir=str(settings.data_dir / "faust"),
         # Table values are whole patient records; recovery replays the changelog.
         table_standby_replicas=0,
     )
@@ -241,25 +248,99 @@ def create_app(settings: Settings) -> faust.App:
     async def no_database(timeout_s: float = 0.0) -> str | None:
         return None  # a scoring-only worker never touches the database
 
+    # Why the worker is stopping, once it is: /readyz reports it before the crash.
+    stopping: dict[str, str] = {}
     install_web(
         app,
         metrics,
         lag_topics=lag_topics,
         database=DatabaseProbe(sink.engine) if writing else no_database,
+        stopping=stopping,
     )
     metrics.set_build_info(wardwatch_version(), model.info.name, model.info.version)
 
-    async def dead_letter(event: EventT[Any], reason: str, stage: str) -> None:
-        """Write ``event`` to the dead-letter topic and wait for the broker's ack.
+    async def stop_loudly(exc: BaseException, agent: str) -> None:
+        """Stop the worker on a failure it cannot handle (retries exhausted, a send that
+        failed, the dead-letter limit): /readyz says not ready first, then the app
+        crashes, the process exits non-zero and nothing unacknowledged is committed."""
+        kind = (
+            "dead-letter limit"
+            if isinstance(exc, WorkerStopError)
+            else "failed"
+            if is_permanent(exc)
+            else "retries exhausted"
+        )
+        stopping.setdefault("stopping", f"agent {agent}: {kind}: {reason_of(exc)}")
+        metrics.stopping.labels(kind).inc()
+        log.critical(
+            "agent %s cannot go on (%s: %s): stopping the worker without committing",
+            agent,
+            kind,
+            safe_reason(reason_of(exc)),
+        )
+        await app.crash(exc)
 
-        If that fails the event can be neither processed nor parked: the worker crashes
-        (exits non-zero) with the event unacknowledged, so its offset is never committed
-        and it is read again after the cause is fixed. Not retried here.
+    def stops_loudly(
+        agent: str, body: Callable[[StreamT[Any]], Awaitable[None]]
+    ) -> Callable[[StreamT[Any]], Awaitable[None]]:
+        """``body`` as an agent that stops the worker when it raises, rather than being
+        restarted in the same process by Faust's supervisor with its batch unacknowledged
+        (commits would freeze and later events be scored on incomplete state)."""
+
+        @functools.wraps(body)
+        async def run(stream: StreamT[Any]) -> None:
+            try:
+                await body(stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await stop_loudly(exc, agent)
+                raise
+
+        return run
+
+    def dead_letter_limit() -> DeadLetterLimit:
+        return DeadLetterLimit(
+            settings.dead_letter_max_ratio,
+            settings.dead_letter_window_s,
+            settings.dead_letter_min_messages,
+        )
+
+    def check_limit(limit: DeadLetterLimit, agent: str, taken: int, dead: int) -> None:
+        """Count a batch; raises :class:`WorkerStopError` (before the batch is
+        acknowledged) when the agent's dead letters are over the limit."""
+        now = time.monotonic()
+        limit.record(taken, dead, now)
+        why = limit.exceeded(now)
+        if why is not None:
+            metrics.dead_letter_limit.labels(agent).inc()
+            raise WorkerStopError(f"dead-letter limit exceeded: {why}")
+
+    async def dead_letter(
+        event: EventT[Any], reason: str, stage: str, sent: list[Awaitable[Any]]
+    ) -> None:
+        """Hand ``event`` to the dead-letter topic; its broker ack joins ``sent``, which
+        the batch awaits together (with its scores) before acknowledging anything.
+
+        If the send fails the event can be neither processed nor parked: the agent
+        raises, the worker stops (exits non-zero) with the event unacknowledged, so its
+        offset is never committed and it is read again after the cause is fixed. Not
+        retried here.
         """
+        fut = await dlq.send(
+            key=event.key, value=event.value, headers=dlq_headers(event, reason, stage)
+        )
+        sent.append(_parked(fut, event, stage))
+        metrics.dead_letter(stage)
+        # The reason can quote the refused input: the log gets it redacted, the dead
+        # letter's headers (access-restricted, like the input itself) get it whole.
+        where = event_fields(event, stage=stage)
+        log.warning(
+            "dead-lettered %s at %s: %s", source_of(event), stage, safe_reason(reason), extra=where
+        )
+
+    async def _parked(fut: Awaitable[Any], event: EventT[Any], stage: str) -> None:
         try:
-            fut = await dlq.send(
-                key=event.key, value=event.value, headers=dlq_headers(event, reason, stage)
-            )
             await fut
         except Exception as exc:
             log.critical(
@@ -268,15 +349,7 @@ def create_app(settings: Settings) -> faust.App:
                 reason_of(exc),
                 extra=event_fields(event, stage=stage),
             )
-            await app.crash(exc)
             raise
-        metrics.dead_letter(stage)
-        # The reason can quote the refused input: the log gets it redacted, the dead
-        # letter's headers (access-restricted, like the input itself) get it whole.
-        where = event_fields(event, stage=stage)
-        log.warning(
-            "dead-lettered %s at %s: %s", source_of(event), stage, safe_reason(reason), extra=where
-        )
 
     async def predict(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
         """The model's risks, or None while Triton is away (scores are then degraded)."""
@@ -398,10 +471,11 @@ def create_app(settings: Settings) -> faust.App:
 
     async def take_inbound(
         event: EventT[Any], partitions: int | None, sent: list[Awaitable[Any]]
-    ) -> list[Envelope]:
-        """Normalise one inbound message: the envelopes to score here; those whose home
-        partition is another are sent to the events topic (their acks joined to
-        ``sent``); a bad message, or its refused entries, dead-lettered."""
+    ) -> tuple[list[Envelope], bool]:
+        """Normalise one inbound message: the envelopes to score here, and whether the
+        message was dead-lettered whole. Envelopes whose home partition is another are
+        sent to the events topic; a bad message, or its refused entries, dead-lettered
+        (each send's ack joined to ``sent``)."""
         value = event.value
         try:
             if not isinstance(value, bytes):
@@ -410,8 +484,8 @@ def create_app(settings: Settings) -> faust.App:
                 value, source=source_of(event), inbound_ts_ms=int(event.message.timestamp * 1000)
             )
         except Exception as exc:  # any failure to parse is this input's fault
-            await dead_letter(event, reason_of(exc), "normalise")
-            return []
+            await dead_letter(event, reason_of(exc), "normalise", sent)
+            return [], True
         local, forward = route(result.envelopes, event.message.partition, partitions)
         for env in forward:
             sent.append(await events_topic.send(key=env.patient.encode(), value=env.to_bytes()))
@@ -420,8 +494,8 @@ def create_app(settings: Settings) -> faust.App:
             reason = f"{len(result.rejected)} Bundle entries refused: " + "; ".join(
                 result.rejected[:10]
             )
-            await dead_letter(event, reason, "normalise")
-        return local
+            await dead_letter(event, reason, "normalise", sent)
+        return local, False
 
     # One agent reads the inbound topic and the events topic. Edge-published messages
     # are keyed by the pseudonym, so they already sit on the patient's home partition:
@@ -445,6 +519,7 @@ def create_app(settings: Settings) -> faust.App:
         # times a run; 10 ms frozen), which was the longest stall on the alert path.
         gc.freeze()
         partitions = await copartitioned()
+        limit = dead_letter_limit()
         async for batch in adaptive_batches(
             stream, settings.batch_size, settings.batch_within_s, settings.batch_busy_within_s
         ):
@@ -452,14 +527,17 @@ def create_app(settings: Settings) -> faust.App:
             envelopes: list[Envelope] = []
             last_event: dict[str, EventT[Any]] = {}
             sent: list[Awaitable[Any]] = []
+            dead = 0  # messages of the batch dead-lettered whole
             for event in batch:
                 if event.message.topic == settings.topic_inbound:
-                    taken = await take_inbound(event, partitions, sent)
+                    taken, refused = await take_inbound(event, partitions, sent)
+                    dead += refused
                 else:
                     try:
                         taken = [Envelope.from_bytes(event.value)]
                     except Exception as exc:
-                        await dead_letter(event, reason_of(exc), "score")
+                        await dead_letter(event, reason_of(exc), "score", sent)
+                        dead += 1
                         continue
                 envelopes.extend(taken)
                 for env in taken:
@@ -505,6 +583,7 @@ def create_app(settings: Settings) -> faust.App:
             # Awaiting the broker's acks first means a crash at any point replays the
             # batch from the old state, which re-emits the same records (idempotent).
             await asyncio.gather(*sent)
+            check_limit(limit, "score", len(batch), dead)
             for *_, score, decision in steps:  # durable now: count them
                 metrics.scored(score, None if decision is None else decision.severity)
             for patient, rec in records.items():
@@ -520,38 +599,54 @@ def create_app(settings: Settings) -> faust.App:
         batch: Sequence[EventT[Any]],
         to_row: Callable[[dict[str, Any]], Any],
         write: Callable[[Sequence[Any]], Awaitable[int]],
+        limit: DeadLetterLimit,
+        agent: str,
     ) -> None:
         """Write a batch idempotently, then acknowledge it.
 
-        Transient failures are retried (backpressure: the stream waits). A permanent
-        failure of the batch is narrowed down row by row, so one bad row is dead-lettered
-        and the others are still written.
+        Transient failures are retried (backpressure: the stream waits), then raise. A
+        permanent failure of the batch is narrowed down row by row, so one bad row is
+        dead-lettered and the others are still written; too many dead letters raise
+        :class:`WorkerStopError`. Either stops the worker with the batch unacknowledged.
         """
+        sent: list[Awaitable[Any]] = []
         pairs, bad = persist.decode_batch(batch, to_row)
+        dead = len(bad)
         for event, reason in bad:
-            await dead_letter(event, reason, "persist")
+            await dead_letter(event, reason, "persist", sent)
         if pairs:
             rows = [row for _, row in pairs]
+            budget = settings.retry_budget_s
             try:
-                await retry_transient(functools.partial(write, rows), "database write")
+                await retry_transient(functools.partial(write, rows), "database write", budget)
             except StoragePermanentError:
                 for event, row in pairs:
                     try:
-                        await retry_transient(functools.partial(write, [row]), "database write")
+                        one = functools.partial(write, [row])
+                        await retry_transient(one, "database write", budget)
                     except StoragePermanentError as exc:
-                        await dead_letter(event, reason_of(exc), "persist")
+                        await dead_letter(event, reason_of(exc), "persist", sent)
+                        dead += 1
+        await asyncio.gather(*sent)
+        check_limit(limit, agent, len(batch), dead)
         for event in batch:
             await stream.ack(event)
 
     async def persist_scores(stream: StreamT[Any]) -> None:
+        limit = dead_letter_limit()
         async for batch in batches(stream)(settings.batch_size, within=settings.persist_within_s):
             metrics.batch("persist_scores", len(batch))
-            await persist_batch(stream, batch, persist.score_row, sink.write_scores)
+            await persist_batch(
+                stream, batch, persist.score_row, sink.write_scores, limit, "persist_scores"
+            )
 
     async def persist_alerts(stream: StreamT[Any]) -> None:
+        limit = dead_letter_limit()
         async for batch in batches(stream)(settings.batch_size, within=settings.persist_within_s):
             metrics.batch("persist_alerts", len(batch))
-            await persist_batch(stream, batch, persist.alert_row, sink.write_alerts)
+            await persist_batch(
+                stream, batch, persist.alert_row, sink.write_alerts, limit, "persist_alerts"
+            )
 
     async def persist_dead_letters(stream: StreamT[Any]) -> None:
         # The dead-letter index: where each dead letter came from, which stage refused it
@@ -568,16 +663,23 @@ def create_app(settings: Settings) -> faust.App:
             ]
             try:
                 write = functools.partial(sink.write_dead_letters, rows)
-                await retry_transient(write, "dead-letter index write")
+                await retry_transient(write, "dead-letter index write", settings.retry_budget_s)
             except StoragePermanentError as exc:
                 log.error("dead-letter index: %d entries not stored: %s", len(rows), exc)
             for event in batch:
                 await stream.ack(event)
 
+    # A crashing supervisor: an agent that raises takes the worker down with it.
+    crash = CrashingSupervisor
     if scoring:
-        app.agent(sources_topic, name="score")(score_agent)
+        app.agent(sources_topic, name="score", supervisor_strategy=crash)(
+            stops_loudly("score", score_agent)
+        )
     if writing:
-        app.agent(scores_topic, name="persist_scores")(persist_scores)
-        app.agent(alerts_topic, name="persist_alerts")(persist_alerts)
-        app.agent(dlq, name="persist_dead_letters")(persist_dead_letters)
+        for topic, name, body in (
+            (scores_topic, "persist_scores", persist_scores),
+            (alerts_topic, "persist_alerts", persist_alerts),
+            (dlq, "persist_dead_letters", persist_dead_letters),
+        ):
+            app.agent(topic, name=name, supervisor_strategy=crash)(stops_loudly(name, body))
     return app

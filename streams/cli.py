@@ -52,6 +52,16 @@ def settings() -> Settings:
     return _SETTINGS
 
 
+def _require_safe(s: Settings, component: str, *, database: bool = True) -> None:
+    """:func:`streams.deploy_checks.require_safe`, as a command-line error."""
+    from .deploy_checks import UnsafeSettingsError, require_safe
+
+    try:
+        require_safe(s, component, database=database)
+    except UnsafeSettingsError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def _stay_start(s: Settings) -> datetime:
     return datetime.fromisoformat(s.physionet_stay_start)
 
@@ -77,6 +87,7 @@ def replay_cmd(paths: tuple[Path, ...], rate: float, limit: int, topic: str | No
     from .replay import replay
 
     s = settings()
+    _require_safe(s, "replay", database=False)
     stats = replay(list(paths), s, rate=rate, limit=limit, topic=topic or s.topic_inbound)
     click.echo(
         f"published {stats.sent} messages from {stats.files} files "
@@ -165,7 +176,9 @@ def demo_cmd(patients: int, rate: float, timeout: float, data: Path | None) -> N
     """
     from .demo import run_demo
 
-    ok = run_demo(settings(), patients=patients, rate=rate, timeout=timeout, data=data)
+    # The demo runs on the local services: development mode, whatever the environment says.
+    s = settings().model_copy(update={"dev_mode": True})
+    ok = run_demo(s, patients=patients, rate=rate, timeout=timeout, data=data)
     if not ok:
         raise click.ClickException("not every message was accounted for; see the summary")
 
@@ -266,6 +279,12 @@ def main() -> None:
         # Faust prints a start-up banner to stdout unless --quiet (which silences only
         # that): it would be the one non-JSON block in the worker's output.
         sys.argv.insert(1, "--quiet")
+    if _subcommand(sys.argv[1:]) == "worker":
+        try:
+            _require_safe(settings(), "worker", database=settings().worker_role != "score")
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(exc.exit_code)
     app = create_app(settings())
     cli.help = HELP
     for cmd in COMMANDS:

@@ -93,9 +93,10 @@ def api_cmd(host: str | None, port: int | None) -> None:
     Reads the same database as the worker (WARDWATCH_DATABASE_URL) and migrates it.
     """
     from .api import serve
-    from .cli import settings
+    from .cli import _require_safe, settings
 
     s = settings()
+    _require_safe(s, "api")
     with _database() as engine:
         serve(
             engine,

@@ -30,6 +30,15 @@ class TransientError(Exception):
     """A dependency is unavailable; retry, then stop without committing."""
 
 
+class WorkerStopError(Exception):
+    """The worker cannot go on correctly (too many dead letters: the fault is ours, not
+    the senders'). The agent stops the worker without acknowledging its batch."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 PERMANENT: tuple[type[BaseException], ...] = (
     PermanentError,
     PermanentInputError,

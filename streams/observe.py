@@ -97,6 +97,20 @@ class Metrics:
             "record already held: skipped (their scores and alerts were sent the first time).",
             registry=r,
         )
+        self.dead_letter_limit = Counter(
+            "wardwatch_dead_letter_limit_exceeded",
+            "Times an agent stopped the worker because too many of its messages were "
+            "dead-lettered (WARDWATCH_DEAD_LETTER_MAX_RATIO), per agent.",
+            ["agent"],
+            registry=r,
+        )
+        self.stopping = Counter(
+            "wardwatch_worker_stops",
+            "Times the worker stopped itself on a failure it cannot handle, per reason "
+            "(retries exhausted, send failed, dead-letter limit).",
+            ["reason"],
+            registry=r,
+        )
         self.rereads = Counter(
             "wardwatch_partition_rereads",
             "Source partitions read again from an earlier offset, per kind: hole (a stream "
@@ -389,9 +403,14 @@ class DatabaseProbe:
 
 
 async def check_ready(
-    app: faust.App, database: Callable[[], Awaitable[str | None]]
+    app: faust.App,
+    database: Callable[[], Awaitable[str | None]],
+    stopping: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Readiness of this worker: :func:`readiness_problems` from the live app."""
+    """Readiness of this worker: :func:`readiness_problems` from the live app, and why
+    it is stopping once it is (``stopping``, set before the worker crashes)."""
+    if stopping:
+        return dict(stopping)
     # TableManager's recovery service (TableManagerT does not declare it); its
     # ``completed`` event is set once the first assignment is recovered.
     recovery = cast(Any, app.tables).recovery
@@ -411,8 +430,10 @@ def install_web(
     *,
     lag_topics: Iterable[str],
     database: Callable[[], Awaitable[str | None]],
+    stopping: Mapping[str, str] | None = None,
 ) -> None:
-    """Add ``/metrics``, ``/healthz`` and ``/readyz`` to the worker's web server.
+    """Add ``/metrics``, ``/healthz`` and ``/readyz`` to the worker's web server
+    (``stopping``: why the worker is stopping, once it is; /readyz then says not ready).
 
     * ``/metrics``: Prometheus text format; consumer lag is refreshed on each scrape.
     * ``/healthz``: 200 ``{"status": "ok"}`` whenever the event loop answers (liveness).
@@ -435,7 +456,7 @@ def install_web(
     @app.page("/readyz", name="wardwatch_readyz")
     class ReadyView(web.View):
         async def get(self, request: web.Request) -> web.Response:
-            problems = await check_ready(app, database)
+            problems = await check_ready(app, database, stopping)
             try:
                 partitions = len(app.consumer.assignment())
             except Exception:  # consumer not started yet

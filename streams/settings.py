@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Public: components refuse it outside development mode (streams/deploy_checks.py).
+DEFAULT_PSEUDONYM_KEY = "wardwatch-local-development-key-change-me"
 VAR_DIR = PROJECT_ROOT / "var"
 
 
@@ -113,6 +115,11 @@ class Settings(BaseSettings):
     gateway_default_tz: str = Field(
         "UTC", description="IANA time zone for HL7 v2 timestamps sent without a UTC offset."
     )
+    data_dir: Path = Field(
+        VAR_DIR,
+        description="Where a worker keeps its local state (Faust's data directory, "
+        "created with its parents); must be writable by the service's user.",
+    )
     gateway_dedup_path: Path = Field(
         VAR_DIR / "gateway-seen.sqlite",
         description="SQLite file of HL7 v2 control ids already published (resend detection).",
@@ -157,10 +164,37 @@ class Settings(BaseSettings):
         description="Model folder used by offline scoring (`wardwatch score`).",
     )
 
+    # --- Failures
+    retry_budget_s: float = Field(
+        300.0,
+        description="How long an agent retries a transient failure (database or broker "
+        "away) before it stops the worker without committing.",
+    )
+    dead_letter_max_ratio: float = Field(
+        0.5,
+        gt=0.0,
+        le=1.0,
+        description="An agent stops the worker, without committing, when more than this "
+        "share of the messages it took in the window were dead-lettered (1.0: no limit).",
+    )
+    dead_letter_window_s: float = Field(
+        60.0, gt=0.0, description="The dead-letter limit's sliding window, seconds."
+    )
+    dead_letter_min_messages: int = Field(
+        200, ge=1, description="Messages the window must hold before the dead-letter limit applies."
+    )
+
     # --- Clinical
     pseudonym_key: SecretStr = Field(
-        SecretStr("wardwatch-local-development-key-change-me"),
-        description="HMAC key that turns patient identifiers into pseudonyms. Set in production.",
+        SecretStr(DEFAULT_PSEUDONYM_KEY),
+        description="HMAC key that turns patient identifiers into pseudonyms (at least 32 "
+        "bytes). The default is public: outside development mode nothing starts on it.",
+    )
+    dev_mode: bool = Field(
+        False,
+        description="Development mode: components start on the default pseudonym key and "
+        "database password (with a warning). Set by the Makefile's local targets and the "
+        "demo; never in production.",
     )
     staleness_hours: float = Field(12.0, description="A vital older than this is not scored.")
     alert_threshold: float | None = Field(

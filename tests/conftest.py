@@ -17,6 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PHYSIONET = SHARED_DATA / "physionet2019" / "training_setB"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The tests run the components on the local services' public credentials and the default
+# pseudonym key, which only development mode allows (tests of the refusal set it off).
+os.environ.setdefault("WARDWATCH_DEV_MODE", "1")
 
 
 def require_shared(path: Path = SHARED_DATA) -> Path:

@@ -90,7 +90,33 @@ def project_topics(s: Settings) -> list[str]:
 
 
 def test_expected_services_present(services: dict[str, Any]) -> None:
-    assert {"kafka", "kafka-init", "postgres", "triton", "worker", "writer"} <= set(services)
+    want = {"kafka", "kafka-init", "postgres", "triton", "worker", "writer", "gateway", "api"}
+    assert want <= set(services)
+
+
+def test_secrets_have_no_defaults() -> None:
+    # `${VAR:?message}` makes compose refuse to start without it; `${VAR:-default}` would
+    # start every service on a public value.
+    text = (COMPOSE_DIR / "docker-compose.yml").read_text()
+    for secret in ("WARDWATCH_PSEUDONYM_KEY", "WARDWATCH_DB_PASSWORD"):
+        assert f"${{{secret}:-" not in text and f"${{{secret}}}" not in text
+        assert f"${{{secret}:?" in text
+    assert "WARDWATCH_DEV_MODE" not in text
+
+
+def test_edge_and_api_run_the_real_commands(services: dict[str, Any]) -> None:
+    from streams.cli_analyst import api_cmd
+    from streams.cli_edge import gateway_cmd
+
+    assert services["gateway"]["command"] == [gateway_cmd.name]
+    assert services["api"]["command"] == [api_cmd.name]
+    for name in ("gateway", "api"):
+        env = services[name]["environment"]
+        assert set(env) <= {f"WARDWATCH_{f.upper()}" for f in Settings.model_fields}, name
+        for port in services[name]["ports"]:
+            assert str(port).startswith("127.0.0.1:"), f"{name}: {port} published beyond the host"
+    for name in ("worker", "writer"):
+        assert services[name]["environment"]["WARDWATCH_DATA_DIR"] == "/var/lib/wardwatch"
 
 
 def test_bind_mounts_exist(services: dict[str, Any]) -> None:

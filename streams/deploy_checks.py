@@ -1,0 +1,80 @@
+"""Settings no hospital may run on: refused at start-up outside development mode.
+
+The pseudonym key's default is a public string, so anyone could recompute the pseudonym
+of any MRN from it; a short key can be searched. The local PostgreSQL's credentials
+(``wardwatch``/``wardwatch``) are in this repository. Every component that pseudonymises
+(gateway, replay) or holds the database (worker, writer, API) calls :func:`require_safe`
+first; only ``WARDWATCH_DEV_MODE=1`` (set by the Makefile's local targets and by the demo)
+lets them start anyway, with a warning.
+
+Raises :class:`UnsafeSettingsError` (a ``ValueError``, permanent: fix the settings).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .settings import DEFAULT_PSEUDONYM_KEY, Settings
+
+log = logging.getLogger("wardwatch.deploy")
+
+# 256 bits, as HMAC-SHA256's output: a key shorter than that is the weaker part.
+MIN_KEY_BYTES: Final = 32
+# Passwords anyone can read: the local stack's, the compose example's and the usual ones.
+PUBLIC_PASSWORDS: Final = frozenset({"wardwatch", "postgres", "password", "changeme", "secret"})
+
+
+class UnsafeSettingsError(ValueError):
+    """A component was asked to start on settings that are not safe outside development."""
+
+
+def key_problems(settings: Settings) -> list[str]:
+    """What is wrong with the pseudonym key (empty: nothing). Never quotes the key."""
+    key = settings.pseudonym_key.get_secret_value()
+    if key == DEFAULT_PSEUDONYM_KEY:
+        return ["WARDWATCH_PSEUDONYM_KEY is the public default: anyone could recompute pseudonyms"]
+    if len(key.encode()) < MIN_KEY_BYTES:
+        return [
+            f"WARDWATCH_PSEUDONYM_KEY is {len(key.encode())} bytes; use at least "
+            f"{MIN_KEY_BYTES} random bytes (e.g. `openssl rand -base64 48`)"
+        ]
+    return []
+
+
+def database_problems(settings: Settings) -> list[str]:
+    """What is wrong with the database credentials (empty: nothing). Never quotes them."""
+    try:
+        url = make_url(settings.database_url)
+    except ArgumentError:
+        return ["WARDWATCH_DATABASE_URL is not a SQLAlchemy URL"]
+    if url.get_backend_name() == "sqlite" or url.password is None:
+        return []  # a file, or a server that authenticates otherwise (certificate, peer)
+    password = str(url.password)
+    if password.lower() in PUBLIC_PASSWORDS or password == url.username:
+        return ["WARDWATCH_DATABASE_URL uses a default or public database password"]
+    return []
+
+
+def require_safe(
+    settings: Settings, component: str, *, key: bool = True, database: bool = True
+) -> None:
+    """Refuse to start ``component`` on an unsafe pseudonym key (``key``) or database
+    password (``database``), unless ``settings.dev_mode``; in development mode log a
+    warning instead. Raises :class:`UnsafeSettingsError` listing every problem."""
+    problems = key_problems(settings) if key else []
+    if database:
+        problems += database_problems(settings)
+    if not problems:
+        return
+    if settings.dev_mode:
+        log.warning("%s: development mode, starting anyway: %s", component, "; ".join(problems))
+        return
+    raise UnsafeSettingsError(
+        f"{component} refuses to start: "
+        + "; ".join(problems)
+        + " (WARDWATCH_DEV_MODE=1 allows this on a development machine only)"
+    )
