@@ -126,10 +126,11 @@ after building the app.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import faust
 from faust.exceptions import Skip
@@ -717,6 +718,28 @@ async def adaptive_take(
         s._processors.remove(add_to_buffer)
 
 
+# The versions these overrides were written and contract-tested against. They replace
+# private Faust and aiokafka internals: another version may rename or reorder what they
+# rely on, and then they would fail silently. Upgrading means re-reading the overridden
+# code, re-running the integration tests, and adding the new versions here.
+TESTED_VERSIONS: Final = {
+    "faust-streaming": "0.15.3",
+    "mode-streaming": "0.7.1",
+    "aiokafka": "0.14.0",
+}
+
+
+def version_problems(installed: Callable[[str], str] | None = None) -> list[str]:
+    """The packages installed at another version than :data:`TESTED_VERSIONS` says
+    (empty: none). ``installed`` looks a version up (default ``importlib.metadata``)."""
+    look = installed or importlib.metadata.version
+    return [
+        f"{name} {look(name)} (these fixes are for {want})"
+        for name, want in TESTED_VERSIONS.items()
+        if look(name) != want
+    ]
+
+
 def install(
     app: faust.App,
     *,
@@ -729,7 +752,15 @@ def install(
     read again to ``on_reread`` (with its kind). Raises nothing.
 
     Must run before the worker starts (the consumer is created when it is first used).
+    Raises ``RuntimeError`` (permanent: the worker must not start) when faust-streaming,
+    mode-streaming or aiokafka is not at the version these overrides were written for.
     """
+    wrong = version_problems()
+    if wrong:
+        raise RuntimeError(
+            "streams/faust_fixes.py overrides private internals of other versions: "
+            + "; ".join(wrong)
+        )
     thread = type(
         "ConsumerThread",
         (ConsumerThread,),

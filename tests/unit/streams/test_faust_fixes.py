@@ -586,3 +586,19 @@ def test_a_never_seeked_partition_released_from_offset_0_is_read_again_from_0() 
     assert c.admit(m) is False
     c._stalled(0.0)
     assert c._stalled(c.STALL_S) == [(other, 0)], "not from 5: records 0..4 would be lost"
+
+
+def test_the_fixes_refuse_other_faust_mode_or_aiokafka_versions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import faust
+
+    import streams.faust_fixes as ff
+
+    assert ff.version_problems() == []  # the locked environment is the tested one
+    other = {**ff.TESTED_VERSIONS, "aiokafka": "0.99.0"}
+    wrong = ff.version_problems(other.__getitem__)
+    assert wrong == ["aiokafka 0.99.0 (these fixes are for 0.14.0)"]
+    monkeypatch.setattr(ff, "version_problems", lambda installed=None: wrong)
+    with pytest.raises(RuntimeError, match=r"aiokafka 0\.99\.0"):
+        ff.install(faust.App("wardwatch-version-guard", broker="kafka://127.0.0.1:1"))
