@@ -16,30 +16,17 @@ import base64
 import hashlib
 import secrets
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, Select, and_, delete, func, insert, or_, select, update
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 
-from storage.errors import classify
+from storage.errors import classified as _classified
 from storage.models import ROLES, Alert, ApiToken, AuditEntry, DeadLetter, Patient, Score
 
 TOKEN_PREFIX = "ww_"  # noqa: S105 (a prefix, not a secret)
-
-
-@contextmanager
-def _classified() -> Iterator[None]:
-    try:
-        yield
-    except sa_exc.SQLAlchemyError as e:
-        c = classify(e)
-        if c is e:
-            raise
-        raise c from e
 
 
 def _now() -> datetime:

@@ -16,6 +16,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from sqlalchemy import exc as sa_exc
@@ -139,3 +141,16 @@ def classify(exc: BaseException) -> Exception:
     if isinstance(exc, Exception):
         return exc
     return RuntimeError(reason)
+
+
+@contextmanager
+def classified() -> Iterator[None]:
+    """Re-raise a SQLAlchemy error of the block as :func:`classify` maps it (unchanged
+    when it maps to itself). Not retried here."""
+    try:
+        yield
+    except sa_exc.SQLAlchemyError as e:
+        c = classify(e)
+        if c is e:
+            raise
+        raise c from e

@@ -13,28 +13,15 @@ Database errors are classified by :func:`storage.errors.classify` into
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, func, select
-from sqlalchemy import exc as sa_exc
 
-from storage.errors import classify
+from storage.errors import classified as _classified
 from storage.models import Score
 
 CHUNK_ROWS = 5000
-
-
-@contextmanager
-def _classified() -> Iterator[None]:
-    try:
-        yield
-    except sa_exc.SQLAlchemyError as e:
-        c = classify(e)
-        if c is e:
-            raise
-        raise c from e
 
 
 @dataclass(frozen=True, slots=True)

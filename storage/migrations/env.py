@@ -2,11 +2,15 @@
 
 The database is, in order of preference: the connection handed over by
 :func:`storage.db.migrate` (``config.attributes["connection"]``); ``-x url=...`` on the
-alembic command line; ``WARDWATCH_DATABASE_URL`` (through the project settings, whose
-default is the local SQLite file); ``sqlalchemy.url`` in the ini file.
+alembic command line; ``WARDWATCH_DATABASE_URL`` (the variable the settings read; storage
+does not import the stream layer's settings); ``sqlalchemy.url`` in the ini file. The
+application always hands its own connection over, so this order matters only to a person
+running ``alembic`` by hand.
 """
 
 from __future__ import annotations
+
+import os
 
 from alembic import context
 from sqlalchemy import Connection
@@ -21,9 +25,7 @@ def _url() -> str:
     x = context.get_x_argument(as_dictionary=True)
     if x.get("url"):
         return x["url"]
-    from streams.settings import Settings  # reads WARDWATCH_DATABASE_URL
-
-    url = Settings().database_url
+    url = os.environ.get("WARDWATCH_DATABASE_URL")
     return url or config.get_main_option("sqlalchemy.url") or ""
 
 
