@@ -20,7 +20,7 @@ hourly state with the same yardsticks, so the policy's state, "risk >= threshold
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,36 @@ class AlertStateMetrics:
             "alerts": self.alerts,
             "septic_stays": self.septic_stays,
         }
+
+
+def table_cells(m: Mapping[str, Any], *, alert_hours: bool = True) -> list[str]:
+    """A metrics dict (:meth:`AlertStateMetrics.to_dict`) as the reports' table cells:
+    utility, alerts / 100 patient-days, septic alerted, median lead, PPV per alert and
+    (``alert_hours``) the share of alert hours. Raises ``KeyError`` for another dict."""
+    lead = "-" if m["median_lead_hours"] is None else f"{m['median_lead_hours']:g}"
+    ppv = "-" if m["ppv_per_alert"] is None else f"{100 * m['ppv_per_alert']:.1f} %"
+    cells = [
+        f"{m['utility']:.3f}",
+        f"{m['alerts_per_100_patient_days']:.1f}",
+        f"{100 * m['septic_alerted_before_onset']:.1f} %",
+        lead,
+        ppv,
+    ]
+    if alert_hours:
+        cells.append(f"{100 * m['alert_hours_fraction']:.1f} %")
+    return cells
+
+
+def summary_line(name: str, m: Mapping[str, Any], width: int = 42) -> str:
+    """One method's metrics dict as the commands print it. Raises ``KeyError`` for another
+    dict."""
+    lead = m["median_lead_hours"]
+    return (
+        f"{name:<{width}} utility {m['utility']:.3f}  alerts/100 patient-days "
+        f"{m['alerts_per_100_patient_days']:.1f}  septic alerted before onset "
+        f"{m['septic_alerted_before_onset']:.0%}  median lead "
+        f"{'-' if lead is None else f'{lead:g} h'}"
+    )
 
 
 def alert_metrics(

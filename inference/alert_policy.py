@@ -166,9 +166,7 @@ def transition(
     last_high = now_s if risk_high else state.last_high_s
     if not state.active:
         if not (risk_high or news2_enters):
-            return (
-                state if last_high == state.last_high_s else replace(state, last_high_s=last_high)
-            ), None
+            return state, None  # the risk is not high, so last_high_s is unchanged
         severity = _severity(risk_high, news2_high)
         new = replace(state, active=True, severity=severity, last_high_s=last_high)
     else:

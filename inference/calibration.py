@@ -15,9 +15,25 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.linear_model import LogisticRegression
 
-from inference.evaluate import LOGIT_EPS, calibration_bins, clipped_logit
-
 F64 = npt.NDArray[np.float64]
+
+LOGIT_EPS = 1e-6
+
+
+def clipped_logit(p: npt.ArrayLike) -> F64:
+    """``log(p / (1 - p))`` of ``p`` clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]``, float64."""
+    q = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS)
+    out: F64 = np.log(q) - np.log1p(-q)
+    return out
+
+
+def calibration_bins(y: npt.NDArray[np.int8], p: F64, bins: int = 10) -> tuple[F64, F64]:
+    """Mean predicted vs observed rate in ``bins`` quantile bins of ``p``."""
+    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
+    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
+    pred = np.array([p[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()])
+    obs = np.array([y[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()])
+    return pred, obs
 
 
 def sigmoid(x: npt.ArrayLike) -> F64:
@@ -68,7 +84,7 @@ def log_loss(y: npt.NDArray[Any], p: F64) -> float:
 
 def calibration_error(y: npt.NDArray[np.int8], p: F64, bins: int = 10) -> float:
     """Mean absolute gap between predicted and observed rate over the quantile bins of
-    :func:`inference.evaluate.calibration_bins` (bins hold about equal rows, so this is
+    :func:`calibration_bins` (bins hold about equal rows, so this is
     close to the expected calibration error). Raises nothing (NaN when empty)."""
     if not p.size:
         return math.nan

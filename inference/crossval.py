@@ -40,7 +40,6 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +50,14 @@ from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
 from inference import physionet_data as pdata
+from inference.alert_metrics import table_cells
 from inference.calibration import platt_fit, sigmoid
 from inference.evaluate import _split_by_stay, fit_gbm, fit_stacking, gbm_bank_features
-from inference.utility import best_alarms, best_threshold, stay_utility
+from inference.utility import (
+    StayUtilities,
+    best_threshold,
+    paired_bootstrap,
+)
 
 if TYPE_CHECKING:
     from inference.train import Bank, Stay
@@ -87,61 +91,6 @@ def assign_folds(stems: Sequence[str], folds: int, seed: int) -> npt.NDArray[np.
     for rank, j in enumerate(perm):
         out[order[j]] = rank % folds
     return out
-
-
-@dataclass(frozen=True)
-class StayUtilities:
-    """Per stay: utility of the alarms, of the best alarms and of no alarm (the three sums
-    of the normalised utility), so that bootstrap resamples are sums of rows.
-    :func:`inference.utility.normalized_utility` keeps its own running sums on purpose:
-    ``best_threshold`` compares its values with ``>``, and numpy's pairwise sums could
-    move a served model's threshold on a float-level tie."""
-
-    observed: F64
-    best: F64
-    inaction: F64
-
-    @classmethod
-    def of(
-        cls, labels: Sequence[npt.NDArray[Any]], alarms: Sequence[npt.NDArray[Any]]
-    ) -> StayUtilities:
-        """Raises ``ValueError`` when a stay's labels and alarms differ in length."""
-        obs = [stay_utility(y, a) for y, a in zip(labels, alarms, strict=True)]
-        best = [stay_utility(y, best_alarms(y)) for y in labels]
-        none = [stay_utility(y, np.zeros(len(y), np.int8)) for y in labels]
-        return cls(np.array(obs), np.array(best), np.array(none))
-
-    def normalised(self, pick: npt.NDArray[np.int64] | None = None) -> float:
-        """Normalised utility over all stays (or the stays ``pick``, repeats allowed).
-        Raises ``ValueError`` when no picked stay is septic."""
-        o, b, n = (self.observed, self.best, self.inaction)
-        if pick is not None:
-            o, b, n = o[pick], b[pick], n[pick]
-        denom = float(b.sum() - n.sum())
-        if denom == 0.0:
-            raise ValueError("no septic stay: normalised utility is undefined")
-        return float(o.sum() - n.sum()) / denom
-
-
-def paired_bootstrap(
-    a: StayUtilities, b: StayUtilities, n_boot: int, rng: np.random.Generator
-) -> tuple[float, float, float, float]:
-    """Utility of ``b`` minus ``a`` on the same stays, with the 95 % percentile interval
-    over patient-level resamples (both configurations scored on each resample) and the
-    fraction of resamples where ``b`` is ahead. Raises ``ValueError`` for stays that
-    differ in number."""
-    if a.best.shape != b.best.shape:
-        raise ValueError("the two configurations must be scored on the same stays")
-    n = a.best.size
-    diffs = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, n, n)
-        if a.best[pick].sum() == a.inaction[pick].sum():
-            continue  # a resample without a septic stay has no utility
-        diffs.append(b.normalised(pick) - a.normalised(pick))
-    d = np.asarray(diffs)
-    lo, hi = np.percentile(d, [2.5, 97.5])
-    return b.normalised() - a.normalised(), float(lo), float(hi), float((d > 0).mean())
 
 
 def _gbm_probability(gbm: Any, bank: Bank, codes: Sequence[str], feature_set: int) -> F64:
@@ -546,13 +495,8 @@ def render_markdown(m: dict[str, Any]) -> str:
         a = r.get("alert_state")
         if a is None:  # metrics written before the alert state was reported
             continue
-        lead = "-" if a["median_lead_hours"] is None else f"{a['median_lead_hours']:g}"
-        ppv = "-" if a["ppv_per_alert"] is None else f"{100 * a['ppv_per_alert']:.1f} %"
-        lines.append(
-            f"| {method_label(key, m)} | {a['utility']:.3f} | "
-            f"{a['alerts_per_100_patient_days']:.1f} | "
-            f"{100 * a['septic_alerted_before_onset']:.1f} % | {lead} | {ppv} |"
-        )
+        cells = " | ".join(table_cells(a, alert_hours=False))
+        lines.append(f"| {method_label(key, m)} | {cells} |")
     pb = m["paired_bootstrap"]
     lines += [
         "",

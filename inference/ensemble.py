@@ -48,11 +48,11 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from inference.calibration import LOGIT_EPS
 from inference.evaluate import (
     GBM_EARLY_LABEL_HOURS,
     GBM_FEATURE_SET,
     GBM_PARAMS_BY_SET,
-    LOGIT_EPS,
     Stacking,
     _in_chunks,
     _split_by_stay,

@@ -51,8 +51,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from fhir.events import Reading
-from inference.alert_metrics import HORIZON_HOURS, alert_metrics, policy_states
+from inference.alert_metrics import HORIZON_HOURS, alert_metrics, policy_states, table_cells
+from inference.alert_metrics import rising_edges as am_rising_edges
 from inference.alert_policy import AlertPolicy
+from inference.calibration import LOGIT_EPS, calibration_bins, clipped_logit
 from inference.early_warning import news2, qsofa
 from inference.features import WINDOW, FeatureSpec
 from inference.runtime import LocalTorchModel
@@ -235,16 +237,6 @@ def fit_gbm(
 
 
 # Probabilities are clipped before the logit so 0 and 1 stay finite (float32 saturates).
-LOGIT_EPS = 1e-6
-
-
-def clipped_logit(p: npt.ArrayLike) -> F64:
-    """``log(p / (1 - p))`` of ``p`` clipped to ``[LOGIT_EPS, 1 - LOGIT_EPS]``, float64."""
-    q = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS)
-    out: F64 = np.log(q) - np.log1p(-q)
-    return out
-
-
 @dataclass(frozen=True)
 class Stacking:
     """Logistic stacking of the transformer and gradient-boosting probabilities:
@@ -299,7 +291,7 @@ def fit_stacking(
 
 def rising_edges(alarms: Sequence[npt.NDArray[np.bool_]]) -> int:
     """How many times an alarm switches on (per stay, the first hour counts if on)."""
-    return int(sum(np.count_nonzero(np.diff(a.astype(np.int8), prepend=0) == 1) for a in alarms))
+    return int(sum(np.count_nonzero(am_rising_edges(a)) for a in alarms))
 
 
 def bootstrap_ci(
@@ -320,15 +312,6 @@ def bootstrap_ci(
         vals.append(metric(y, np.concatenate([scores[i] for i in pick])))
     lo, hi = np.percentile(vals, [2.5, 97.5])
     return float(lo), float(hi)
-
-
-def calibration_bins(y: npt.NDArray[np.int8], p: F64, bins: int = 10) -> tuple[F64, F64]:
-    """Mean predicted vs observed rate in ``bins`` quantile bins of ``p``."""
-    edges = np.unique(np.quantile(p, np.linspace(0, 1, bins + 1)))
-    which = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, len(edges) - 2)
-    pred = np.array([p[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()])
-    obs = np.array([y[which == b].mean() for b in range(len(edges) - 1) if (which == b).any()])
-    return pred, obs
 
 
 def _split_by_stay(values: npt.NDArray[Any], stay_of: npt.NDArray[np.int64]) -> list[Any]:
@@ -534,7 +517,22 @@ def _alert_state(
     return {"methods": rows, "threshold_curve": curve, "horizon_hours": HORIZON_HOURS}
 
 
-def _alert_state_plot(path: Path, curve: list[dict[str, Any]], policy: AlertPolicy) -> None:
+VLine = tuple[float, str, str, str]  # (x, colour, line style, label)
+
+
+def save_burden_plot(
+    path: Path,
+    curve: Sequence[Mapping[str, Any]],
+    lines: Sequence[VLine],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+) -> None:
+    """Utility (left axis) and alerts per 100 patient-days (right axis) against the
+    threshold in % (``curve``: dicts with ``threshold``, ``utility`` and
+    ``alerts_per_100_patient_days``), with vertical ``lines`` at thresholds (fractions);
+    written to ``path``. Raises ``OSError`` when it cannot be written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -543,16 +541,28 @@ def _alert_state_plot(path: Path, curve: list[dict[str, Any]], policy: AlertPoli
     xs = [100 * c["threshold"] for c in curve]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(xs, [c["utility"] for c in curve], "o-", color="tab:blue", label="utility")
-    ax.axvline(100 * policy.threshold, color="grey", ls=":", label="the card's threshold")
-    ax.set(xlabel="alert threshold (% risk)", ylabel="normalised utility of the alert state")
+    for x, colour, style, label in lines:
+        ax.axvline(100 * x, color=colour, ls=style, label=label)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax2 = ax.twinx()
     ax2.plot(xs, [c["alerts_per_100_patient_days"] for c in curve], "^-", color="tab:orange")
     ax2.set_ylabel("alerts raised per 100 patient-days", color="tab:orange")
     ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("The alert state: utility and burden against the threshold")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _alert_state_plot(path: Path, curve: list[dict[str, Any]], policy: AlertPolicy) -> None:
+    save_burden_plot(
+        path,
+        curve,
+        [(policy.threshold, "grey", ":", "the card's threshold")],
+        xlabel="alert threshold (% risk)",
+        ylabel="normalised utility of the alert state",
+        title="The alert state: utility and burden against the threshold",
+    )
 
 
 GBM_NAME = "gradient boosting (HistGradientBoosting)"
@@ -582,6 +592,36 @@ def _components_in_chunks(model: LocalTorchModel, bank: Any, chunk: int = 1024) 
         for k in names:
             parts[k].append(got[k])
     return {k: np.concatenate(v).astype(np.float64) for k, v in parts.items()}
+
+
+CalibrationCurve = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], str, str, str]
+
+
+def save_calibration_plot(
+    path: Path, curves: Sequence[CalibrationCurve], *, xlabel: str, title: str
+) -> None:
+    """Predicted against observed, one ``(predicted, observed, marker, colour, label)``
+    curve each, beside the diagonal, square and scaled to the largest value; written to
+    ``path``. Raises ``OSError`` when it cannot be written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    top = 0.0
+    for pred, obs, marker, colour, label in curves:
+        ax.plot(pred, obs, marker, color=colour, label=label)
+        top = max(top, float(pred.max()), float(obs.max()))
+    top = min(1.0, top * 1.1 + 1e-3)
+    ax.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="perfect calibration")
+    ax.set(
+        xlabel=xlabel, ylabel="observed positive rate", title=title, xlim=(0, top), ylim=(0, top)
+    )
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plots(
@@ -622,27 +662,16 @@ def _plots(
     fig.savefig(out / "precision_recall.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 6))
-    top = 0.0
-    for m, col in zip(methods, colours, strict=False):
-        if not m.probability:
-            continue
-        pred, obs = calibration_bins(y, m.score)
-        top = max(top, float(pred.max()), float(obs.max()))
-        ax.plot(pred, obs, "o-", color=col, label=m.name)
-    top = min(1.0, top * 1.1 + 1e-3)
-    ax.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="perfect calibration")
-    ax.set(
+    save_calibration_plot(
+        out / "calibration.png",
+        [
+            (*calibration_bins(y, m.score), "o-", col, m.name)
+            for m, col in zip(methods, colours, strict=False)
+            if m.probability
+        ],
         xlabel="mean predicted probability (decile bins)",
-        ylabel="observed positive rate",
         title="Calibration",
-        xlim=(0, top),
-        ylim=(0, top),
     )
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "calibration.png", dpi=110)
-    plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 5))
     for m, col in zip(methods, colours, strict=False):
@@ -774,14 +803,7 @@ def _alert_state_lines(r: dict[str, Any]) -> list[str]:
         f"{a['horizon_hours']} h before onset | median lead (h) | PPV per alert | alert hours |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, m in a["methods"].items():
-        lead = "-" if m["median_lead_hours"] is None else f"{m['median_lead_hours']:g}"
-        ppv = "-" if m["ppv_per_alert"] is None else f"{100 * m['ppv_per_alert']:.1f} %"
-        lines.append(
-            f"| {name} | {m['utility']:.3f} | {m['alerts_per_100_patient_days']:.1f} | "
-            f"{100 * m['septic_alerted_before_onset']:.1f} % | {lead} | {ppv} | "
-            f"{100 * m['alert_hours_fraction']:.1f} % |"
-        )
+    lines += [f"| {name} | {' | '.join(table_cells(m))} |" for name, m in a["methods"].items()]
     ours = a["methods"]["alert state (the policy)"]["utility"]
     rule = next(v for k, v in a["methods"].items() if k.startswith("risk >="))["utility"]
     if ours < rule - 0.005:

@@ -47,7 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from inference import physionet_data as pdata
-from inference.alert_metrics import alert_metrics, policy_states, rising_edges
+from inference.alert_metrics import alert_metrics, policy_states, rising_edges, table_cells
 from inference.alert_policy import AlertPolicy
 from inference.utility import best_alarms, stay_utility
 
@@ -412,15 +412,9 @@ def render_markdown(r: dict[str, Any], command: str) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, m in r["methods"].items():
-        lead = "-" if m["median_lead_hours"] is None else f"{m['median_lead_hours']:g}"
-        ppv = "-" if m["ppv_per_alert"] is None else f"{100 * m['ppv_per_alert']:.1f} %"
-        lines.append(
-            f"| {name} | {m['utility']:.3f} | "
-            + ", ".join(f"{u:.3f}" for u in m["utility_per_fold"])
-            + f" | {m['alerts_per_100_patient_days']:.1f} | "
-            f"{100 * m['septic_alerted_before_onset']:.1f} % | {lead} | {ppv} | "
-            f"{100 * m['alert_hours_fraction']:.1f} % |"
-        )
+        cells = table_cells(m)
+        cells.insert(1, ", ".join(f"{u:.3f}" for u in m["utility_per_fold"]))
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     lines += [
         "",
         "The nested rows are the honest estimates of each rule: each fold's policy was "

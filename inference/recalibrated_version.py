@@ -95,8 +95,7 @@ def build(
 
     threshold = recalibration["threshold"]["proposed_recalibrated_space"]
     policy = dict(card.get("alert_policy") or {})
-    policy.update(recalibration["card_block"]["alert_policy"])
-    policy["threshold"] = threshold
+    policy.update(recalibration["card_block"]["alert_policy"])  # its threshold is `threshold`
     policy["tuned_by"] = "wardwatch validate-site (threshold and base rate at this site)"
     for stale in ("crossval", "chosen", "rule"):
         policy.pop(stale, None)

@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from inference.evaluate import calibration_bins
+from inference.alert_metrics import table_cells
+from inference.calibration import calibration_bins
+from inference.evaluate import CalibrationCurve, VLine, save_burden_plot, save_calibration_plot
 from inference.site_validation import (
     LABEL_LEAD_HOURS,
     MAX_GAP_HOURS,
@@ -160,14 +162,10 @@ def render_markdown(r: Mapping[str, Any]) -> str:
         "PPV per alert | alert hours |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name, a in r["alert_state"]["methods"].items():
-        lead = "-" if a["median_lead_hours"] is None else f"{a['median_lead_hours']:g}"
-        ppv = "-" if a["ppv_per_alert"] is None else f"{100 * a['ppv_per_alert']:.1f} %"
-        lines.append(
-            f"| {name} | {a['utility']:.3f} | {a['alerts_per_100_patient_days']:.1f} | "
-            f"{100 * a['septic_alerted_before_onset']:.1f} % | {lead} | {ppv} | "
-            f"{100 * a['alert_hours_fraction']:.1f} % |"
-        )
+    lines += [
+        f"| {name} | {' | '.join(table_cells(a))} |"
+        for name, a in r["alert_state"]["methods"].items()
+    ]
     lines += [
         "",
         f"`{STORED_STATE}` is the `alert` column the worker stored (the state a clinician "
@@ -227,49 +225,32 @@ def _plots(out: Path, r: Mapping[str, Any], data: SiteData) -> None:
     fig.savefig(out / "roc.png", dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(6, 6))
-    pred, obs = calibration_bins(rows.y, rows.p)
-    ax.plot(pred, obs, "o-", color="tab:blue", label="served risk (all rows)")
-    top = max(float(pred.max()), float(obs.max()))
+    curves: list[CalibrationCurve] = [
+        (*calibration_bins(rows.y, rows.p), "o-", "tab:blue", "served risk (all rows)")
+    ]
     pooled = r["_plot"]["pooled"]
     if pooled is not None and pooled[0].size:
         y, _, q = pooled
-        qp, qo = calibration_bins(y, q)
-        ax.plot(qp, qo, "s-", color="tab:green", label="recalibrated (held-out folds)")
-        top = max(top, float(qp.max()), float(qo.max()))
-    top = min(1.0, top * 1.1 + 1e-3)
-    ax.plot([0, top], [0, top], color="grey", ls=":", lw=1, label="perfect calibration")
-    ax.set(
+        curves.append((*calibration_bins(y, q), "s-", "tab:green", "recalibrated (held-out folds)"))
+    save_calibration_plot(
+        out / "calibration.png",
+        curves,
         xlabel="mean predicted risk (decile bins)",
-        ylabel="observed positive rate",
         title="Calibration at this site",
-        xlim=(0, top),
-        ylim=(0, top),
     )
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "calibration.png", dpi=110)
-    plt.close(fig)
 
-    curve = r["threshold_curve"]
-    xs = [100 * x["threshold"] for x in curve]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(xs, [x["utility"] for x in curve], "o-", color="tab:blue", label="utility")
-    ax.axvline(100 * r["threshold"]["served"], color="grey", ls=":", label="served threshold")
-    if r["threshold"]["changed"]:
-        ax.axvline(
-            100 * r["threshold"]["proposed_served_space"], color="tab:green", ls="--",
-            label="proposed threshold",
-        )  # fmt: skip
-    ax.set(xlabel="alert threshold (% served risk)", ylabel="normalised utility of risk >= t")
-    ax2 = ax.twinx()
-    ax2.plot(xs, [x["alerts_per_100_patient_days"] for x in curve], "^-", color="tab:orange")
-    ax2.set_ylabel("alerts per 100 patient-days", color="tab:orange")
-    ax.legend(loc="lower left", fontsize=8)
-    ax.set_title("Utility and alert burden against the threshold, this site")
-    fig.tight_layout()
-    fig.savefig(out / "utility_vs_threshold.png", dpi=110)
-    plt.close(fig)
+    th = r["threshold"]
+    lines: list[VLine] = [(th["served"], "grey", ":", "served threshold")]
+    if th["changed"]:
+        lines.append((th["proposed_served_space"], "tab:green", "--", "proposed threshold"))
+    save_burden_plot(
+        out / "utility_vs_threshold.png",
+        r["threshold_curve"],
+        lines,
+        xlabel="alert threshold (% served risk)",
+        ylabel="normalised utility of risk >= t",
+        title="Utility and alert burden against the threshold, this site",
+    )
 
 
 def write_report(report: dict[str, Any], data: SiteData, out: Path) -> dict[str, Path]:

@@ -41,15 +41,17 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from inference.alert_metrics import HORIZON_HOURS, alert_metrics
 from inference.alert_policy import AlertPolicy
 from inference.calibration import (
+    LOGIT_EPS,
     brier,
+    calibration_bins,
     calibration_error,
     log_loss,
     platt_fit_risk,
     recalibrate,
 )
-from inference.evaluate import LOGIT_EPS, bootstrap_ci, calibration_bins
+from inference.evaluate import bootstrap_ci
 from inference.site_labels import SiteLabels
-from inference.utility import DT_OPTIMAL, best_alarms, best_threshold, stay_utility
+from inference.utility import DT_OPTIMAL, StayUtilities, best_threshold, paired_bootstrap
 
 F64 = npt.NDArray[np.float64]
 I8 = npt.NDArray[np.int8]
@@ -363,14 +365,6 @@ def _threshold_candidates(risks: Sequence[F64], served: float) -> F64:
     return out
 
 
-def _utility_parts(labels: Sequence[I8], alarms: Sequence[Bools]) -> tuple[F64, F64, F64]:
-    """Per stay: utility of ``alarms``, of the best alarms, and of never alarming."""
-    obs = np.array([stay_utility(y, a) for y, a in zip(labels, alarms, strict=True)])
-    best = np.array([stay_utility(y, best_alarms(y)) for y in labels])
-    none = np.array([stay_utility(y, np.zeros(y.size, np.int8)) for y in labels])
-    return obs, best, none
-
-
 def cross_validated_threshold(
     stays: Sequence[HourlyStay],
     labels: Sequence[I8],
@@ -404,29 +398,29 @@ def cross_validated_threshold(
         per_fold.append({"fold": f, "threshold": th, "train_utility": round(u, 4)})
         for i in te:
             tuned_alarms[i] = risks[i] >= th
-    served_alarms = [r >= served for r in risks]
-    obs_t, best, none = _utility_parts(labels, tuned_alarms)
-    obs_s, _, _ = _utility_parts(labels, served_alarms)
-    denom = float((best - none).sum())
-    u_t = float((obs_t - none).sum()) / denom
-    u_s = float((obs_s - none).sum()) / denom
-    # paired bootstrap over patients (a patient's stays go together)
-    patients = sorted({st.patient for st in stays})
-    index = {p: i for i, p in enumerate(patients)}
-    pid = np.array([index[st.patient] for st in stays])
-    diff_p = np.bincount(pid, obs_t - obs_s, len(patients))
-    room_p = np.bincount(pid, best - none, len(patients))
+    tuned_u = StayUtilities.of(labels, tuned_alarms)
+    served_u = StayUtilities.of(labels, [r >= served for r in risks])
+    u_t, u_s = tuned_u.normalised(), served_u.normalised()
     ci: list[float] | None = None
     if n_boot > 0:
-        vals = []
-        for _ in range(n_boot):
-            pick = rng.integers(0, len(patients), len(patients))
-            room = room_p[pick].sum()
-            if room > 0:
-                vals.append(diff_p[pick].sum() / room)
-        if vals:
-            lo, hi = np.percentile(vals, [2.5, 97.5])
-            ci = [round(float(lo), 4), round(float(hi), 4)]
+        # paired bootstrap over patients: a patient's stays go together
+        patients = sorted({st.patient for st in stays})
+        index = {p: i for i, p in enumerate(patients)}
+        pid = np.array([index[st.patient] for st in stays])
+
+        def per_patient(u: StayUtilities) -> StayUtilities:
+            def by(x: F64) -> F64:
+                out: F64 = np.bincount(pid, x, len(patients)).astype(np.float64)
+                return out
+
+            return StayUtilities(by(u.observed), by(u.best), by(u.inaction))
+
+        pair = per_patient(served_u), per_patient(tuned_u)
+        try:
+            _, lo, hi, _ = paired_bootstrap(*pair, n_boot, rng)
+            ci = [round(lo, 4), round(hi, 4)]
+        except ValueError:  # no resample held a septic patient
+            ci = None
     return {
         "folds": k,
         "unit": "patient",

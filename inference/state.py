@@ -60,6 +60,8 @@ _CATEGORICAL: Final = frozenset(CATEGORICAL_CODES)
 _CONTEXT: Final = frozenset(CONTEXT_CODES)
 _STAY: Final = frozenset(STAY_CODES)
 _KEPT: Final = _CONTEXT | _STAY  # series that prune never shortens
+# Codes whose values are numbers: the measurements, and the birth year among the stay facts.
+_VALUED: Final = _NUMERIC | {"birth_year"}
 _RANK: Final[dict[str, int]] = {"preliminary": 0, "final": 1, "amended": 2, "corrected": 2}
 _SCHEMA: Final = 3
 _SCHEMA_V2: Final = 2  # still read: the same layout, without patient context
@@ -145,7 +147,7 @@ class PatientState:
 
     def _apply_one(self, ev: ClinicalEvent) -> int:
         code = ev.code
-        numeric = code in _NUMERIC or code == "birth_year"
+        numeric = code in _VALUED
         context = code in _KEPT
         if not numeric and not context and code not in _CATEGORICAL:
             return 0

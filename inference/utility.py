@@ -12,10 +12,13 @@ Follows the challenge's ``compute_prediction_utility`` (evaluate_sepsis_score.py
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
 
 DT_EARLY: Final = -12
 DT_OPTIMAL: Final = -6
@@ -93,9 +96,82 @@ def best_threshold(
             )
         )
     )
+    # The best and no-alarm utilities do not depend on the threshold: summed once, in the
+    # order normalized_utility sums them (Python floats, left to right), so every value
+    # compared below is the one normalized_utility would give.
+    ys = [np.asarray(y) for y in labels]
+    best = inaction = 0.0
+    for y in ys:
+        best += stay_utility(y, best_alarms(y))
+        inaction += stay_utility(y, np.zeros(y.size, dtype=np.int8))
+    arrays = [np.asarray(s) for s in scores]
+    if len(ys) != len(arrays):
+        raise ValueError("one alarm sequence per stay")
     best_t, best_u = 1.0, -np.inf
     for th in cands:
-        u = normalized_utility(labels, [np.asarray(s) >= th for s in scores])
+        if best == inaction:
+            raise ValueError("no septic stay: normalised utility is undefined")
+        observed = 0.0
+        for y, s in zip(ys, arrays, strict=True):
+            observed += stay_utility(y, s >= th)
+        u = (observed - inaction) / (best - inaction)
         if u > best_u:
             best_t, best_u = float(th), u
     return best_t, float(best_u)
+
+
+@dataclass(frozen=True)
+class StayUtilities:
+    """Per stay: utility of the alarms, of the best alarms and of no alarm (the three sums
+    of the normalised utility), so that bootstrap resamples are sums of rows.
+    :func:`inference.utility.normalized_utility` keeps its own running sums on purpose:
+    ``best_threshold`` compares its values with ``>``, and numpy's pairwise sums could
+    move a served model's threshold on a float-level tie."""
+
+    observed: F64
+    best: F64
+    inaction: F64
+
+    @classmethod
+    def of(
+        cls, labels: Sequence[npt.NDArray[Any]], alarms: Sequence[npt.NDArray[Any]]
+    ) -> StayUtilities:
+        """Raises ``ValueError`` when a stay's labels and alarms differ in length."""
+        obs = [stay_utility(y, a) for y, a in zip(labels, alarms, strict=True)]
+        best = [stay_utility(y, best_alarms(y)) for y in labels]
+        none = [stay_utility(y, np.zeros(len(y), np.int8)) for y in labels]
+        return cls(np.array(obs), np.array(best), np.array(none))
+
+    def normalised(self, pick: npt.NDArray[np.int64] | None = None) -> float:
+        """Normalised utility over all stays (or the stays ``pick``, repeats allowed).
+        Raises ``ValueError`` when no picked stay is septic."""
+        o, b, n = (self.observed, self.best, self.inaction)
+        if pick is not None:
+            o, b, n = o[pick], b[pick], n[pick]
+        denom = float(b.sum() - n.sum())
+        if denom == 0.0:
+            raise ValueError("no septic stay: normalised utility is undefined")
+        return float(o.sum() - n.sum()) / denom
+
+
+def paired_bootstrap(
+    a: StayUtilities, b: StayUtilities, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float, float, float]:
+    """Utility of ``b`` minus ``a`` on the same stays, with the 95 % percentile interval
+    over patient-level resamples (both configurations scored on each resample) and the
+    fraction of resamples where ``b`` is ahead. Raises ``ValueError`` for stays that
+    differ in number, or when no resample holds a septic stay."""
+    if a.best.shape != b.best.shape:
+        raise ValueError("the two configurations must be scored on the same stays")
+    n = a.best.size
+    diffs = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n, n)
+        if a.best[pick].sum() == a.inaction[pick].sum():
+            continue  # a resample without a septic stay has no utility
+        diffs.append(b.normalised(pick) - a.normalised(pick))
+    if not diffs:
+        raise ValueError("no resample holds a septic stay: no interval")
+    d = np.asarray(diffs)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return b.normalised() - a.normalised(), float(lo), float(hi), float((d > 0).mean())

@@ -57,7 +57,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, make_url
 
-from storage.errors import StoragePermanentError, classify
+from storage.errors import StoragePermanentError, classified, classify
 from storage.models import SEVERITIES, STATUSES, Alert, Patient, Score, UTCDateTime
 
 Severity = Literal["info", "warning", "critical"]
@@ -197,16 +197,11 @@ def alembic_config(connection: Connection | None = None) -> Config:
 def _run_alembic(url: str | URL | Engine, fn: Callable[[Config], None]) -> None:
     engine = url if isinstance(url, Engine) else make_engine(url)
     try:
-        with engine.begin() as conn:
+        with classified(), engine.begin() as conn:
             if conn.dialect.name == "postgresql":
                 # Workers starting together migrate one after the other, not at once.
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
             fn(alembic_config(conn))
-    except sa_exc.SQLAlchemyError as e:
-        c = classify(e)
-        if c is e:
-            raise
-        raise c from e
     finally:
         if not isinstance(url, Engine):
             engine.dispose()

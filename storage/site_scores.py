@@ -34,15 +34,12 @@ class SiteScore:
     alert: bool
 
 
-def model_versions(engine: Engine, model_version: str | None = None) -> dict[tuple[str, str], int]:
-    """How many scores each (model, model_version) has, of ``model_version`` only if
-    given. Raises StorageUnavailable when the database is unreachable or not migrated;
-    not retried."""
+def model_versions(engine: Engine) -> dict[tuple[str, str], int]:
+    """How many scores each (model, model_version) has. Raises StorageUnavailable when
+    the database is unreachable or not migrated; not retried."""
     stmt = select(Score.model, Score.model_version, func.count()).group_by(
         Score.model, Score.model_version
     )
-    if model_version is not None:
-        stmt = stmt.where(Score.model_version == model_version)
     with _classified(), engine.connect() as conn:
         return {(m, v): int(n) for m, v, n in conn.execute(stmt).all()}
 

@@ -7,7 +7,7 @@ The policy that decides when an alert is raised is the scoring core's
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -303,8 +303,3 @@ def card_of(resource: dict[str, Any]) -> dict[str, Any] | None:
             card: dict[str, Any] = orjson.loads(e["valueString"])
             return card
     return None
-
-
-def suppression_window(policy: AlertPolicy) -> timedelta:
-    """The suppression window as a timedelta (for display)."""
-    return timedelta(hours=policy.suppress_hours)

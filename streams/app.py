@@ -77,11 +77,6 @@ from .settings import Settings
 log = logging.getLogger("wardwatch.stream")
 T = TypeVar("T")
 
-# How long an agent keeps retrying a transient failure (database or broker away) before
-# it stops the worker without acknowledging, by default (WARDWATCH_RETRY_BUDGET_S): long
-# enough to ride out a restart.
-RETRY_BUDGET_S = 300.0
-
 
 def dlq_headers(event: EventT[Any], reason: str, stage: str) -> list[tuple[str, bytes]]:
     """Headers of a dead letter: where it came from and why it was refused."""
@@ -101,9 +96,7 @@ def source_of(event: EventT[Any]) -> str:
     return f"{msg.topic}/{msg.partition}/{msg.offset}"
 
 
-async def retry_transient(
-    fn: Callable[[], Awaitable[T]], what: str, budget_s: float = RETRY_BUDGET_S
-) -> T:
+async def retry_transient(fn: Callable[[], Awaitable[T]], what: str, budget_s: float) -> T:
     """Run ``fn`` until it succeeds, backing off on transient errors.
 
     Raises the last transient error once ``budget_s`` is spent (the caller lets it stop
@@ -248,6 +241,8 @@ def create_app(settings: Settings) -> faust.App:
     async def no_database(timeout_s: float = 0.0) -> str | None:
         return None  # a scoring-only worker never touches the database
 
+    # Transient failures are retried for the settings' budget, then stop the worker.
+    retry = functools.partial(retry_transient, budget_s=settings.retry_budget_s)
     # Why the worker is stopping, once it is: /readyz reports it before the crash.
     stopping: dict[str, str] = {}
     install_web(
@@ -330,16 +325,11 @@ def create_app(settings: Settings) -> faust.App:
         fut = await dlq.send(
             key=event.key, value=event.value, headers=dlq_headers(event, reason, stage)
         )
-        sent.append(_parked(fut, event, stage))
-        metrics.dead_letter(stage)
-        # The reason can quote the refused input: the log gets it redacted, the dead
-        # letter's headers (access-restricted, like the input itself) get it whole.
-        where = event_fields(event, stage=stage)
-        log.warning(
-            "dead-lettered %s at %s: %s", source_of(event), stage, safe_reason(reason), extra=where
-        )
+        sent.append(_parked(fut, event, reason, stage))
 
-    async def _parked(fut: Awaitable[Any], event: EventT[Any], stage: str) -> None:
+    async def _parked(fut: Awaitable[Any], event: EventT[Any], reason: str, stage: str) -> None:
+        """Await a dead letter's ack, then count and log it (only what landed)."""
+        where = event_fields(event, stage=stage)
         try:
             await fut
         except Exception as exc:
@@ -347,9 +337,15 @@ def create_app(settings: Settings) -> faust.App:
                 "cannot dead-letter %s (%s): stopping without committing it",
                 source_of(event),
                 reason_of(exc),
-                extra=event_fields(event, stage=stage),
+                extra=where,
             )
             raise
+        metrics.dead_letter(stage)
+        # The reason can quote the refused input: the log gets it redacted, the dead
+        # letter's headers (access-restricted, like the input itself) get it whole.
+        log.warning(
+            "dead-lettered %s at %s: %s", source_of(event), stage, safe_reason(reason), extra=where
+        )
 
     async def predict(windows: npt.NDArray[np.float32]) -> npt.NDArray[np.float32] | None:
         """The model's risks, or None while Triton is away (scores are then degraded)."""
@@ -444,7 +440,7 @@ def create_app(settings: Settings) -> faust.App:
         the same path for the worker's lifetime: routing on metadata that comes and
         goes would let a patient's forwarded envelope be scored after a later one
         scored in place. Retries while the broker is away (transient); raises the
-        last error once :data:`RETRY_BUDGET_S` is spent.
+        last error once the retry budget (``WARDWATCH_RETRY_BUDGET_S``) is spent.
         """
         names = (settings.topic_inbound, settings.topic_events)
 
@@ -457,7 +453,7 @@ def create_app(settings: Settings) -> faust.App:
                 raise KafkaException(f"topics not there yet: {missing}")
             return {t: len(md.topics[t].partitions) for t in names}
 
-        counts = await retry_transient(lambda: asyncio.to_thread(read), "topic metadata")
+        counts = await retry(lambda: asyncio.to_thread(read), "topic metadata")
         if set(counts.values()) == {settings.topic_partitions}:
             return settings.topic_partitions
         log.warning(
@@ -616,14 +612,12 @@ def create_app(settings: Settings) -> faust.App:
             await dead_letter(event, reason, "persist", sent)
         if pairs:
             rows = [row for _, row in pairs]
-            budget = settings.retry_budget_s
             try:
-                await retry_transient(functools.partial(write, rows), "database write", budget)
+                await retry(functools.partial(write, rows), "database write")
             except StoragePermanentError:
                 for event, row in pairs:
                     try:
-                        one = functools.partial(write, [row])
-                        await retry_transient(one, "database write", budget)
+                        await retry(functools.partial(write, [row]), "database write")
                     except StoragePermanentError as exc:
                         await dead_letter(event, reason_of(exc), "persist", sent)
                         dead += 1
@@ -663,7 +657,7 @@ def create_app(settings: Settings) -> faust.App:
             ]
             try:
                 write = functools.partial(sink.write_dead_letters, rows)
-                await retry_transient(write, "dead-letter index write", settings.retry_budget_s)
+                await retry(write, "dead-letter index write")
             except StoragePermanentError as exc:
                 log.error("dead-letter index: %d entries not stored: %s", len(rows), exc)
             for event in batch:

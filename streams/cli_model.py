@@ -60,6 +60,7 @@ def evaluate_cmd(
     qSOFA >= 2 and a gradient-boosting baseline on the same rows (report.md, metrics.json).
     """
     from inference import physionet_data as pdata
+    from inference.alert_metrics import summary_line
     from inference.evaluate import evaluate
 
     from .model_info import policy_of, read_card
@@ -87,13 +88,7 @@ def evaluate_cmd(
             f"alerts/patient-day {m['alerts_per_patient_day']:.2f}"
         )
     for name, a in report["alert_state"]["methods"].items():
-        lead = a["median_lead_hours"]
-        click.echo(
-            f"{name:<42} utility {a['utility']:.3f}  alerts/100 patient-days "
-            f"{a['alerts_per_100_patient_days']:.1f}  septic alerted before onset "
-            f"{a['septic_alerted_before_onset']:.0%}  median lead "
-            f"{'-' if lead is None else f'{lead:g} h'}"
-        )
+        click.echo(summary_line(name, a))
     click.echo(f"report written to {out}/report.md ({report['wall_seconds']} s)")
 
 

@@ -101,6 +101,7 @@ def validate_site_cmd(
     from fhir.pseudonym import pseudonymise
     from inference import site_labels, site_report
     from inference import site_validation as sv
+    from inference.alert_metrics import summary_line
     from storage import access, site_scores
     from storage.db import make_engine, migrate
     from storage.errors import StorageError
@@ -194,13 +195,7 @@ def validate_site_cmd(
         + f"  AUPRC {d['auprc']:.3f}"
     )  # fmt: skip
     for name, a in report["alert_state"]["methods"].items():
-        lead = a["median_lead_hours"]
-        click.echo(
-            f"{name:<32} utility {a['utility']:.3f}  alerts/100 patient-days "
-            f"{a['alerts_per_100_patient_days']:.1f}  septic alerted before onset "
-            f"{a['septic_alerted_before_onset']:.0%}  median lead "
-            f"{'-' if lead is None else f'{lead:g} h'}"
-        )
+        click.echo(summary_line(name, a, width=32))
     th = report["threshold"]
     rc = report["recalibration"]
     click.echo(

@@ -48,7 +48,6 @@ class DeadLetterLimit:
             self._seconds.append([second, taken, dead])
         self._taken += taken
         self._dead += dead
-        self._expire(now)
 
     def _expire(self, now: float) -> None:
         while self._seconds and self._seconds[0][0] <= now - self.window_s:

@@ -59,13 +59,11 @@ def database_problems(settings: Settings) -> list[str]:
     return []
 
 
-def require_safe(
-    settings: Settings, component: str, *, key: bool = True, database: bool = True
-) -> None:
-    """Refuse to start ``component`` on an unsafe pseudonym key (``key``) or database
-    password (``database``), unless ``settings.dev_mode``; in development mode log a
-    warning instead. Raises :class:`UnsafeSettingsError` listing every problem."""
-    problems = key_problems(settings) if key else []
+def require_safe(settings: Settings, component: str, *, database: bool = True) -> None:
+    """Refuse to start ``component`` on an unsafe pseudonym key or (``database``) database
+    password, unless ``settings.dev_mode``; in development mode log a warning instead.
+    Raises :class:`UnsafeSettingsError` listing every problem."""
+    problems = key_problems(settings)
     if database:
         problems += database_problems(settings)
     if not problems:

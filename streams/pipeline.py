@@ -235,8 +235,9 @@ def prepare(
 ) -> Pending | None:
     """Apply one envelope to the patient's state and compute the rule scores.
 
-    The scoring time is the latest event time of the envelope (patient context,
-    :data:`fhir.events.STAY_CODES`, excepted: an envelope of only that is applied and not
+    The scoring time is the latest event time of the envelope (patient context, events
+    of the kinds in :data:`_CONTEXT_ONLY_KINDS` — demographics and encounter admission,
+    transfer and discharge — excepted: an envelope of only those is applied and not
     scored), or ``as_of`` when given
     (offline scoring of a PhysioNet row with no measurement scores the unchanged state at
     that row's hour). NEWS2 uses SpO2 scale 2 when the patient's context (a Flag/Goal or
@@ -252,8 +253,9 @@ def prepare(
             # patient context (who the patient is, when the stay began) updates the state
             # for the next score but is no scoring time itself: a Patient's facts are
             # timed at 1900 when it carries no lastUpdated
-            timed = [e.time for e in env.events if e.kind not in _CONTEXT_ONLY_KINDS]
-            as_of = max(timed) if timed else None
+            as_of = max(
+                (e.time for e in env.events if e.kind not in _CONTEXT_ONLY_KINDS), default=None
+            )
         if as_of is not None:
             record.state.prune(as_of, STATE_KEEP_HOURS)
     if as_of is None:

@@ -9,14 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.crossval import (
-    StayUtilities,
-    assign_folds,
-    crossvalidate,
-    main,
-    paired_bootstrap,
-)
-from inference.utility import normalized_utility
+from inference.crossval import assign_folds, crossvalidate, main
+from inference.utility import StayUtilities, normalized_utility, paired_bootstrap
 
 
 def test_folds_are_balanced_seeded_and_independent_of_input_order() -> None:

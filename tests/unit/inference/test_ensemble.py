@@ -17,6 +17,7 @@ import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from inference import ensemble as ens
+from inference.calibration import clipped_logit
 from inference.ensemble import (
     build,
     check_export,
@@ -29,7 +30,6 @@ from inference.ensemble import (
 )
 from inference.evaluate import (
     Stacking,
-    clipped_logit,
     early_labels,
     fit_gbm,
     fit_stacking,
