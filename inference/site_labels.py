@@ -190,7 +190,7 @@ class _Conditions:
 
 
 def _fhir_file(conds: _Conditions, path: Path) -> None:
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         try:
             resource = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
@@ -218,7 +218,9 @@ def read_labels(path: Path, codes: frozenset[str] | None = None) -> SiteLabels:
     if path.is_dir():
         conds = _Conditions(sepsis)
         files = sorted(
-            p for p in path.rglob("*") if p.is_file() and p.suffix in (".json", ".ndjson", ".jsonl")
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix.lower() in (".json", ".ndjson", ".jsonl")
         )
         if not files:
             raise LabelError(f"{path}: no .json, .ndjson or .jsonl files of FHIR Conditions")

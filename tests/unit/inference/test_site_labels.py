@@ -154,3 +154,16 @@ def test_labels_by_the_sites_own_identifiers_meet_the_pseudonyms(tmp_path: Path)
     clash = sl.SiteLabels({"a": T0, "b": None}, "csv", 2)
     with pytest.raises(sl.LabelError, match="one pseudonym with two onsets"):
         sl.pseudonymised(clash, lambda raw: "pt-same")
+
+
+def test_upper_case_suffixes_are_read_as_their_kind(tmp_path: Path) -> None:
+    # An EHR export named CONDITIONS.JSON holds one pretty-printed resource, not NDJSON.
+    p = tmp_path / "CONDITIONS.JSON"
+    p.write_text(
+        json.dumps(_condition("pt-a", "91302008", onsetDateTime="2026-03-01T10:00Z"), indent=2)
+    )
+    assert sl.read_labels(p).onsets == {"pt-a": T0 + 10 * H}
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "ONE.JSON").write_text(p.read_text())
+    assert sl.read_labels(folder).onsets == {"pt-a": T0 + 10 * H}
