@@ -49,6 +49,7 @@ from storage.errors import StoragePermanentError
 from . import faust_fixes, persist
 from .dead_letter_limit import DeadLetterLimit
 from .errors import WorkerStopError, is_permanent, reason_of
+from .logs import logging_config as log_config
 from .model_info import load_model_info
 from .observe import (
     DatabaseProbe,
@@ -60,7 +61,6 @@ from .observe import (
     safe_reason,
     wardwatch_version,
 )
-from .observe import logging_config as log_config
 from .pipeline import (
     Envelope,
     PatientRecord,

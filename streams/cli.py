@@ -1,22 +1,20 @@
-"""The ``wardwatch`` command: Faust's command line with WardWatch's commands added.
+"""The ``wardwatch`` command.
 
-``wardwatch worker`` is Faust's worker (all its options apply); the other commands are
-WardWatch's own. Every command reads the same settings (``WARDWATCH_*`` environment
-variables, see the README), built once here and passed down.
+The group loads a command's module only when that command runs, so ``wardwatch --help``
+and the light commands (``convert``) do not pay for Faust, torch or the database
+drivers. ``wardwatch worker`` is Faust's worker (all its options apply): only that
+command builds the Faust app.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
-from datetime import datetime
-from pathlib import Path
+from typing import Any
 
 import click
 
-from .settings import Settings
-
-_SETTINGS: Settings | None = None
+from .cli_context import settings
 
 HELP = """WardWatch: real-time deterioration and sepsis-risk scoring (decision support,
 not a diagnosis).
@@ -30,12 +28,15 @@ Main commands:
   synth     write a synthetic ICU feed (PhysioNet .psv format)
   train     train and export the transformer risk model
   evaluate  write the model's evaluation report (metrics, plots, baselines)
+  recalibrate  adopt a site's recalibration as a new model version
+  validate-site  this site's stored scores against its outcomes (before go-live)
   gateway   the edge: HL7 v2 over MLLP and FHIR over HTTP into Kafka
   convert   run the edge's parsing offline (canonical events + rejects)
   dlq       list and re-drive dead letters
   api       the analyst and alerting API, with the live dashboard
   token     create and revoke API tokens
-  scores    print stored scores; alerts: print stored alerts
+  scores    print stored scores
+  alerts    print stored alerts
   export    write scores for analysts (csv, parquet)
   purge     delete scores and alerts past the retention window
   bench     measure throughput and latency on the local services
@@ -43,221 +44,63 @@ Main commands:
 Settings come from WARDWATCH_* environment variables (see README.md).
 """
 
-
-def settings() -> Settings:
-    """The settings built by :func:`main` (built once, passed to every command)."""
-    global _SETTINGS
-    if _SETTINGS is None:
-        _SETTINGS = Settings()
-    return _SETTINGS
-
-
-def _require_safe(s: Settings, component: str, *, database: bool = True) -> None:
-    """:func:`streams.deploy_checks.require_safe`, as a command-line error."""
-    from .deploy_checks import UnsafeSettingsError, require_safe
-
-    try:
-        require_safe(s, component, database=database)
-    except UnsafeSettingsError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _stay_start(s: Settings) -> datetime:
-    return datetime.fromisoformat(s.physionet_stay_start)
-
-
-@click.command(name="replay")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--rate", type=float, default=0.0, help="Messages per second (0: as fast as possible)."
-)
-@click.option("--limit", type=int, default=0, help="Stop after this many messages (0: all).")
-@click.option(
-    "--topic", default=None, help="Topic to publish to (default: WARDWATCH_TOPIC_INBOUND)."
-)
-def replay_cmd(paths: tuple[Path, ...], rate: float, limit: int, topic: str | None) -> None:
-    """Publish FHIR JSON, NDJSON, Bundles and PhysioNet .psv files to fhir.inbound.
-
-    PATHS are files or folders (searched for *.psv, *.json, *.ndjson). Patient identity
-    is pseudonymised before anything is sent. Each PhysioNet row becomes one FHIR
-    transaction Bundle of vital-sign and lab Observations (LOINC, UCUM), effective at
-    WARDWATCH_PHYSIONET_STAY_START plus the row's hour. Every message is acknowledged by
-    the broker (acks=all, idempotent producer) before the command reports success.
-    """
-    from .replay import replay
-
-    s = settings()
-    _require_safe(s, "replay", database=False)
-    stats = replay(list(paths), s, rate=rate, limit=limit, topic=topic or s.topic_inbound)
-    click.echo(
-        f"published {stats.sent} messages from {stats.files} files "
-        f"in {stats.seconds:.1f}s ({stats.sent / max(stats.seconds, 1e-9):.0f} msg/s)"
-    )
-    if stats.failed:
-        raise click.ClickException(f"{stats.failed} messages were not acknowledged by Kafka")
+# Command name -> "module:attribute". Each area keeps its commands in a module of its own
+# (and lists them in its ``COMMANDS``; a test checks the two agree).
+LAZY_COMMANDS: dict[str, str] = {
+    "replay": "streams.cli_run:replay_cmd",
+    "score": "streams.cli_run:score_cmd",
+    "synth": "streams.cli_run:synth_cmd",
+    "demo": "streams.cli_run:demo_cmd",
+    "train": "streams.cli_run:train_cmd",
+    "bench": "streams.cli_run:bench_cmd",
+    "gateway": "streams.cli_edge:gateway_cmd",
+    "convert": "streams.cli_edge:convert_cmd",
+    "dlq": "streams.cli_edge:dlq_group",
+    "evaluate": "streams.cli_model:evaluate_cmd",
+    "recalibrate": "streams.cli_model:recalibrate_cmd",
+    "api": "streams.cli_analyst:api_cmd",
+    "token": "streams.cli_analyst:token_cmd",
+    "scores": "streams.cli_analyst:scores_cmd",
+    "alerts": "streams.cli_analyst:alerts_cmd",
+    "export": "streams.cli_analyst:export_cmd",
+    "purge": "streams.cli_analyst:purge_cmd",
+    "validate-site": "streams.cli_site:validate_site_cmd",
+}
+COMMAND_MODULES = tuple(dict.fromkeys(t.split(":")[0] for t in LAZY_COMMANDS.values()))
+# Faust's own command line runs these (it builds the app: Faust, torch, the model client).
+FAUST_COMMANDS = frozenset({"worker"})
 
 
-@click.command(name="score")
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out", "out_path", required=True, type=click.Path(path_type=Path), help="JSON lines output."
-)
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def score_cmd(inputs: tuple[Path, ...], out_path: Path, quiet: bool) -> None:
-    """Score INPUT files offline, through the same code as the stream (no Kafka, no Triton).
+class LazyGroup(click.Group):
+    """A click group whose commands are imported on first use (click's documented
+    lazy-loading pattern)."""
 
-    \b
-    PhysioNet .psv: one line per row,
-      {"patient": "<file stem>", "hour": t, "risk": p, "alert": b, "news2": n, "qsofa": q}
-    using rows 0..t only. FHIR input: one line per patient and scoring time, with "time"
-    in place of "hour". The model runs in-process from WARDWATCH_MODEL_DIR.
-    """
-    from inference.runtime import LocalTorchModel
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*LAZY_COMMANDS, *FAUST_COMMANDS])
 
-    from .model_info import load_model_info
-    from .offline import score_files
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = LAZY_COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        cmd = getattr(importlib.import_module(module), attr)
+        if not isinstance(cmd, click.Command):  # a wrong table entry is a bug: say so
+            raise TypeError(f"{target} is not a click command")
+        return cmd
 
-    s = settings()
-    loaded = load_model_info(s)
-    model = LocalTorchModel.from_dir(s.model_dir)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w") as out:
-        stats = score_files(
-            list(inputs),
-            out,
-            model=model,
-            loaded=loaded,
-            key=s.pseudonym_key.get_secret_value().encode(),
-            stay_start=_stay_start(s),
-            staleness_hours=s.staleness_hours,
-            progress=not quiet,
-        )
-    click.echo(
-        f"scored {stats.files} files: {stats.lines} lines, {stats.alerts} alerts raised, "
-        f"{stats.rejected} inputs rejected -> {out_path}"
-    )
-    for reject in stats.rejects[:20]:
-        click.echo(f"  rejected: {reject}", err=True)
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The help text lists the commands; asking each for its short help would import
+        # every command's module.
+        return
 
 
-@click.command(name="synth")
-@click.option("--patients", type=int, default=50, show_default=True, help="ICU stays to write.")
-@click.option("--seed", type=int, default=2019, show_default=True, help="Random seed.")
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder.")
-def synth_cmd(patients: int, seed: int, out_dir: Path) -> None:
-    """Write a synthetic, seeded ICU feed in PhysioNet .psv format (for machines without data)."""
-    from fhir.synthetic import generate_stays
+@click.group(cls=LazyGroup, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+def wardwatch() -> None:
+    """The ``wardwatch`` command group."""
+    from .logs import configure_logging
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = 0
-    for pid, text in generate_stays(patients, seed):
-        (out_dir / f"{pid}.psv").write_text(text)
-        n += 1
-    click.echo(f"wrote {n} synthetic stays to {out_dir}")
-
-
-@click.command(name="demo")
-@click.option("--patients", type=int, default=100, show_default=True, help="Stays to replay.")
-@click.option("--rate", type=float, default=100.0, show_default=True, help="Messages/s offered.")
-@click.option("--timeout", type=float, default=300.0, show_default=True, help="Give up after s.")
-@click.option(
-    "--data",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Folder of .psv stays (default: ../shared PhysioNet data, else synthetic).",
-)
-def demo_cmd(patients: int, rate: float, timeout: float, data: Path | None) -> None:
-    """Run the main job end to end on the running services and print a summary.
-
-    Starts a worker, replays PATIENTS stays (PhysioNet from ../shared when present,
-    otherwise a synthetic feed) plus a few deliberately malformed messages, waits until
-    every message is accounted for (scored, or dead-lettered with its reason), prints
-    the summary and stops the worker. Needs `make up` first (`make demo` does it all).
-    """
-    from .demo import run_demo
-
-    # The demo runs on the local services: development mode, whatever the environment says.
-    s = settings().model_copy(update={"dev_mode": True})
-    ok = run_demo(s, patients=patients, rate=rate, timeout=timeout, data=data)
-    if not ok:
-        raise click.ClickException("not every message was accounted for; see the summary")
-
-
-@click.command(
-    name="train",
-    add_help_option=False,
-    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
-)
-@click.pass_context
-def train_cmd(ctx: click.Context) -> None:
-    """Train and export the risk model (options: `wardwatch train --help`)."""
-    from inference.train import main as train_main
-
-    sys.exit(train_main(list(ctx.args)))
-
-
-@click.command(name="bench")
-@click.option("--patients", type=int, default=100, show_default=True, help="Stays replayed.")
-@click.option(
-    "--load",
-    "loads",
-    type=float,
-    multiple=True,
-    default=(500.0, 1000.0, 2000.0),
-    show_default=True,
-    help="Offered load, clinical events/s (FHIR Observations), for a latency measurement; "
-    "repeat for several. The target is p99 event-to-alert <= 200 ms at 2,000.",
-)
-@click.option("--seconds", type=float, default=20.0, show_default=True, help="Per measurement.")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("BENCHMARKS.md"),
-    show_default=True,
-    help="Markdown report to write.",
-)
-@click.option(
-    "--profile/--no-profile",
-    default=True,
-    show_default=True,
-    help="Sample the worker with py-spy during the throughput burst and add where its "
-    "time goes to the report.",
-)
-@click.option(
-    "--rebuild-patients",
-    type=int,
-    default=10_000,
-    show_default=True,
-    help="Patients in the state-rebuild measurement (0 skips it).",
-)
-def bench_cmd(
-    patients: int,
-    loads: tuple[float, ...],
-    seconds: float,
-    out: Path,
-    profile: bool,
-    rebuild_patients: int,
-) -> None:
-    """Measure the pipeline on the running local services and write BENCHMARKS.md.
-
-    Baseline (consume + parse), the full pipeline per worker, latency at fixed offered
-    loads, Triton batching, the edge's FHIR validation rate and database writes. Needs
-    `make up` (`make bench` does it all).
-    """
-    from .bench import run_bench
-
-    run_bench(settings(), patients=patients, loads=loads, seconds=seconds, out=out, profile=profile)
-
-
-COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd, bench_cmd)
-
-# Each area keeps its commands in a module of its own and lists them in ``COMMANDS``.
-COMMAND_MODULES = (
-    "streams.cli_edge",
-    "streams.cli_model",
-    "streams.cli_analyst",
-    "streams.cli_site",
-)
+    # JSON (or text) log lines for every command.
+    configure_logging(settings().log_format)
 
 
 def _subcommand(args: list[str]) -> str | None:
@@ -265,31 +108,30 @@ def _subcommand(args: list[str]) -> str | None:
     return next((a for a in args if not a.startswith("-")), None)
 
 
-def main() -> None:
-    """Entry point of the ``wardwatch`` command."""
-    from faust.cli.faust import cli
-
+def _run_faust(argv: list[str]) -> Any:
+    """``wardwatch worker ...``: Faust's command line over the WardWatch app."""
     from .app import create_app
-    from .observe import configure_logging
+    from .cli_context import require_safe
+    from .logs import configure_logging
 
-    # JSON (or text) log lines for every command; the worker's own setup (Faust's
-    # logging_config, built in create_app) replaces this when the worker starts.
-    configure_logging(settings().log_format)
-    if settings().log_format == "json" and _subcommand(sys.argv[1:]) == "worker":
+    configure_logging(settings().log_format)  # until Faust's worker sets up its own
+    if settings().log_format == "json":
         # Faust prints a start-up banner to stdout unless --quiet (which silences only
         # that): it would be the one non-JSON block in the worker's output.
-        sys.argv.insert(1, "--quiet")
-    if _subcommand(sys.argv[1:]) == "worker":
-        try:
-            _require_safe(settings(), "worker", database=settings().worker_role != "score")
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-    app = create_app(settings())
-    cli.help = HELP
-    for cmd in COMMANDS:
-        cli.add_command(cmd)
-    for name in COMMAND_MODULES:
-        for cmd in importlib.import_module(name).COMMANDS:
-            cli.add_command(cmd)
-    app.main()
+        argv.insert(1, "--quiet")
+    try:
+        if not {"-h", "--help"} & set(argv):  # the help needs no safe settings
+            require_safe(settings(), "worker", database=settings().worker_role != "score")
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.argv[:] = argv
+    return create_app(settings()).main()
+
+
+def main() -> None:
+    """Entry point of the ``wardwatch`` command."""
+    if _subcommand(sys.argv[1:]) in FAUST_COMMANDS:
+        _run_faust(sys.argv)
+        return
+    wardwatch(prog_name="wardwatch")

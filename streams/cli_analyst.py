@@ -33,7 +33,7 @@ EXPORT_COLUMNS = tuple(
 def _database() -> Iterator[Engine]:
     """The migrated engine of the configured database; storage errors become a
     ClickException (exit 1) with the reason."""
-    from .cli import settings
+    from .cli_context import settings
 
     url = settings().database_url
     engine = make_engine(url)
@@ -93,10 +93,10 @@ def api_cmd(host: str | None, port: int | None) -> None:
     Reads the same database as the worker (WARDWATCH_DATABASE_URL) and migrates it.
     """
     from .api import serve
-    from .cli import _require_safe, settings
+    from .cli_context import require_safe, settings
 
     s = settings()
-    _require_safe(s, "api")
+    require_safe(s, "api")
     with _database() as engine:
         serve(
             engine,
@@ -348,7 +348,7 @@ def purge_cmd(days: float | None, dry_run: bool) -> None:
     Scores by scored_at, alerts by raised_at, dead letters by received_at, patients by
     last_seen; one transaction. The audit log and API tokens are kept.
     """
-    from .cli import settings
+    from .cli_context import settings
 
     keep = days if days is not None else settings().retention_days
     with _database() as engine:

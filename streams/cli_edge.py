@@ -13,7 +13,7 @@ from .settings import Settings
 
 
 def _settings() -> Settings:
-    from .cli import settings
+    from .cli_context import settings
 
     return settings()
 
@@ -36,11 +36,11 @@ def gateway_cmd(mllp_port: int | None, http_port: int | None) -> None:
 
     Stop with Ctrl-C (SIGINT) or SIGTERM: it stops listening and flushes Kafka.
     """
-    from .cli import _require_safe
+    from .cli_context import require_safe
     from .gateway import run_gateway
 
     s = _settings()
-    _require_safe(s, "gateway", database=False)
+    require_safe(s, "gateway", database=False)
     updates: dict[str, object] = {}
     if mllp_port is not None:
         updates["gateway_mllp_port"] = mllp_port

@@ -10,7 +10,7 @@ from .settings import Settings
 
 
 def _settings() -> Settings:
-    from .cli import settings
+    from .cli_context import settings
 
     return settings()
 

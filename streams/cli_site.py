@@ -22,7 +22,7 @@ FHIR_ID = "fhir-id"
 
 
 def _settings() -> Settings:
-    from .cli import settings
+    from .cli_context import settings
 
     return settings()
 

@@ -7,12 +7,11 @@
   sizes, latencies.
 * :func:`install_web` — ``/metrics`` (Prometheus text format), ``/healthz`` (liveness)
   and ``/readyz`` (readiness) on the worker's own Faust web server.
-* :func:`logging_config` — the worker's logging (one JSON object per line) for Faust's
-  ``logging_config`` setting; :func:`configure_logging` for the other commands.
+* Log lines (one JSON object each, payloads redacted) are set up by :mod:`streams.logs`.
 
 Patient data never goes into a log line: the stream carries pseudonyms only, Faust's
 reprs of messages and events (which carry the payload) are cut out of every record
-(:func:`redact_payloads`), and dead-letter reasons, which can quote the refused input,
+(:func:`streams.logs.redact_payloads`), and dead-letter reasons, which can quote the refused input,
 are logged through :func:`safe_reason` (the full reason stays in the dead-letter topic's
 headers, where the input itself already is).
 """
@@ -23,10 +22,8 @@ import asyncio
 import importlib.metadata
 import logging
 import re
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final, cast
 
 import faust
@@ -34,7 +31,6 @@ from faust import web
 from faust.types import TP, EventT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
-from pythonjsonlogger.json import JsonFormatter
 from sqlalchemy import text
 
 # Event-to-score latency: 10 ms (a warm worker on loopback) to a minute (a backlog).
@@ -474,19 +470,11 @@ def install_web(
 # ----------------------------------------------------------------------- logs
 
 
-# Faust's reprs of events and messages carry the payload: ``<Event: k=b'..' v=b'..'>``,
-# ``PendingMessage(..., key=b'..', value=b'..', ...)``, and its debug "send: ... k=.. v=..".
-_PAYLOAD = re.compile(r"""\b(k|v|key|value)=(?:b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*")""", re.S)
 _QUOTED = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
 # A Patient reference whose id is not a pseudonym (input that skipped the edge), and
 # conditional references by identifier.
 _RAW_PATIENT = re.compile(r"Patient/(?!pt-[a-z2-7]{20}\b)[^\s'\";,)]+|Patient\?[^\s'\";,)]*")
 _LONG_NUMBER = re.compile(r"\d{6,}")
-
-
-def redact_payloads(text: str) -> str:
-    """``text`` with message/event payloads in Faust reprs replaced by ``<redacted>``."""
-    return _PAYLOAD.sub(r"\1=<redacted>", text) if "=" in text else text
 
 
 def safe_reason(reason: str, limit: int = 300) -> str:
@@ -510,54 +498,6 @@ def event_fields(event: EventT[Any], **more: Any) -> dict[str, Any]:
     }
 
 
-class JsonLogFormatter(JsonFormatter):
-    """One JSON object per line: ``time`` (UTC, ISO 8601), ``level``, ``logger``,
-    ``message``, then any ``extra=`` fields (``topic``, ``partition``, ``offset``, ...),
-    and ``exc_info`` for exceptions. Payloads in Faust reprs are redacted."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.pop("format", None)  # mode's config passes its text format
-        super().__init__(
-            "%(levelname)s %(name)s %(message)s",
-            rename_fields={"levelname": "level", "name": "logger"},
-            json_ensure_ascii=False,
-            **kwargs,
-        )
-
-    def add_fields(
-        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
-    ) -> None:
-        log_data["time"] = (
-            datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        ).replace("+00:00", "Z")
-        super().add_fields(log_data, record, message_dict)
-        # mode attaches its text-format helpers to records; they are not log fields.
-        for name in ("extra", "data", "color_message"):
-            log_data.pop(name, None)
-        for name in ("message", "exc_info", "stack_info"):
-            value = log_data.get(name)
-            if isinstance(value, str):
-                log_data[name] = redact_payloads(value)
-
-
-class TextLogFormatter(logging.Formatter):
-    """Plain text (``WARDWATCH_LOG_FORMAT=text``), payloads redacted, event fields appended."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.pop("format", None)
-        kwargs.pop("fmt", None)
-        super().__init__("[%(asctime)s] [%(process)s] [%(levelname)s] %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = redact_payloads(super().format(record))
-        where = [
-            f"{k}={record.__dict__[k]}"
-            for k in ("topic", "partition", "offset")
-            if k in record.__dict__
-        ]
-        return f"{text} ({' '.join(where)})" if where else text
-
-
 class QuietWorker(faust.Worker):
     """Faust's worker without its terminal spinner.
 
@@ -569,34 +509,3 @@ class QuietWorker(faust.Worker):
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
         self.spinner = None
         super().on_setup_root_logger(logger, level)
-
-
-def _formatter(fmt: str) -> dict[str, Any]:
-    if fmt not in ("json", "text"):
-        raise ValueError(f"log format must be json or text, got {fmt!r}")
-    cls = JsonLogFormatter if fmt == "json" else TextLogFormatter
-    return {"()": f"{__name__}.{cls.__name__}"}
-
-
-def logging_config(fmt: str) -> dict[str, Any]:
-    """Faust's ``logging_config`` setting for log format ``fmt`` (json or text).
-
-    It is merged into the configuration mode builds from the worker's ``-l``/``-f``
-    options (``merge``): only the two formatters mode's handlers use are replaced, so
-    the level and the log file still come from the command line. Raises ValueError
-    for another format (a configuration error, not retried).
-    """
-    f = _formatter(fmt)
-    return {"merge": True, "formatters": {"default": f, "colored": f}}
-
-
-def configure_logging(fmt: str, level: int | str = logging.WARNING) -> None:
-    """Log to stderr in format ``fmt`` (for the commands other than ``worker``, whose
-    logging Faust sets up from :func:`logging_config`). Raises ValueError for another
-    format."""
-    _formatter(fmt)  # validates fmt
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter() if fmt == "json" else TextLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)

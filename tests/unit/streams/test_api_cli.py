@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import streams.cli as cli
+import streams.cli_context as cli_context
 from storage import access
 from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
 from streams.cli_analyst import (
@@ -29,7 +29,7 @@ T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 @pytest.fixture
 def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    monkeypatch.setattr(cli, "_SETTINGS", Settings(database_url=url, retention_days=30))
+    monkeypatch.setattr(cli_context, "_SETTINGS", Settings(database_url=url, retention_days=30))
     migrate(url)
     eng = make_engine(url)
     write_scores(

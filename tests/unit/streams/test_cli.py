@@ -80,3 +80,35 @@ def test_score_alert_state_is_the_served_policys(tmp_path: Path, physionet_dir: 
     lines = [orjson.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
     assert any(x["alert"] for x in lines) and not all(x["alert"] for x in lines)
     assert all(x["alert"] == (x["risk"] >= policy.threshold) for x in lines)
+
+
+def test_the_lazy_table_names_every_command_and_the_help_lists_them() -> None:
+    import importlib
+
+    from streams import cli
+
+    for module in cli.COMMAND_MODULES:
+        names = {c.name for c in importlib.import_module(module).COMMANDS}
+        listed = {n for n, t in cli.LAZY_COMMANDS.items() if t.startswith(module + ":")}
+        assert names == listed, module
+    for name in cli.LAZY_COMMANDS:
+        cmd = cli.wardwatch.get_command(None, name)  # type: ignore[arg-type]
+        assert cmd is not None and cmd.name == name
+        assert f"\n  {name} " in cli.HELP, f"{name} is missing from the help text"
+
+
+def test_help_and_light_commands_import_neither_faust_nor_torch() -> None:
+    """`wardwatch --help` and `convert` load only what they use (the first took 11 s when
+    every command built the Faust app and imported torch)."""
+    probe = (
+        "import sys; from click.testing import CliRunner; from streams.cli import wardwatch; "
+        "r = CliRunner().invoke(wardwatch, sys.argv[1:]); assert r.exit_code == 0, r.output; "
+        "print(sorted(m for m in ('faust', 'torch', 'aiokafka', 'tritonclient') "
+        "if m in sys.modules))"
+    )
+    for args in (["--help"], ["convert", "--help"], ["dlq", "--help"]):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == "[]", (args, out.stdout)

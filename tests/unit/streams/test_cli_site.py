@@ -25,6 +25,7 @@ from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 import streams.cli as cli
+import streams.cli_context as cli_context
 from fhir.pseudonym import pseudonymise
 from inference.alert_metrics import alert_metrics
 from storage import access
@@ -128,12 +129,12 @@ def site(physionet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 @pytest.fixture
 def use_db(site: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> str:
     url: str = site["url"]
-    monkeypatch.setattr(cli, "_SETTINGS", Settings(database_url=url))
+    monkeypatch.setattr(cli_context, "_SETTINGS", Settings(database_url=url))
     return url
 
 
 def test_the_command_is_registered() -> None:
-    assert "streams.cli_site" in cli.COMMAND_MODULES
+    assert cli.LAZY_COMMANDS["validate-site"] == "streams.cli_site:validate_site_cmd"
     assert [c.name for c in COMMANDS] == ["validate-site"]
 
 

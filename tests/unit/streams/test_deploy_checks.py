@@ -10,7 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import streams.cli as cli
+import streams.cli_run as cli_run
+import streams.cli_context as cli_context
 from streams.cli_analyst import api_cmd
 from streams.cli_edge import gateway_cmd
 from streams.deploy_checks import UnsafeSettingsError, require_safe
@@ -59,11 +60,11 @@ def test_development_mode_starts_anyway_with_a_warning(caplog: pytest.LogCapture
 
 
 def test_the_commands_refuse(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_SETTINGS", _prod())
+    monkeypatch.setattr(cli_context, "_SETTINGS", _prod())
     for cmd in (gateway_cmd, api_cmd):
         r = CliRunner().invoke(cmd, [])
         assert r.exit_code == 1 and "refuses to start" in r.output, r.output
-    r = CliRunner().invoke(cli.replay_cmd, [str(PROJECT_ROOT / "README.md")])
+    r = CliRunner().invoke(cli_run.replay_cmd, [str(PROJECT_ROOT / "README.md")])
     assert r.exit_code == 1 and "replay refuses to start" in r.output, r.output
 
 

@@ -27,19 +27,16 @@ from inference.client import TritonRiskClient
 from inference.errors import ModelError, ModelUnavailable
 from storage.db import make_engine
 from streams.errors import reason_of
+from streams.logs import JsonLogFormatter, TextLogFormatter, logging_config, redact_payloads
 from streams.observe import (
     LATENCY_BUCKETS,
     DatabaseProbe,
     FlowSensor,
-    JsonLogFormatter,
     Metrics,
-    TextLogFormatter,
     consumer_lag,
     event_fields,
     event_to_score_s,
-    logging_config,
     readiness_problems,
-    redact_payloads,
     safe_reason,
 )
 from streams.pipeline import normalise
