@@ -63,10 +63,11 @@ test: venv ## All tests: unit, then integration and end-to-end on the local serv
 test-unit: venv ## Unit tests only (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: venv ## ruff, ruff format --check, mypy --strict
+lint: venv ## ruff, ruff format --check, mypy --strict, import-linter layers
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: venv ## Apply ruff's fixes and formatting
 	$(VENV)/bin/ruff check --fix .
