@@ -46,6 +46,8 @@ from storage import access
 from storage.access import Principal
 from storage.errors import StorageUnavailable
 
+from .tls import TlsFiles, uvicorn_config
+
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 
 READ_SCORES = ("analyst", "admin")
@@ -320,14 +322,27 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
     return api
 
 
-def serve(engine: Engine, host: str, port: int, *, stream_poll_s: float = 1.0) -> None:
-    """Run the API with uvicorn until interrupted. Raises OSError if the port is taken."""
-    import uvicorn
-
-    uvicorn.run(
+def server_config(
+    engine: Engine, host: str, port: int, *, stream_poll_s: float = 1.0, tls: TlsFiles | None = None
+) -> Any:
+    """The loaded uvicorn configuration of the API; HTTPS with ``tls`` (and client
+    certificates required when it names a client CA). Raises TlsConfigError (not retried)
+    for unusable TLS files."""
+    return uvicorn_config(
         create_api(engine, stream_poll_s=stream_poll_s),
+        tls,
         host=host,
         port=port,
         log_level="info",
         proxy_headers=False,
     )
+
+
+def serve(
+    engine: Engine, host: str, port: int, *, stream_poll_s: float = 1.0, tls: TlsFiles | None = None
+) -> None:
+    """Run the API with uvicorn until interrupted (see :func:`server_config`). Raises
+    OSError if the port is taken, TlsConfigError (not retried) for unusable TLS files."""
+    import uvicorn
+
+    uvicorn.Server(server_config(engine, host, port, stream_poll_s=stream_poll_s, tls=tls)).run()

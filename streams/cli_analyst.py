@@ -94,16 +94,29 @@ def api_cmd(host: str | None, port: int | None) -> None:
     """
     from .api import serve
     from .cli_context import require_safe, settings
+    from .tls import TlsConfigError, TlsFiles
 
     s = settings()
+    if host:  # the address the checks judge is the one it will listen on
+        s = s.model_copy(update={"api_host": host})
     require_safe(s, "api")
-    with _database() as engine:
-        serve(
-            engine,
-            host or s.api_host,
-            port if port is not None else s.api_port,
-            stream_poll_s=s.api_stream_poll_s,
+    try:
+        tls = TlsFiles.of(
+            s.api_tls_cert, s.api_tls_key, s.api_tls_client_ca, s.tls_min_version, "api"
         )
+    except TlsConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    with _database() as engine:
+        try:
+            serve(
+                engine,
+                s.api_host,
+                port if port is not None else s.api_port,
+                stream_poll_s=s.api_stream_poll_s,
+                tls=tls,
+            )
+        except TlsConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
 
 
 # ------------------------------------------------------------------ tokens

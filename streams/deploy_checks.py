@@ -5,7 +5,8 @@ of any MRN from it; a short key can be searched. The local PostgreSQL's credenti
 (``wardwatch``/``wardwatch``) are in this repository. Every component that pseudonymises
 (gateway, replay) or holds the database (worker, writer, API) calls :func:`require_safe`
 first; only ``WARDWATCH_DEV_MODE=1`` (set by the Makefile's local targets and by the demo)
-lets them start anyway, with a warning.
+lets them start anyway, with a warning. A gateway or API listening beyond loopback
+without TLS (and, for the gateway, without sender authentication) is refused the same way.
 
 Raises :class:`UnsafeSettingsError` (a ``ValueError``, permanent: fix the settings).
 """
@@ -19,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .settings import DEFAULT_PSEUDONYM_KEY, Settings
+from .tls import is_loopback
 
 log = logging.getLogger("wardwatch.deploy")
 
@@ -59,13 +61,43 @@ def database_problems(settings: Settings) -> list[str]:
     return []
 
 
+def listener_problems(settings: Settings, component: str) -> list[str]:
+    """What is wrong with the listeners of the ``gateway`` or the ``api`` (empty: nothing;
+    other components have none): bound beyond loopback, each must use TLS, and the
+    gateway must authenticate its senders (client certificates for MLLP, bearer tokens
+    for FHIR), as anyone on the network could otherwise read or inject patient data."""
+    if component == "gateway" and not is_loopback(settings.gateway_host):
+        where = f"WARDWATCH_GATEWAY_HOST={settings.gateway_host} is not a loopback address"
+        if settings.gateway_tls_cert is None:
+            return [f"{where} and the gateway has no TLS (set WARDWATCH_GATEWAY_TLS_CERT/_KEY)"]
+        problems = []
+        if settings.gateway_tls_client_ca is None:
+            problems.append(
+                f"{where} and MLLP senders are not authenticated "
+                "(set WARDWATCH_GATEWAY_TLS_CLIENT_CA)"
+            )
+        if settings.gateway_oauth_jwks_path is None:
+            problems.append(
+                f"{where} and FHIR clients are not authenticated "
+                "(set WARDWATCH_GATEWAY_OAUTH_JWKS_PATH)"
+            )
+        return problems
+    if component == "api" and not is_loopback(settings.api_host) and settings.api_tls_cert is None:
+        return [
+            f"WARDWATCH_API_HOST={settings.api_host} is not a loopback address and the "
+            "API has no TLS (set WARDWATCH_API_TLS_CERT/_KEY)"
+        ]
+    return []
+
+
 def require_safe(settings: Settings, component: str, *, database: bool = True) -> None:
-    """Refuse to start ``component`` on an unsafe pseudonym key or (``database``) database
-    password, unless ``settings.dev_mode``; in development mode log a warning instead.
-    Raises :class:`UnsafeSettingsError` listing every problem."""
+    """Refuse to start ``component`` on an unsafe pseudonym key, (``database``) database
+    password or (gateway, api) listener, unless ``settings.dev_mode``; in development
+    mode log a warning instead. Raises :class:`UnsafeSettingsError` listing every problem."""
     problems = key_problems(settings)
     if database:
         problems += database_problems(settings)
+    problems += listener_problems(settings, component)
     if not problems:
         return
     if settings.dev_mode:

@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import logging
 import socket
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -69,9 +72,11 @@ from fhir.hl7v2 import (
 from fhir.parse import parse_resource
 from fhir.pseudonym import strip_phi
 
+from .oauth import InsufficientScopeError, InvalidTokenError, TokenVerifier
 from .replay import make_producer
 from .settings import Settings
 from .sources import fhir_message
+from .tls import TlsFiles, allowed_clients, describe, peer_names, server_context, uvicorn_config
 
 log = logging.getLogger("wardwatch.gateway")
 Headers = list[tuple[str, str | bytes | None]]
@@ -208,6 +213,8 @@ class GatewayStats:
     http_resources: int = 0
     http_rejected: int = 0
     truncated_bytes: int = 0
+    mllp_tls_refused: int = 0
+    http_auth_refused: int = 0
 
 
 @dataclass(slots=True)
@@ -484,8 +491,10 @@ CAPABILITY_TYPES = (
 
 
 def capability_statement(settings: Settings) -> dict[str, Any]:
-    """The gateway's CapabilityStatement (FHIR R4, JSON, create/update, batch, transaction)."""
-    return {
+    """The gateway's CapabilityStatement (FHIR R4, JSON, create/update, batch, transaction;
+    SMART Backend Services security when bearer tokens are required)."""
+    scheme = "https" if settings.gateway_tls_cert is not None else "http"
+    statement: dict[str, Any] = {
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": datetime.now(UTC).date().isoformat(),
@@ -493,7 +502,7 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
         "software": {"name": "WardWatch gateway"},
         "implementation": {
             "description": "WardWatch edge: FHIR R4 in, pseudonymised, to Kafka",
-            "url": f"http://{settings.gateway_host}:{settings.gateway_http_port}/fhir",
+            "url": f"{scheme}://{settings.gateway_host}:{settings.gateway_http_port}/fhir",
         },
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
@@ -513,18 +522,93 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
             }
         ],
     }
+    if settings.gateway_oauth_jwks_path is not None:
+        statement["rest"][0]["security"] = {
+            "service": [
+                {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                            "code": "SMART-on-FHIR",
+                        }
+                    ]
+                }
+            ],
+            "description": (
+                "OAuth2 client-credentials bearer tokens (SMART Backend Services) from "
+                f"{settings.gateway_oauth_issuer}; scopes system/<type>.write or system/*.write "
+                "(SMART v2: .c/.u)"
+            ),
+        }
+    return statement
 
 
 _NOTIFICATION_SKIP = frozenset({"SubscriptionStatus", "Parameters"})
 
 
-def build_http_app(gw: Gateway) -> Any:
-    """The FastAPI app of the FHIR endpoints (see the module docstring)."""
+def build_http_app(gw: Gateway, verifier: TokenVerifier | None = None) -> Any:
+    """The FastAPI app of the FHIR endpoints (see the module docstring). With ``verifier``
+    every POST/PUT needs a bearer access token whose scopes cover what it writes (401
+    without a valid token, 403 without the scope); metadata stays open."""
     app = FastAPI(title="WardWatch gateway", docs_url=None, redoc_url=None, openapi_url=None)
     limit = gw.settings.gateway_max_body_bytes
 
     def fhir_json(status: int, body: dict[str, Any]) -> JSONResponse:
         return JSONResponse(body, status_code=status, media_type="application/fhir+json")
+
+    def refuse(status: int, code: str, text: str, challenge: str) -> JSONResponse:
+        # Refused requests are not dead-lettered: nothing was accepted from an
+        # unauthenticated or unauthorised client, and it is told why (RFC 6750).
+        gw.stats.http_auth_refused += 1
+        log.info("FHIR HTTP refused %d: %s", status, text)
+        response = fhir_json(status, operation_outcome("error", code, text))
+        response.headers["WWW-Authenticate"] = challenge
+        return response
+
+    def authenticate(request: Request) -> dict[str, Any] | JSONResponse:
+        """The token's claims ({} without a verifier), or the 401 to answer."""
+        if verifier is None:
+            return {}
+        header = request.headers.get("authorization")
+        try:
+            return dict(verifier.verify(header))
+        except InvalidTokenError as exc:
+            challenge = 'Bearer realm="wardwatch-gateway"'
+            if header:  # RFC 6750: no error code when the request had no credentials
+                challenge += f', error="invalid_token", error_description="{exc.reason}"'
+            return refuse(401, "login", exc.reason, challenge)
+
+    def authorise(claims: dict[str, Any], wanted: Sequence[tuple[str, str]]) -> JSONResponse | None:
+        """None when the token's scopes cover every (resource type, action), else a 403."""
+        if verifier is None:
+            return None
+        for rtype, action in wanted:
+            try:
+                verifier.require(claims, rtype, action)
+            except InsufficientScopeError as exc:
+                challenge = (
+                    f'Bearer realm="wardwatch-gateway", error="insufficient_scope", '
+                    f'scope="{exc.needed}"'
+                )
+                return refuse(403, "forbidden", str(exc), challenge)
+        return None
+
+    def bundle_writes(entries: list[dict[str, Any]]) -> list[tuple[str, str]]:
+        """(resource type, action) of every resource a Bundle's entries write."""
+        wanted: dict[tuple[str, str], None] = {}
+        for e in entries:
+            r = e.get("resource")
+            if not isinstance(r, dict) or not isinstance(r.get("resourceType"), str):
+                continue  # refused per entry further on
+            if r["resourceType"] in _NOTIFICATION_SKIP:
+                continue
+            method = (
+                (e.get("request") or {}).get("method")
+                if isinstance(e.get("request"), dict)
+                else None
+            )
+            wanted[(r["resourceType"], "u" if method == "PUT" else "c")] = None
+        return list(wanted)
 
     async def park(raw: bytes, reason: str) -> JSONResponse | None:
         """Dead-letter a refused body, original bytes and reason, for `wardwatch dlq`.
@@ -587,7 +671,12 @@ def build_http_app(gw: Gateway) -> Any:
         gw.stats.http_resources += len(items)
         return fhir_json(status, body)
 
-    async def single(request: Request, rtype: str) -> JSONResponse:
+    async def single(request: Request, rtype: str, action: str) -> JSONResponse:
+        claims = authenticate(request)
+        if isinstance(claims, JSONResponse):
+            return claims
+        if (forbidden := authorise(claims, [(rtype, action)])) is not None:
+            return forbidden
         raw = await body_of(request)
         if isinstance(raw, JSONResponse):
             return raw
@@ -608,14 +697,17 @@ def build_http_app(gw: Gateway) -> Any:
 
     @app.post("/fhir/{rtype}")
     async def create(rtype: str, request: Request) -> JSONResponse:
-        return await single(request, rtype)
+        return await single(request, rtype, "c")
 
     @app.put("/fhir/{rtype}/{rid}")
     async def update(rtype: str, rid: str, request: Request) -> JSONResponse:
-        return await single(request, rtype)
+        return await single(request, rtype, "u")
 
     @app.post("/fhir")
     async def bundle(request: Request) -> JSONResponse:
+        claims = authenticate(request)
+        if isinstance(claims, JSONResponse):
+            return claims
         raw = await body_of(request)
         if isinstance(raw, JSONResponse):
             return raw
@@ -635,6 +727,8 @@ def build_http_app(gw: Gateway) -> Any:
         entries = doc.get("entry") or []
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
             return await bad(InvalidResource("Bundle.entry must be a list of objects"), raw)
+        if (forbidden := authorise(claims, bundle_writes(entries))) is not None:
+            return forbidden
         if btype not in ("batch", "transaction", "history", "subscription-notification"):
             try:
                 key, value, n = gw.check_resource(raw, "Bundle")
@@ -729,6 +823,48 @@ def strip_phi_bytes(resource: object, key: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------------- running it
+# Longest a client may take over its TLS handshake before it is disconnected.
+TLS_HANDSHAKE_TIMEOUT_S = 30.0
+
+
+async def serve_mllp_tls(
+    gw: Gateway,
+    context: ssl.SSLContext,
+    allowed: frozenset[str],
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+) -> None:
+    """One MLLP-over-TLS connection: the TLS handshake (a client certificate signed by the
+    client CA when one is set), the allow-list of certificate names, then
+    :meth:`Gateway.serve_mllp`. A refused client is logged, counted
+    (``stats.mllp_tls_refused``) and disconnected before any message is read. Never raises.
+    """
+    # The handshake is done here rather than by start_server(ssl=...): asyncio drops a
+    # failed server-side handshake silently, and a refused sender must be visible.
+    peer = str(writer.get_extra_info("peername"))
+    try:
+        await writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        gw.stats.mllp_tls_refused += 1
+        why = getattr(exc, "reason", None) or type(exc).__name__
+        log.warning("MLLP %s: TLS handshake refused (%s)", peer, why)
+        writer.transport.abort()
+        return
+    if allowed:
+        names = peer_names(writer.get_extra_info("peercert"))
+        if not names & allowed:
+            gw.stats.mllp_tls_refused += 1
+            # certificate names identify sending systems, not patients
+            log.warning(
+                "MLLP %s: client certificate %s is not on WARDWATCH_GATEWAY_MLLP_ALLOWED_CLIENTS",
+                peer,
+                sorted(names)[:5],
+            )
+            writer.transport.abort()
+            return
+    await gw.serve_mllp(reader, writer)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -753,13 +889,32 @@ class GatewayServer:
 
     async def start(self) -> None:
         """Bind and start. Raises OSError (not retried) when a port is taken, ValueError
-        for a bad mapping table or time zone."""
+        for a bad mapping table or time zone, TlsConfigError / OAuthConfigError (both
+        ValueErrors, not retried) for unusable TLS files or token settings."""
         from zoneinfo import ZoneInfo
 
         import uvicorn
 
         ZoneInfo(self.settings.gateway_default_tz)  # fail fast on a bad time zone
         s = self.settings
+        # TLS files and the token keys are read before binding: a bad one stops the start
+        mllp_tls = TlsFiles.of(
+            s.gateway_tls_cert,
+            s.gateway_tls_key,
+            s.gateway_tls_client_ca,
+            s.tls_min_version,
+            "gateway",
+        )
+        mllp_context = server_context(mllp_tls) if mllp_tls is not None else None
+        # FHIR clients authenticate with bearer tokens, not certificates
+        http_tls = None if mllp_tls is None else dataclasses.replace(mllp_tls, client_ca=None)
+        verifier = (
+            None
+            if s.gateway_oauth_jwks_path is None
+            else TokenVerifier(
+                s.gateway_oauth_jwks_path, s.gateway_oauth_issuer, s.gateway_oauth_audience
+            )
+        )
         msock = _bind(s.gateway_host, s.gateway_mllp_port)
         try:
             hsock = _bind(s.gateway_host, s.gateway_http_port)
@@ -771,11 +926,22 @@ class GatewayServer:
         )
         self.mllp_port = msock.getsockname()[1]
         self.http_port = hsock.getsockname()[1]
-        self._mllp = await asyncio.start_server(
-            gw.serve_mllp, sock=msock, limit=s.gateway_max_body_bytes + 1024
+        handler = (
+            gw.serve_mllp
+            if mllp_context is None
+            else functools.partial(
+                serve_mllp_tls, gw, mllp_context, allowed_clients(s.gateway_mllp_allowed_clients)
+            )
         )
-        config = uvicorn.Config(
-            build_http_app(gw), log_level="warning", lifespan="off", access_log=False
+        self._mllp = await asyncio.start_server(
+            handler, sock=msock, limit=s.gateway_max_body_bytes + 1024
+        )
+        config = uvicorn_config(
+            build_http_app(gw, verifier),
+            http_tls,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
         )
         self._uvicorn = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[hsock]))
@@ -804,13 +970,20 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
     """Run both listeners until ``stop`` is set (or the task is cancelled)."""
     server = GatewayServer(settings)
     await server.start()
+    s = settings
+    tls = TlsFiles.of(
+        s.gateway_tls_cert, s.gateway_tls_key, s.gateway_tls_client_ca, s.tls_min_version, ""
+    )
     log.warning(
-        "gateway: MLLP on %s:%d, FHIR on http://%s:%d/fhir -> %s",
-        settings.gateway_host,
+        "gateway: MLLP on %s:%d (%s), FHIR on %s://%s:%d/fhir (%s) -> %s",
+        s.gateway_host,
         server.mllp_port,
-        settings.gateway_host,
+        describe(tls, allowed_clients(s.gateway_mllp_allowed_clients)),
+        "http" if tls is None else "https",
+        s.gateway_host,
         server.http_port,
-        settings.topic_inbound,
+        "bearer tokens" if s.gateway_oauth_jwks_path is not None else "no authentication",
+        s.topic_inbound,
     )
     try:
         await (stop or asyncio.Event()).wait()

@@ -141,6 +141,47 @@ class Settings(BaseSettings):
         365.0, description="`wardwatch purge` deletes scores, alerts, dead letters older."
     )
 
+    # --- TLS and client authentication of the listeners (gateway and API; docs/gateway.md)
+    tls_min_version: Literal["1.2", "1.3"] = Field(
+        "1.2", description="Lowest TLS version the gateway's and the API's listeners accept."
+    )
+    gateway_tls_cert: Path | None = Field(
+        None,
+        description="PEM certificate (chain) of the gateway's MLLP and FHIR listeners; "
+        "unset: plain text (loopback development only).",
+    )
+    gateway_tls_key: Path | None = Field(None, description="PEM private key of gateway_tls_cert.")
+    gateway_tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA certificate(s) that sign the MLLP senders' client certificates; "
+        "set: MLLP requires and verifies a client certificate (mutual TLS).",
+    )
+    gateway_mllp_allowed_clients: str = Field(
+        "",
+        description="Comma-separated client certificate subject CNs or SANs (DNS, URI, IP) "
+        "allowed to send MLLP; empty: every certificate the CA signed.",
+    )
+    gateway_oauth_jwks_path: Path | None = Field(
+        None,
+        description="JWKS file of the authorisation server's token signing keys; set: the "
+        "FHIR endpoints require an OAuth2 bearer access token (SMART Backend Services).",
+    )
+    gateway_oauth_issuer: str = Field(
+        "", description="Required `iss` of access tokens (the authorisation server)."
+    )
+    gateway_oauth_audience: str = Field(
+        "", description="Required `aud` of access tokens (the gateway's FHIR base URL)."
+    )
+    api_tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) of the analyst API; unset: plain text."
+    )
+    api_tls_key: Path | None = Field(None, description="PEM private key of api_tls_cert.")
+    api_tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA certificate(s) of client certificates; set: the API requires "
+        "and verifies a client certificate (mutual TLS) besides its bearer token.",
+    )
+
     # --- Database
     database_url: str = Field(
         f"sqlite:///{VAR_DIR / 'wardwatch.db'}",

@@ -10,8 +10,8 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-import streams.cli_run as cli_run
 import streams.cli_context as cli_context
+import streams.cli_run as cli_run
 from streams.cli_analyst import api_cmd
 from streams.cli_edge import gateway_cmd
 from streams.deploy_checks import UnsafeSettingsError, require_safe
