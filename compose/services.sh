@@ -494,8 +494,9 @@ wait_postgres() {
     if ! pg_psql >>"$(log_file postgres)" 2>&1 <<EOF; then
 SELECT 'CREATE ROLE $PG_APP_USER LOGIN'
 WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_APP_USER')\gexec
--- CREATEDB: the end-to-end tests give each run a database of its own (local only).
-ALTER ROLE $PG_APP_USER WITH LOGIN CREATEDB PASSWORD '$PG_APP_PASSWORD';
+-- CREATEDB: the end-to-end tests give each run a database of its own; CREATEROLE: the
+-- production-start test gives its run a role with a random password (local only).
+ALTER ROLE $PG_APP_USER WITH LOGIN CREATEDB CREATEROLE PASSWORD '$PG_APP_PASSWORD';
 SELECT 'CREATE DATABASE $PG_APP_DB OWNER $PG_APP_USER'
 WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_APP_DB')\gexec
 EOF
