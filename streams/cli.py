@@ -35,6 +35,7 @@ Main commands:
   dlq       list and re-drive dead letters
   api       the analyst and alerting API, with the live dashboard
   token     create and revoke API tokens
+  db        upgrade the schema; grant the API's and workers' database roles
   scores    print stored scores; alerts: print stored alerts
   export    write scores for analysts (csv, parquet)
   purge     delete scores and alerts past the retention window
@@ -257,6 +258,7 @@ COMMAND_MODULES = (
     "streams.cli_model",
     "streams.cli_analyst",
     "streams.cli_site",
+    "streams.cli_db",
 )
 
 
