@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,16 +119,53 @@ def authenticate(engine: Engine, token: str) -> Principal | None:
 # ------------------------------------------------------------------ audit
 
 
+# An audit row names at most this many distinct patients (sorted); a read that returned
+# more keeps only their count and the query's hash (its resource names the parameters).
+# 100 covers a ward's worth of patients, the typical list read, and keeps a row small.
+AUDIT_MAX_PATIENTS = 100
+
+
+def _normalised(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def query_sha256(kind: str, params: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a read's normalised query: ``kind`` (e.g. ``"scores"``) and the
+    parameters, those that are None left out, keys sorted, times as UTC ISO 8601, as
+    compact JSON. The same query gives the same hash whether it came through the API or
+    the CLI, whatever the order or time zone its parameters were written in. Raises
+    nothing."""
+    doc = {"query": kind, "params": {k: _normalised(v) for k, v in params.items() if v is not None}}
+    raw = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
 def audit(
     engine: Engine,
     who: Principal,
     action: str,
     resource: str,
     patient: str | None = None,
+    *,
+    patients: Iterable[str] | None = None,
+    query: str | None = None,
 ) -> None:
     """Append one audit entry (who, role, action, resource, patient, now).
-    Raises StorageUnavailable if the database is unreachable; not retried (the API then
-    refuses the request rather than serve unaudited data)."""
+
+    ``patients``: the pseudonyms the read returned (repeats allowed): their distinct
+    count is stored, and the sorted list when there are at most
+    :data:`AUDIT_MAX_PATIENTS`; ``patient`` defaults to the only one when there is
+    exactly one. ``query``: the :func:`query_sha256` of the read. Raises
+    StorageUnavailable if the database is unreachable; not retried (the caller then
+    refuses the request rather than serve unaudited data).
+    """
+    distinct = None if patients is None else sorted(set(patients))
+    if patient is None and distinct is not None and len(distinct) == 1:
+        patient = distinct[0]
     with _classified(), engine.begin() as conn:
         conn.execute(
             insert(AuditEntry).values(
@@ -137,6 +175,11 @@ def audit(
                 action=action,
                 resource=resource[:2000],
                 patient=patient,
+                patients=distinct
+                if distinct is None or len(distinct) <= AUDIT_MAX_PATIENTS
+                else None,
+                patient_count=None if distinct is None else len(distinct),
+                query_sha256=query,
             )
         )
 

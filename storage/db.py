@@ -36,6 +36,8 @@ from typing import Any, Literal
 import orjson
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     Connection,
@@ -57,7 +59,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import URL, make_url
 
-from storage.errors import StoragePermanentError, classified, classify
+from storage.errors import SchemaOutOfDate, StoragePermanentError, classified, classify
 from storage.models import SEVERITIES, STATUSES, Alert, Patient, Score, UTCDateTime
 
 Severity = Literal["info", "warning", "critical"]
@@ -222,6 +224,42 @@ def downgrade(url: str | URL | Engine, revision: str = "base") -> None:
     """Downgrade the schema to ``revision`` (default: empty). Raises as :func:`migrate`;
     not retried. Destroys data: for tests and operators only."""
     _run_alembic(url, lambda cfg: command.downgrade(cfg, revision))
+
+
+def head_revision() -> str:
+    """The newest revision of ``storage/migrations``. Raises RuntimeError (not retried)
+    when the migrations are missing."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations under {MIGRATIONS_DIR}")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at (None: never migrated). Only reads: works for a
+    role without DDL rights. Raises StorageUnavailable when the database cannot be
+    reached; not retried."""
+    with classified(), engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_current_schema(engine: Engine) -> str:
+    """Check, without changing anything, that the schema is at the newest revision; return
+    it. For processes that must not run DDL (the API): an operator migrates with
+    ``wardwatch db upgrade`` and the owner's URL.
+
+    Raises :class:`~storage.errors.SchemaOutOfDate` (not retried: the caller stops with
+    its message) when the database is behind, empty or at an unknown revision;
+    StorageUnavailable when it cannot be reached (not retried).
+    """
+    head, current = head_revision(), current_revision(engine)
+    if current != head:
+        raise SchemaOutOfDate(
+            f"the database schema is at revision {current or '(none)'}, this version needs "
+            f"{head}: run `wardwatch db upgrade` (with the schema owner's URL in "
+            "WARDWATCH_MIGRATION_DATABASE_URL) before starting it"
+        )
+    return head
 
 
 # ------------------------------------------------------------------ writes

@@ -43,6 +43,12 @@ class StorageUnavailable(StorageError):  # noqa: N818 (name fixed by streams/err
     """The database is unavailable or busy; retry with backoff, then stop uncommitted."""
 
 
+class SchemaOutOfDate(StorageError):  # noqa: N818 (reads as the condition it names)
+    """The database schema is not at the newest revision (or not there at all) and this
+    process may not migrate it: an operator runs ``wardwatch db upgrade``. Never retried:
+    the process stops with this message."""
+
+
 # SQLSTATE classes (first two characters) that retrying can fix.
 _TRANSIENT_SQLSTATE_CLASSES = frozenset(
     {

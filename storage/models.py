@@ -14,7 +14,9 @@ Tables (see ``storage/migrations/versions`` for the DDL the database actually ge
   every score batch.
 * ``dead_letters`` — an index of the dead-letter topic (where the record was, which stage
   refused it and why); the payload bytes stay in Kafka.
-* ``audit_log`` — who (token name and role) did what to which resource and patient, when.
+* ``audit_log`` — who (token name and role) did what to which resource and patient, when;
+  for reads also which patients were returned (up to a limit), how many, and a SHA-256
+  of the query. Append-only on PostgreSQL (grants and a trigger, migration 0003).
 * ``api_tokens`` — API bearer tokens: a name, a role and the SHA-256 of the token (the
   token itself is never stored).
 
@@ -226,6 +228,11 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(Text, nullable=False)
     resource: Mapped[str] = mapped_column(Text, nullable=False)
     patient: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Added by 0003 (NULL in older rows): the distinct pseudonyms a read returned (up to
+    # storage.access.AUDIT_MAX_PATIENTS, else NULL), how many, and the query's SHA-256.
+    patients: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
+    patient_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    query_sha256: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (
         Index("ix_audit_log_at", "at"),

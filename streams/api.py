@@ -18,8 +18,12 @@ Access control: ``Authorization: Bearer <token>`` (``wardwatch token create``). 
 analyst reads scores and alerts; alerting reads and acknowledges/resolves alerts; admin
 may do everything. No or an unknown/revoked token: 401; a role without the right: 403.
 Every read of patient data and every alert transition is written to ``audit_log``
-(who, role, action, resource, patient, when) *before* the data is returned; if the audit
-write fails the request fails (503) rather than serve unaudited data.
+(who, role, action, resource, when, the patients returned — their pseudonyms up to
+``storage.access.AUDIT_MAX_PATIENTS``, always their count — and the SHA-256 of the
+normalised query) *before* the data is returned; if the audit write fails the request
+fails (503) rather than serve unaudited data. The alert stream audits each batch of
+events before sending it, and re-checks its token every ``stream_recheck_s``: a revoked
+token's stream ends with an ``event: revoked``.
 
 Database errors: :class:`~storage.errors.StorageUnavailable` becomes 503 with a
 ``Retry-After`` header (clients may retry); nothing is retried inside the server.
@@ -28,6 +32,7 @@ Database errors: :class:`~storage.errors.StorageUnavailable` becomes 503 with a
 # No ``from __future__ import annotations``: FastAPI resolves the dependency annotations
 # of the handlers, which name closures of create_api, at definition time.
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -69,11 +74,15 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
-def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
+def create_api(
+    engine: Engine, *, stream_poll_s: float = 1.0, stream_recheck_s: float = 5.0
+) -> FastAPI:
     """The FastAPI application over ``engine`` (already migrated, or ``/ready`` says so).
 
-    ``stream_poll_s``: how often ``/alerts/stream`` looks for new alerts. Raises nothing;
-    request handlers raise HTTPException (4xx) or answer 503 when the database is away.
+    ``stream_poll_s``: how often ``/alerts/stream`` looks for new alerts;
+    ``stream_recheck_s``: how often an open stream re-validates its token (0: at every
+    poll). Raises nothing; request handlers raise HTTPException (4xx) or answer 503 when
+    the database is away.
     """
     # /docs is served below from vendored Swagger UI files: FastAPI's default page loads
     # them from a CDN, which a hospital network without internet access cannot reach
@@ -175,7 +184,17 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
             )
         except access.CursorError as exc:
             raise HTTPException(400, str(exc)) from exc
-        access.audit(engine, who, "read", resource(request), patient)
+        query = {"patient": patient, "from": start, "to": end, "min_risk": min_risk}
+        query |= {"model": model, "cursor": cursor, "limit": limit, "features": features}
+        access.audit(
+            engine,
+            who,
+            "read",
+            resource(request),
+            patient,
+            patients=[r["patient"] for r in rows],
+            query=access.query_sha256("scores", query),
+        )
         return {"scores": rows, "next_cursor": nxt}
 
     @api.get(
@@ -196,7 +215,16 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
         )
         if data["patient"] is None and not data["scores"] and not data["alerts"]:
             raise HTTPException(404, f"no patient {patient!r}")
-        access.audit(engine, who, "read", resource(request), patient)
+        query = {"patient": patient, "from": start, "to": end, "limit": limit}
+        access.audit(
+            engine,
+            who,
+            "read",
+            resource(request),
+            patient,
+            patients=[patient],
+            query=access.query_sha256("timeline", query),
+        )
         return data
 
     # ------------------------------------------------------------- alerts
@@ -219,7 +247,16 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
             patient=patient,
             limit=limit,
         )
-        access.audit(engine, who, "read", resource(request), patient)
+        query = {"status": status, "severity": severity, "since": since, "patient": patient}
+        access.audit(
+            engine,
+            who,
+            "read",
+            resource(request),
+            patient,
+            patients=[r["patient"] for r in rows],
+            query=access.query_sha256("alerts", query | {"limit": limit}),
+        )
         return {"alerts": rows}
 
     def _transition(request: Request, alert_id: str, action: str, who: Principal) -> Any:
@@ -229,7 +266,9 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
             raise HTTPException(404, str(exc)) from exc
         except access.AlertStateError as exc:
             raise HTTPException(409, str(exc)) from exc
-        access.audit(engine, who, action, resource(request), row["patient"])
+        access.audit(
+            engine, who, action, resource(request), row["patient"], patients=[row["patient"]]
+        )
         return row
 
     @api.post(
@@ -265,6 +304,7 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
     async def alert_stream(
         request: Request,
         who: Annotated[Principal, Depends(require(*READ_ALERTS))],
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
         after: Annotated[
             int | None,
             Query(description="send alerts with row id above this (default: only new ones)"),
@@ -277,14 +317,51 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
         if after is None and last_event_id is not None and last_event_id.isdigit():
             after = int(last_event_id)
         start = after if after is not None else await asyncio.to_thread(access.max_alert_id, engine)
-        await asyncio.to_thread(access.audit, engine, who, "stream", resource(request), None)
+        where = resource(request)
+        query = access.query_sha256("alerts/stream", {"after": start, "limit": limit})
+        await asyncio.to_thread(
+            access.audit, engine, who, "stream", where, None, patients=[], query=query
+        )
+        # principal() refused a request without credentials, so creds is set here.
+        token = creds.credentials if creds is not None else ""
+
+        async def still_allowed() -> bool:
+            now = await asyncio.to_thread(access.authenticate, engine, token)
+            return now is not None and now.role in READ_ALERTS
 
         async def events() -> AsyncIterator[dict[str, Any]]:
-            last, sent = start, 0
+            last, sent, checked = start, 0, time.monotonic()
             while True:
-                rows = await asyncio.to_thread(
-                    access.query_alerts, engine, after_id=last, limit=500, newest_first=False
-                )
+                try:
+                    # A token revoked while the stream is open stops it within
+                    # stream_recheck_s: nothing stored after that is sent on it.
+                    if time.monotonic() - checked >= stream_recheck_s:
+                        if not await still_allowed():
+                            yield {"event": "revoked", "data": "token revoked or not allowed"}
+                            return
+                        checked = time.monotonic()
+                    rows = await asyncio.to_thread(
+                        access.query_alerts, engine, after_id=last, limit=500, newest_first=False
+                    )
+                    if limit is not None:
+                        rows = rows[: limit - sent]
+                    if rows:
+                        # Audited before a byte of the batch is sent, with its patients.
+                        await asyncio.to_thread(
+                            access.audit,
+                            engine,
+                            who,
+                            "stream",
+                            f"{where} events {rows[0]['id']}..{rows[-1]['id']}",
+                            None,
+                            patients=[r["patient"] for r in rows],
+                            query=query,
+                        )
+                except StorageUnavailable as exc:
+                    # Not retried here: the client reconnects with Last-Event-ID and
+                    # misses nothing (unaudited alerts were never sent).
+                    yield {"event": "error", "data": f"database unavailable: {exc.reason}"}
+                    return
                 for row in rows:
                     last = row["id"]
                     yield {
@@ -293,8 +370,8 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
                         "data": orjson.dumps(row, default=_json_default).decode(),
                     }
                     sent += 1
-                    if limit is not None and sent >= limit:
-                        return
+                if limit is not None and sent >= limit:
+                    return
                 if await request.is_disconnected():
                     return
                 await asyncio.sleep(stream_poll_s)
@@ -323,13 +400,19 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
 
 
 def server_config(
-    engine: Engine, host: str, port: int, *, stream_poll_s: float = 1.0, tls: TlsFiles | None = None
+    engine: Engine,
+    host: str,
+    port: int,
+    *,
+    stream_poll_s: float = 1.0,
+    stream_recheck_s: float = 5.0,
+    tls: TlsFiles | None = None,
 ) -> Any:
     """The loaded uvicorn configuration of the API; HTTPS with ``tls`` (and client
     certificates required when it names a client CA). Raises TlsConfigError (not retried)
     for unusable TLS files."""
     return uvicorn_config(
-        create_api(engine, stream_poll_s=stream_poll_s),
+        create_api(engine, stream_poll_s=stream_poll_s, stream_recheck_s=stream_recheck_s),
         tls,
         host=host,
         port=port,
@@ -339,10 +422,24 @@ def server_config(
 
 
 def serve(
-    engine: Engine, host: str, port: int, *, stream_poll_s: float = 1.0, tls: TlsFiles | None = None
+    engine: Engine,
+    host: str,
+    port: int,
+    *,
+    stream_poll_s: float = 1.0,
+    stream_recheck_s: float = 5.0,
+    tls: TlsFiles | None = None,
 ) -> None:
     """Run the API with uvicorn until interrupted (see :func:`server_config`). Raises
     OSError if the port is taken, TlsConfigError (not retried) for unusable TLS files."""
     import uvicorn
 
-    uvicorn.Server(server_config(engine, host, port, stream_poll_s=stream_poll_s, tls=tls)).run()
+    config = server_config(
+        engine,
+        host,
+        port,
+        stream_poll_s=stream_poll_s,
+        stream_recheck_s=stream_recheck_s,
+        tls=tls,
+    )
+    uvicorn.Server(config).run()

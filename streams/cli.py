@@ -35,6 +35,7 @@ Main commands:
   dlq       list and re-drive dead letters
   api       the analyst and alerting API, with the live dashboard
   token     create and revoke API tokens
+  db        upgrade the schema; grant the API's and workers' database roles
   scores    print stored scores
   alerts    print stored alerts
   export    write scores for analysts (csv, parquet)
@@ -65,6 +66,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "export": "streams.cli_analyst:export_cmd",
     "purge": "streams.cli_analyst:purge_cmd",
     "validate-site": "streams.cli_site:validate_site_cmd",
+    "db": "streams.cli_db:db_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(t.split(":")[0] for t in LAZY_COMMANDS.values()))
 # Faust's own command line runs these (it builds the app: Faust, torch, the model client).

@@ -2,7 +2,10 @@
 export, purge.
 
 Every command reads the same database settings as the worker (``WARDWATCH_DATABASE_URL``)
-and brings the schema up to date first (idempotent). A database that cannot be reached
+and brings the schema up to date first (idempotent), except ``api``, which only checks it.
+Every read of scores or alerts and every export is written to the audit log (who:
+``cli:<login name>``, role ``cli``; the patients returned and the query's hash) before
+anything is printed or the export file is moved into place. A database that cannot be reached
 ends the command with a one-line error and exit status 1; nothing is retried.
 """
 
@@ -20,7 +23,7 @@ import click
 from sqlalchemy import Engine
 
 from storage import access
-from storage.db import make_engine, migrate
+from storage.db import make_engine, migrate, require_current_schema
 from storage.errors import StorageError
 from storage.models import ROLES
 
@@ -60,6 +63,24 @@ def _when(value: str | None, name: str) -> datetime | None:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+def _audit_read(
+    engine: Engine, what: str, resource: str, patients: Any, query: dict[str, Any]
+) -> None:
+    """Audit one CLI read (action ``read``, or ``export``). Raises StorageUnavailable
+    (not retried: the command fails and shows nothing rather than unaudited data)."""
+    from .cli_site import _who
+
+    access.audit(
+        engine,
+        access.Principal(_who(), "cli"),
+        "export" if what == "export" else "read",
+        resource,
+        query.get("patient"),
+        patients=patients,
+        query=access.query_sha256(what, query),
+    )
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -90,7 +111,10 @@ def api_cmd(host: str | None, port: int | None) -> None:
       POST /alerts/{id}/resolve          alerting, admin
       GET  /health, /ready               no token
     Clients send `Authorization: Bearer <token>` (see `wardwatch token create`).
-    Reads the same database as the worker (WARDWATCH_DATABASE_URL) and migrates it.
+    Reads the same database as the worker (WARDWATCH_DATABASE_URL). It never migrates
+    it (its role has no DDL rights): a schema behind this version's stops it at start-up
+    with "run `wardwatch db upgrade`". Only in development mode on SQLite does it bring
+    the schema up to date itself.
     """
     from .api import serve
     from .cli_context import require_safe, settings
@@ -106,17 +130,27 @@ def api_cmd(host: str | None, port: int | None) -> None:
         )
     except TlsConfigError as exc:
         raise click.ClickException(str(exc)) from exc
-    with _database() as engine:
-        try:
-            serve(
-                engine,
-                s.api_host,
-                port if port is not None else s.api_port,
-                stream_poll_s=s.api_stream_poll_s,
-                tls=tls,
-            )
-        except TlsConfigError as exc:
-            raise click.ClickException(str(exc)) from exc
+    engine = make_engine(s.database_url)
+    try:
+        if s.dev_mode and engine.dialect.name == "sqlite":
+            migrate(engine)  # the embedded development database only
+        require_current_schema(engine)
+    except StorageError as exc:
+        engine.dispose()
+        raise click.ClickException(f"database: {exc.reason}") from exc
+    try:
+        serve(
+            engine,
+            s.api_host,
+            port if port is not None else s.api_port,
+            stream_poll_s=s.api_stream_poll_s,
+            stream_recheck_s=s.api_stream_recheck_s,
+            tls=tls,
+        )
+    except TlsConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        engine.dispose()
 
 
 # ------------------------------------------------------------------ tokens
@@ -208,6 +242,11 @@ def scores_cmd(
             with_features=False,
             newest=True,
         )
+        query = {"patient": patient, "from": t0, "to": t1, "min_risk": min_risk}
+        query |= {"model": model, "limit": limit, "newest": True}
+        _audit_read(
+            engine, "scores", "cli scores " + _args(query), [r["patient"] for r in rows], query
+        )
     table = Table(
         "scored at (UTC)", "patient", "model", "risk", "NEWS2", "qSOFA", "SIRS", "flags",
         title=f"{len(rows)} scores",
@@ -245,6 +284,11 @@ def alerts_cmd(
         rows = access.query_alerts(
             engine, status=status, severity=severity, since=t0, patient=patient, limit=limit
         )
+        query: dict[str, Any] = {"status": status, "severity": severity, "since": t0}
+        query |= {"patient": patient, "limit": limit}
+        _audit_read(
+            engine, "alerts", "cli alerts " + _args(query), [r["patient"] for r in rows], query
+        )
     table = Table(
         "raised at (UTC)", "alert", "patient", "severity", "risk", "NEWS2", "reason", "status",
         title=f"{len(rows)} alerts",
@@ -266,6 +310,22 @@ def alerts_cmd(
 
 
 # ------------------------------------------------------------------ export
+
+
+def _args(query: dict[str, Any]) -> str:
+    """The query's parameters as ``name=value`` words for the audit row's resource."""
+    return " ".join(
+        f"{k}={v.isoformat() if isinstance(v, datetime) else v}"
+        for k, v in query.items()
+        if v is not None
+    )
+
+
+def _noting_patients(chunks: Iterator[list[dict[str, Any]]], seen: set[str]) -> Iterator[Any]:
+    """``chunks`` unchanged, adding each row's patient to ``seen`` (for the audit)."""
+    for chunk in chunks:
+        seen.update(r["patient"] for r in chunk)
+        yield chunk
 
 
 def _export_value(name: str, value: Any) -> Any:
@@ -297,8 +357,11 @@ def export_cmd(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".partial")
     n = 0
+    exported: set[str] = set()
     with _database() as engine:
-        chunks = access.iter_scores(engine, start=t0, end=t1, patient=patient)
+        chunks = _noting_patients(
+            access.iter_scores(engine, start=t0, end=t1, patient=patient), exported
+        )
         if fmt == "csv":
             with tmp.open("w", newline="") as f:
                 w = csv.writer(f)
@@ -340,6 +403,13 @@ def export_cmd(
                     cols = {c: [_export_value(c, r[c]) for r in chunk] for c in EXPORT_COLUMNS}
                     writer.write_table(pa.table(cols, schema=schema))
                     n += len(chunk)
+        # Audited before the file is moved into place: a failed audit leaves no export.
+        query = {"what": what, "from": t0, "to": t1, "patient": patient, "format": fmt}
+        try:
+            _audit_read(engine, "export", f"cli export {_args(query)} ({n} rows)", exported, query)
+        except StorageError:
+            tmp.unlink(missing_ok=True)
+            raise
     tmp.replace(out_path)
     click.echo(f"exported {n} {what} to {out_path} ({fmt})")
 

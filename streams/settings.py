@@ -188,6 +188,19 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; SQLite file by default, postgresql+psycopg://... for PG.",
     )
 
+    # --- Audit and database roles (wardwatch db upgrade / db grant)
+    migration_database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the schema owner, used only by `wardwatch db "
+        "upgrade` and `wardwatch db grant` (DDL and grants); default: WARDWATCH_DATABASE_URL.",
+    )
+    api_stream_recheck_s: float = Field(
+        5.0,
+        ge=0.0,
+        description="How often an open alert stream (SSE) re-validates its token, seconds; "
+        "a revoked token's stream ends within this (0: at every poll).",
+    )
+
     # --- Triton
     triton_grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC address.")
     triton_model: str = Field("sepsis_transformer", description="Model name in the repository.")

@@ -105,7 +105,7 @@ def auth(engine: Engine, role: str) -> dict[str, str]:
 
 
 def test_ready_reports_the_schema(client: TestClient) -> None:
-    assert client.get("/ready").json() == {"status": "ready", "schema": "0002"}
+    assert client.get("/ready").json() == {"status": "ready", "schema": "0003"}
 
 
 def test_tokens_and_roles(engine: Engine, client: TestClient) -> None:
@@ -166,14 +166,19 @@ def test_every_read_is_audited(engine: Engine, client: TestClient) -> None:
     client.get("/scores")  # 401
     with engine.connect() as conn:
         rows = conn.execute(
-            text("SELECT who, role, action, resource, patient, at FROM audit_log ORDER BY id")
+            text(
+                "SELECT who, role, action, resource, patient, at, patients FROM audit_log "
+                "ORDER BY id"
+            )
         ).all()
     assert [(r[0], r[1], r[2], r[3], r[4]) for r in rows] == [
         ("analyst-user", "analyst", "read", "GET /scores?patient=p1", "p1"),
         ("analyst-user", "analyst", "read", "GET /patients/p2/timeline", "p2"),
-        ("analyst-user", "analyst", "read", "GET /alerts?severity=critical", None),
+        # the one critical alert is p0's: a list read names the patients it returned
+        ("analyst-user", "analyst", "read", "GET /alerts?severity=critical", "p0"),
     ]
     assert all(r[5].tzinfo is not None for r in rows)
+    assert [r[6] for r in rows] == [["p1"], ["p2"], ["p0"]]
 
 
 def test_alert_stream(engine: Engine, client: TestClient) -> None:

@@ -11,7 +11,6 @@ Triton model config the compose file mounts must match the GPU it reserves.
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 from pathlib import Path
@@ -73,18 +72,20 @@ def services(compose: dict[str, Any]) -> dict[str, Any]:
 
 
 def wardwatch_cli() -> click.Group:
-    """The ``wardwatch`` command group as :func:`streams.cli.main` assembles it (Faust's
-    group with the project's commands), without starting anything."""
-    from faust.cli.faust import cli
+    """The ``wardwatch`` command group as :func:`streams.cli.main` dispatches it: the
+    project's lazy group, and Faust's own ``worker`` command, without starting anything."""
+    from faust.cli.faust import cli as faust_cli
 
-    from streams.cli import COMMAND_MODULES, COMMANDS
+    from streams.cli import FAUST_COMMANDS, LAZY_COMMANDS, wardwatch
 
-    for cmd in COMMANDS:
-        cli.add_command(cmd)
-    for name in COMMAND_MODULES:
-        for cmd in importlib.import_module(name).COMMANDS:
-            cli.add_command(cmd)
-    return cli
+    group = click.Group("wardwatch")
+    for name in LAZY_COMMANDS:
+        cmd = wardwatch.get_command(click.Context(wardwatch), name)
+        assert cmd is not None, name
+        group.add_command(cmd, name)
+    for name in FAUST_COMMANDS:
+        group.add_command(faust_cli.commands[name], name)
+    return group
 
 
 def env_of(service: dict[str, Any]) -> dict[str, str]:

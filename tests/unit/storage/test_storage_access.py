@@ -4,7 +4,7 @@ workflow, dead-letter index, pagination and retention."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,17 @@ from sqlalchemy import Engine, text
 
 from storage import access
 from storage.access import DeadLetterRow, Principal
-from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
+from storage.db import (
+    AlertRow,
+    ScoreRow,
+    head_revision,
+    make_engine,
+    migrate,
+    require_current_schema,
+    write_alerts,
+    write_scores,
+)
+from storage.errors import SchemaOutOfDate
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 
@@ -224,3 +234,64 @@ def test_dead_letter_row_from_headers() -> None:
         9,
         "unknown",
     )
+
+
+def test_query_hash_is_of_the_normalised_parameters() -> None:
+    base = access.query_sha256("scores", {"patient": "p1", "from": T0, "limit": 50})
+    assert len(base) == 64 and int(base, 16) >= 0
+    # key order, None parameters and the time zone a time was written in do not matter
+    plus1 = T0.astimezone(timezone(timedelta(hours=1)))
+    same = access.query_sha256("scores", {"limit": 50, "to": None, "from": plus1, "patient": "p1"})
+    assert same == base
+    assert access.query_sha256("alerts", {"patient": "p1", "from": T0, "limit": 50}) != base
+    assert access.query_sha256("scores", {"patient": "p2", "from": T0, "limit": 50}) != base
+    assert access.query_sha256("scores", {"patient": "p1", "from": T0, "limit": 51}) != base
+
+
+def test_audit_names_the_patients_returned_up_to_the_limit(engine: Engine) -> None:
+    who = Principal("alice", "analyst")
+    access.audit(engine, who, "read", "GET /alerts", patients=["pB", "pA", "pB"], query="h1")
+    access.audit(engine, who, "read", "GET /scores", patients=["pC", "pC"])
+    many = [f"p{i:04d}" for i in range(access.AUDIT_MAX_PATIENTS + 1)]
+    access.audit(engine, who, "read", "GET /scores?limit=5000", patients=many)
+    access.audit(engine, who, "read", "GET /alerts?status=open", patients=[])
+    rows = access.fetch_audit(engine)[::-1]
+    got = [(r["patient"], r["patients"], r["patient_count"], r["query_sha256"]) for r in rows]
+    assert got == [
+        (None, ["pA", "pB"], 2, "h1"),
+        ("pC", ["pC"], 1, None),
+        (None, None, access.AUDIT_MAX_PATIENTS + 1, None),  # too many: only the count
+        (None, [], 0, None),
+    ]
+
+
+def test_audit_rows_written_before_0003_stay_valid(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    migrate(url, "0002")
+    eng = make_engine(url)
+    with eng.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO audit_log (at, who, role, action, resource, patient) "
+                "VALUES ('2026-01-01 08:00:00', 'bob', 'admin', 'read', 'GET /scores', 'p9')"
+            )
+        )
+    migrate(url)
+    (row,) = access.fetch_audit(eng)
+    assert (row["who"], row["patient"], row["patients"], row["patient_count"]) == (
+        "bob", "p9", None, None,
+    )  # fmt: skip
+    eng.dispose()
+
+
+def test_require_current_schema(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'rev.db'}"
+    eng = make_engine(url)
+    with pytest.raises(SchemaOutOfDate, match=r"\(none\).*wardwatch db upgrade"):
+        require_current_schema(eng)
+    migrate(url, "0002")
+    with pytest.raises(SchemaOutOfDate, match="revision 0002, this version needs 0003"):
+        require_current_schema(eng)
+    migrate(url)
+    assert require_current_schema(eng) == head_revision() == "0003"
+    eng.dispose()

@@ -67,7 +67,7 @@ def auth(engine: Engine, role: str) -> dict[str, str]:
 
 def test_health_ready_docs_and_dashboard(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"status": "ready", "schema": "0002"}
+    assert client.get("/ready").json() == {"status": "ready", "schema": "0003"}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/scores", "/alerts", "/alerts/stream", "/patients/{patient}/timeline"} <= set(paths)
     assert "/alerts/{alert_id}/acknowledge" in paths
@@ -194,6 +194,45 @@ def test_every_read_of_patient_data_is_audited(engine: Engine, client: TestClien
     ]
     assert log[0]["resource"] == "GET /scores?patient=p2"
     assert log[3]["resource"] == "POST /alerts/a2/acknowledge"
+    # the patients each read returned, and the hash of its normalised query
+    assert [(e["patients"], e["patient_count"]) for e in log] == [
+        (["p2"], 1),
+        (["p0"], 1),
+        (["p0", "p1"], 2),
+        (["p1"], 1),
+    ]
+    assert log[0]["query_sha256"] == access.query_sha256(
+        "scores", {"patient": "p2", "limit": 100, "features": False}
+    )
+    assert log[2]["query_sha256"] == access.query_sha256("alerts", {"limit": 100})
+
+
+def test_alert_stream_audits_each_batch_and_stops_when_the_token_is_revoked(
+    engine: Engine,
+) -> None:
+    client = TestClient(create_api(engine, stream_poll_s=0.02, stream_recheck_s=0))
+    h = auth(engine, "alerting")
+    seen: list[str] = []
+    with client.stream("GET", "/alerts/stream", headers=h, params={"after": 0}) as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("data: "):
+                seen.append(orjson.loads(line[6:])["alert_id"])
+            if len(seen) == 2:
+                break
+        access.revoke_token(engine, "alerting-user")
+        # an alert stored after the revocation is never sent on this stream
+        write_alerts(
+            engine,
+            [AlertRow(alert_id="a9", patient="p2", raised_at=T0, severity="info", reason="r9")],
+        )
+        rest = "\n".join(lines)  # ends: the server closes the stream
+    assert seen == ["a1", "a2"]
+    assert "event: revoked" in rest and "a9" not in rest
+    log = access.fetch_audit(engine)[::-1]
+    assert [(e["action"], e["patients"]) for e in log] == [("stream", []), ("stream", ["p0", "p1"])]
+    assert log[1]["resource"].endswith("events 1..2")
+    assert log[0]["query_sha256"] == log[1]["query_sha256"]
 
 
 def test_alert_stream_sends_new_alerts_in_order(engine: Engine, client: TestClient) -> None:

@@ -13,14 +13,17 @@ from click.testing import CliRunner
 import streams.cli_context as cli_context
 from storage import access
 from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
+from storage.errors import StorageUnavailable
 from streams.cli_analyst import (
     COMMANDS,
     alerts_cmd,
+    api_cmd,
     export_cmd,
     purge_cmd,
     scores_cmd,
     token_cmd,
 )
+from streams.cli_db import db_cmd
 from streams.settings import Settings
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
@@ -116,3 +119,71 @@ def test_purge_uses_the_retention_setting(db: str) -> None:
     r = CliRunner().invoke(purge_cmd, ["--days", "100000"])
     assert "deleted 0 scores" in r.output
     assert CliRunner().invoke(purge_cmd, ["--days", "0"]).exit_code == 2
+
+
+def test_cli_reads_and_exports_are_audited(db: str, tmp_path: Path) -> None:
+    assert CliRunner().invoke(scores_cmd, ["--patient", "p1", "--min-risk", "0.5"]).exit_code == 0
+    assert CliRunner().invoke(alerts_cmd, ["--status", "open"]).exit_code == 0
+    out = tmp_path / "s.csv"
+    r = CliRunner().invoke(export_cmd, ["scores", "--to", "2026-01-01T12:00", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    eng = make_engine(db)
+    log = access.fetch_audit(eng)[::-1]
+    eng.dispose()
+    cols = ("role", "action", "patient", "patients", "patient_count")
+    assert [tuple(e[c] for c in cols) for e in log] == [
+        ("cli", "read", "p1", ["p1"], 1),
+        ("cli", "read", "p0", ["p0"], 1),  # the one open alert is p0's
+        ("cli", "export", None, ["p0", "p1"], 2),
+    ]  # fmt: skip
+    assert all(e["who"].startswith("cli:") for e in log)
+    assert log[0]["query_sha256"] == access.query_sha256(
+        "scores", {"patient": "p1", "min_risk": 0.5, "limit": 50, "newest": True}
+    )
+    to = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    assert log[2]["query_sha256"] == access.query_sha256(
+        "export", {"what": "scores", "to": to, "format": "csv"}
+    )
+    assert "(4 rows)" in log[2]["resource"]
+
+
+def test_an_export_that_cannot_be_audited_is_not_written(
+    db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(*_a: object, **_k: object) -> None:
+        raise StorageUnavailable("audit_log is away")
+
+    monkeypatch.setattr(access, "audit", unavailable)
+    out = tmp_path / "s.csv"
+    r = CliRunner().invoke(export_cmd, ["scores", "--out", str(out)])
+    assert r.exit_code == 1 and "audit_log is away" in r.output
+    assert not out.exists() and not (tmp_path / "s.csv.partial").exists()
+    r = CliRunner().invoke(scores_cmd, [])
+    assert r.exit_code == 1 and "p0" not in r.output  # nothing printed unaudited
+
+
+def test_db_upgrade_and_the_api_refusing_a_schema_behind_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'behind.db'}"
+    migrate(url, "0002")
+    monkeypatch.setattr(cli_context, "_SETTINGS", Settings(database_url=url, dev_mode=False))
+    monkeypatch.setattr(cli_context, "require_safe", lambda *_a, **_k: None)
+    r = CliRunner().invoke(api_cmd, [])
+    assert r.exit_code == 1 and "run `wardwatch db upgrade`" in r.output, r.output
+    r = CliRunner().invoke(db_cmd, ["current"])
+    assert r.exit_code == 1 and "schema at revision 0002; newest 0003" in r.output
+    # the owner's URL, when set, is the one db upgrade migrates
+    owner = f"sqlite:///{tmp_path / 'owner.db'}"
+    monkeypatch.setattr(
+        cli_context, "_SETTINGS", Settings(database_url=url, migration_database_url=owner)
+    )
+    assert CliRunner().invoke(db_cmd, ["upgrade"]).output.strip() == (
+        "schema at revision 0003 (was empty)"
+    )
+    monkeypatch.setattr(cli_context, "_SETTINGS", Settings(database_url=url))
+    r = CliRunner().invoke(db_cmd, ["upgrade"])
+    assert r.exit_code == 0 and "schema at revision 0003 (was 0002)" in r.output
+    assert CliRunner().invoke(db_cmd, ["current"]).exit_code == 0
+    r = CliRunner().invoke(db_cmd, ["grant", "--api-role", "x"])
+    assert r.exit_code == 1 and "need PostgreSQL" in r.output
