@@ -52,12 +52,14 @@ def settings() -> Settings:
     return _SETTINGS
 
 
-def _require_safe(s: Settings, component: str, *, database: bool = True) -> None:
+def _require_safe(
+    s: Settings, component: str, *, database: bool = True, dead_letters: bool = False
+) -> None:
     """:func:`streams.deploy_checks.require_safe`, as a command-line error."""
     from .deploy_checks import UnsafeSettingsError, require_safe
 
     try:
-        require_safe(s, component, database=database)
+        require_safe(s, component, database=database, dead_letters=dead_letters)
     except UnsafeSettingsError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -281,7 +283,12 @@ def main() -> None:
         sys.argv.insert(1, "--quiet")
     if _subcommand(sys.argv[1:]) == "worker":
         try:
-            _require_safe(settings(), "worker", database=settings().worker_role != "score")
+            _require_safe(
+                settings(),
+                "worker",
+                database=settings().worker_role != "score",
+                dead_letters=True,
+            )
         except click.ClickException as exc:
             exc.show()
             sys.exit(exc.exit_code)
