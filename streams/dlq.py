@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from fhir.hl7v2 import Hl7Error, map_message
 
+from .errors import safe_reason
 from .replay import make_producer
 from .sealing import H_KEY_ID, H_SEALED, TAG_BYTES, KeyRing, SealError, key_ring
 from .settings import Settings
@@ -234,7 +235,8 @@ def redrive(
             try:
                 mapped = map_message(raw, key, default_tz=settings.gateway_default_tz)
             except Hl7Error as exc:
-                out.append(Redrive(d, False, f"still refused: {exc.reason}"))
+                # the output is a terminal's scrollback: what was wrong, not the value
+                out.append(Redrive(d, False, f"still refused: {safe_reason(exc.reason)}"))
                 continue
             items.append((mapped.pseudonym.encode(), orjson.dumps(mapped.bundle)))
             out.append(Redrive(d, not dry_run, "HL7 v2 mapped again"))
