@@ -72,6 +72,7 @@ from .pipeline import (
     score_envelopes,
     stack_windows,
 )
+from .sealing import key_ring
 from .settings import Settings
 
 log = logging.getLogger("wardwatch.stream")
@@ -82,7 +83,9 @@ def dlq_headers(event: EventT[Any], reason: str, stage: str) -> list[tuple[str, 
     """Headers of a dead letter: where it came from and why it was refused."""
     msg = event.message
     return [
-        ("wardwatch.reason", reason.encode()),
+        # the reason can quote the refused input: at rest it says what was wrong, not the
+        # value (the input itself is kept encrypted)
+        ("wardwatch.reason", safe_reason(reason, 1000).encode()),
         ("wardwatch.stage", stage.encode()),
         ("wardwatch.source.topic", str(msg.topic).encode()),
         ("wardwatch.source.partition", str(msg.partition).encode()),
@@ -142,8 +145,9 @@ BUSY_AT: Final = 16
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app and its agents for ``settings``.
 
-    Raises ``ValueError`` when the code table is unreadable or inconsistent (checked here,
-    at start-up, rather than by the first message).
+    Raises ``ValueError`` when the code table is unreadable or inconsistent, or
+    (``DeadLetterKeyError``) no dead-letter key is usable (checked here, at start-up, rather
+    than by the first message).
     """
     fhir_parse.preload()
     # Faust creates its data directory without parents: a fresh volume has none.
@@ -205,6 +209,9 @@ def create_app(settings: Settings) -> faust.App:
         )
 
     dlq = raw_topic(settings.topic_dlq)
+    # Dead letters keep their input encrypted; no usable key (outside development mode)
+    # refuses to build the app rather than fail at the first dead letter.
+    ring = key_ring(settings)
     events_topic = raw_topic(settings.topic_events)
     scores_topic = raw_topic(settings.topic_scores)
     alerts_topic = raw_topic(settings.topic_alerts)
@@ -322,8 +329,11 @@ def create_app(settings: Settings) -> faust.App:
         offset is never committed and it is read again after the cause is fixed. Not
         retried here.
         """
+        sealed, seal_headers = ring.seal(
+            event.value or b"", topic=settings.topic_dlq, stage=stage, key=event.key
+        )
         fut = await dlq.send(
-            key=event.key, value=event.value, headers=dlq_headers(event, reason, stage)
+            key=event.key, value=sealed, headers=[*dlq_headers(event, reason, stage), *seal_headers]
         )
         sent.append(_parked(fut, event, reason, stage))
 

@@ -123,7 +123,12 @@ def _run_faust(argv: list[str]) -> Any:
         argv.insert(1, "--quiet")
     try:
         if not {"-h", "--help"} & set(argv):  # the help needs no safe settings
-            require_safe(settings(), "worker", database=settings().worker_role != "score")
+            require_safe(
+                settings(),
+                "worker",
+                database=settings().worker_role != "score",
+                dead_letters=True,
+            )
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -28,7 +28,9 @@ def settings() -> Settings:
     return _SETTINGS
 
 
-def require_safe(s: Settings, component: str, *, database: bool = True) -> None:
+def require_safe(
+    s: Settings, component: str, *, database: bool = True, dead_letters: bool = False
+) -> None:
     """:func:`streams.deploy_checks.require_safe`, as a command-line error.
 
     Raises click.ClickException (exit status 1) naming the unsafe setting; never retried.
@@ -37,7 +39,7 @@ def require_safe(s: Settings, component: str, *, database: bool = True) -> None:
     from .deploy_checks import require_safe as check
 
     try:
-        check(s, component, database=database)
+        check(s, component, database=database, dead_letters=dead_letters)
     except UnsafeSettingsError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -40,7 +40,7 @@ def gateway_cmd(mllp_port: int | None, http_port: int | None) -> None:
     from .gateway import run_gateway
 
     s = _settings()
-    require_safe(s, "gateway", database=False)
+    require_safe(s, "gateway", database=False, dead_letters=True)
     updates: dict[str, object] = {}
     if mllp_port is not None:
         updates["gateway_mllp_port"] = mllp_port
@@ -121,8 +121,8 @@ def dlq_group() -> None:
     help="Only dead letters written at or after this UTC time.",
 )
 def dlq_list_cmd(limit: int, since: datetime | None) -> None:
-    """Print dead letters as a table: partition:offset, time, stage, size, reason, and the
-    first bytes (escaped). Shows no patient data beyond what the reason says."""
+    """Print dead letters as a table: partition:offset, time, stage, size, key id and
+    reason. Shows no payload (see `dlq show --decrypt`); reasons quote no values."""
     from datetime import UTC
 
     from .dlq import format_table, read_dead_letters
@@ -138,6 +138,62 @@ def dlq_list_cmd(limit: int, since: datetime | None) -> None:
     click.echo(f"{len(shown)} of {len(letters)} dead letters on {s.topic_dlq}")
 
 
+@dlq_group.command(name="show")
+@click.argument("position")
+@click.option(
+    "--decrypt",
+    is_flag=True,
+    help="Decrypt and print the original bytes (patient data: audited first).",
+)
+def dlq_show_cmd(position: str, decrypt: bool) -> None:
+    """Print one dead letter (POSITION is PARTITION:OFFSET, see `dlq list`): its headers
+    and, with --decrypt, its original bytes. The read is written to the audit log
+    (WARDWATCH_DATABASE_URL) before anything is decrypted; no audit, no plaintext."""
+    from storage import access
+    from storage.db import make_engine, migrate
+    from storage.errors import StorageError
+
+    from .cli_site import _who
+    from .dlq import read_dead_letters
+    from .sealing import key_ring
+
+    p, _, off = position.partition(":")
+    if not (p.isdigit() and off.isdigit()):
+        raise click.BadParameter(f"{position!r} is not PARTITION:OFFSET", param_hint="POSITION")
+    s = _settings()
+    try:
+        found = [d for d in read_dead_letters(s) if (d.partition, d.offset) == (int(p), int(off))]
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not found:
+        raise click.ClickException(f"no dead letter at {position} on {s.topic_dlq}")
+    d = found[0]
+    for name, value in sorted(d.headers.items()):
+        click.echo(f"{name}: {value}")
+    click.echo(f"bytes: {d.size} ({'encrypted, key ' + d.key_id if d.sealed else 'plain'})")
+    if not decrypt:
+        return
+    from .cli_context import require_safe
+
+    require_safe(s, "dlq show --decrypt", dead_letters=True)
+    try:
+        ring = key_ring(s)
+        engine = make_engine(s.database_url)
+        migrate(engine)
+        # before decrypting: a read of patient data that cannot be audited is not made
+        access.audit(
+            engine,
+            access.Principal(_who(), "cli"),
+            "decrypt",
+            f"dead letter {d.topic}/{d.partition}/{d.offset} (stage {d.stage})",
+        )
+        original = d.original(ring)
+    except (ValueError, StorageError) as exc:  # bad key, unopenable record, no audit
+        raise click.ClickException(str(exc)) from exc
+    click.echo("--- original bytes")
+    click.echo(original.decode("utf-8", "replace").replace("\r", "\n"))
+
+
 @dlq_group.command(name="replay")
 @click.option(
     "--offset",
@@ -148,11 +204,12 @@ def dlq_list_cmd(limit: int, since: datetime | None) -> None:
 @click.option("--all", "all_", is_flag=True, help="Re-drive every dead letter.")
 @click.option("--dry-run", is_flag=True, help="Say what would be sent; send nothing.")
 def dlq_replay_cmd(offsets: tuple[str, ...], all_: bool, dry_run: bool) -> None:
-    """Send dead letters back to fhir.inbound after a mapping fix.
+    """Decrypt dead letters and send them back to fhir.inbound after a fix.
 
-    FHIR goes as its original bytes under its original key; HL7 v2 that the gateway
-    refused is mapped again with the current fhir/data/hl7v2.yaml (still refused: reported,
-    not sent). Each re-driven message carries a wardwatch.redrive header.
+    What the gateway refused goes through its pseudonymisation again: HL7 v2 is mapped
+    again with the current fhir/data/hl7v2.yaml, FHIR pseudonymised again (still refused:
+    reported, not sent). What the stream refused goes as its original bytes under its
+    original key. Each re-driven message carries a wardwatch.redrive header.
     """
     from .dlq import read_dead_letters, redrive
 
@@ -167,6 +224,9 @@ def dlq_replay_cmd(offsets: tuple[str, ...], all_: bool, dry_run: bool) -> None:
             raise click.BadParameter(f"{o!r} is not PARTITION:OFFSET", param_hint="--offset")
         wanted.add((int(p), int(off)))
     s = _settings()
+    from .cli_context import require_safe
+
+    require_safe(s, "dlq replay", database=False, dead_letters=True)
     try:
         letters = [d for d in read_dead_letters(s) if all_ or (d.partition, d.offset) in wanted]
         missing = wanted - {(d.partition, d.offset) for d in letters}
@@ -176,7 +236,7 @@ def dlq_replay_cmd(offsets: tuple[str, ...], all_: bool, dry_run: bool) -> None:
                 f"{s.topic_dlq}; see `wardwatch dlq list`"
             )
         results = redrive(s, letters, dry_run=dry_run)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:  # Kafka away; no usable dead-letter key
         raise click.ClickException(str(exc)) from exc
     for r in results:
         verb = (

@@ -4,9 +4,12 @@ The pseudonym key's default is a public string, so anyone could recompute the ps
 of any MRN from it; a short key can be searched. The local PostgreSQL's credentials
 (``wardwatch``/``wardwatch``) are in this repository. Every component that pseudonymises
 (gateway, replay) or holds the database (worker, writer, API) calls :func:`require_safe`
-first; only ``WARDWATCH_DEV_MODE=1`` (set by the Makefile's local targets and by the demo)
-lets them start anyway, with a warning. A gateway or API listening beyond loopback
-without TLS (and, for the gateway, without sender authentication) is refused the same way.
+first; those that write or read dead letters (gateway, worker, ``dlq``) also need a
+dead-letter key (``WARDWATCH_DEAD_LETTER_KEY``: without it dead letters would be sealed
+with a public development key); only ``WARDWATCH_DEV_MODE=1`` (set by the Makefile's
+local targets and by the demo) lets them start anyway, with a warning. A gateway or API
+listening beyond loopback without TLS (and, for the gateway, without sender
+authentication) is refused the same way.
 
 Raises :class:`UnsafeSettingsError` (a ``ValueError``, permanent: fix the settings).
 """
@@ -19,6 +22,7 @@ from typing import Final
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .sealing import DeadLetterKeyError, key_ring
 from .settings import DEFAULT_PSEUDONYM_KEY, Settings
 from .tls import is_loopback
 
@@ -90,14 +94,40 @@ def listener_problems(settings: Settings, component: str) -> list[str]:
     return []
 
 
-def require_safe(settings: Settings, component: str, *, database: bool = True) -> None:
+def dead_letter_key_problems(settings: Settings) -> list[str]:
+    """What is wrong with the dead-letter key settings (empty: nothing). Never quotes a
+    key. Unset means dead letters would be sealed with the public development key."""
+    if settings.dead_letter_key is None:
+        return [
+            "WARDWATCH_DEAD_LETTER_KEY is not set: dead letters would be encrypted with a "
+            "public development key (set 32 random bytes, e.g. `openssl rand -base64 32`)"
+        ]
+    try:
+        key_ring(settings)
+    except DeadLetterKeyError as exc:
+        return [str(exc)]
+    return []
+
+
+def require_safe(
+    settings: Settings, component: str, *, database: bool = True, dead_letters: bool = False
+) -> None:
     """Refuse to start ``component`` on an unsafe pseudonym key, (``database``) database
-    password or (gateway, api) listener, unless ``settings.dev_mode``; in development
-    mode log a warning instead. Raises :class:`UnsafeSettingsError` listing every problem."""
+    password, (gateway, api) listener or (``dead_letters``: it writes or reads dead letters)
+    dead-letter key, unless ``settings.dev_mode``; in development mode log a warning
+    instead (a malformed dead-letter key is refused even then). Raises
+    :class:`UnsafeSettingsError` listing every problem."""
     problems = key_problems(settings)
     if database:
         problems += database_problems(settings)
     problems += listener_problems(settings, component)
+    if dead_letters:
+        dl = dead_letter_key_problems(settings)
+        if dl and settings.dead_letter_key is not None:
+            # a key that is set but unusable fails at the first dead letter: refuse now,
+            # development mode or not
+            raise UnsafeSettingsError(f"{component} refuses to start: " + "; ".join(dl))
+        problems += dl
     if not problems:
         return
     if settings.dev_mode:

@@ -1,16 +1,21 @@
-"""``wardwatch dlq list|replay``: inspect and re-drive dead letters.
+"""``wardwatch dlq list|show|replay``: inspect and re-drive dead letters.
 
-A dead letter (``WARDWATCH_TOPIC_DLQ``) keeps the original bytes, the original key and the
-reason in headers (``wardwatch.reason``, ``wardwatch.stage``, ``wardwatch.source.*``;
-``wardwatch.format: hl7v2`` for messages the MLLP gateway refused). ``list`` shows them
-without patient data: position, stage, reason, size and the first bytes escaped (FHIR
-that reached the stream is pseudonymised; raw HL7 v2 shows only the start of its MSH).
-``replay`` sends them back to ``fhir.inbound`` after a mapping fix: FHIR as the original
-bytes under the original key, HL7 v2 mapped again with the current tables (a message that
-still fails is reported, not sent). A message over the gateway's size limit is
-dead-lettered truncated (``wardwatch.truncated: true``, its first bytes only) and is
-never replayed: the sender must split and resend it. Every re-driven message carries
-``wardwatch.redrive`` headers naming the dead letter it came from.
+A dead letter (``WARDWATCH_TOPIC_DLQ``) keeps the original bytes, encrypted
+(:mod:`streams.sealing`: AES-256-GCM under ``WARDWATCH_DEAD_LETTER_KEY``, the key id and
+nonce in headers), the original key and the reason in headers (``wardwatch.reason``,
+``wardwatch.stage``, ``wardwatch.source.*``; ``wardwatch.format: hl7v2`` for messages the
+MLLP gateway refused). Reasons say what was wrong without quoting values. ``list`` shows
+position, time, stage, size, key id and reason, never the payload; ``show --decrypt``
+prints one dead letter's original bytes for an operator (audited in the database's audit
+log first). ``replay`` decrypts and sends them back to ``fhir.inbound`` after a fix, through
+the edge's pseudonymisation wherever the edge refused them (their bytes are as the sender
+sent them): HL7 v2 mapped again with the current tables, FHIR pseudonymised again by the
+gateway's :func:`streams.sources.fhir_message`; what the stream refused (already
+pseudonymised) goes as its original bytes under its original key. A message that still
+fails is reported, not sent. A message over the gateway's size limit is dead-lettered
+truncated (``wardwatch.truncated: true``, its first bytes only) and is never replayed: the
+sender must split and resend it. Every re-driven message carries ``wardwatch.redrive``
+headers naming the dead letter it came from.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from confluent_kafka import (
 
 from fhir.hl7v2 import Hl7Error, map_message
 
+from .errors import safe_reason
 from .replay import make_producer
+from .sealing import H_KEY_ID, H_SEALED, TAG_BYTES, KeyRing, SealError, key_ring
 from .settings import Settings
-
-HEAD_BYTES = 40
+from .sources import fhir_message
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +68,27 @@ class DeadLetter:
     def stage(self) -> str:
         return self.headers.get("wardwatch.stage", "?")
 
-    def head(self, n: int = HEAD_BYTES) -> str:
-        """The first ``n`` bytes, non-printable bytes escaped (``\\x0d``)."""
-        raw = self.value[:n]
-        text = "".join(chr(b) if 32 <= b < 127 else f"\\x{b:02x}" for b in raw)
-        return text + ("..." if len(self.value) > n else "")
+    @property
+    def sealed(self) -> bool:
+        """Whether the payload is encrypted (dead letters from before encryption are not)."""
+        return H_SEALED in self.headers
+
+    @property
+    def size(self) -> int:
+        """Length of the original bytes (the ciphertext less its tag)."""
+        return max(len(self.value) - TAG_BYTES, 0) if self.sealed else len(self.value)
+
+    @property
+    def key_id(self) -> str:
+        """The id of the key that sealed it, ``plain`` if it is not sealed."""
+        return self.headers.get(H_KEY_ID, "?") if self.sealed else "plain"
+
+    def original(self, ring: KeyRing) -> bytes:
+        """The original bytes, decrypted. Raises SealError (permanent) when ``ring`` has
+        no key that opens it or the record was altered or moved."""
+        if not self.sealed:
+            return self.value
+        return ring.open(self.value, self.headers, topic=self.topic, key=self.key)
 
 
 def _consumer(settings: Settings) -> Consumer:
@@ -151,16 +173,18 @@ def read_dead_letters(
 
 
 def format_table(letters: Sequence[DeadLetter]) -> Iterator[str]:
-    """Table lines: position, time, stage, size, reason, first bytes. No patient data beyond
-    what the reason says."""
+    """Table lines: position, time, stage, size, key id, reason. No payload, and the
+    reasons quote no values (they were scrubbed when the dead letter was written)."""
     yield (
-        f"{'partition:offset':<17} {'time (UTC)':<20} {'stage':<16} {'bytes':>8}  "
-        "reason / first bytes"
+        f"{'partition:offset':<17} {'time (UTC)':<20} {'stage':<16} {'bytes':>8} "
+        f"{'key id':<8}  reason"
     )
     for d in letters:
         t = datetime.fromtimestamp(d.timestamp_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        yield f"{d.position:<17} {t:<20} {d.stage[:16]:<16} {len(d.value):>8}  {d.reason[:160]}"
-        yield f"{'':<64}  {d.head()}"
+        yield (
+            f"{d.position:<17} {t:<20} {d.stage[:16]:<16} {d.size:>8} {d.key_id[:8]:<8}  "
+            f"{d.reason[:160]}"
+        )
 
 
 @dataclass(slots=True)
@@ -178,12 +202,15 @@ def redrive(
     *,
     dry_run: bool = False,
 ) -> list[Redrive]:
-    """Send dead letters back to ``fhir.inbound`` (see the module docstring).
+    """Decrypt dead letters and send them back to ``fhir.inbound`` (see the module
+    docstring); one that cannot be decrypted is reported, not sent.
 
-    Raises RuntimeError (transient: Kafka did not acknowledge; safe to run again, the stream's
+    Raises DeadLetterKeyError (permanent) when no dead-letter key is configured;
+    RuntimeError (transient: Kafka did not acknowledge; safe to run again, the stream's
     effects are idempotent) when the writes are not all acknowledged.
     """
     key = settings.pseudonym_key.get_secret_value().encode()
+    ring = key_ring(settings)
     out: list[Redrive] = []
     items: list[tuple[bytes, bytes]] = []
     for d in letters:
@@ -194,21 +221,37 @@ def redrive(
                 Redrive(
                     d,
                     False,
-                    f"not replayable: only the first {len(d.value)} bytes were kept (the "
+                    f"not replayable: only the first {d.size} bytes were kept (the "
                     "message was over the size limit); ask the sender to split and resend it",
                 )
             )
             continue
+        try:
+            raw = d.original(ring)
+        except SealError as exc:
+            out.append(Redrive(d, False, f"cannot decrypt: {exc}"))
+            continue
         if d.headers.get("wardwatch.format") == "hl7v2":
             try:
-                mapped = map_message(d.value, key, default_tz=settings.gateway_default_tz)
+                mapped = map_message(raw, key, default_tz=settings.gateway_default_tz)
             except Hl7Error as exc:
-                out.append(Redrive(d, False, f"still refused: {exc.reason}"))
+                # the output is a terminal's scrollback: what was wrong, not the value
+                out.append(Redrive(d, False, f"still refused: {safe_reason(exc.reason)}"))
                 continue
             items.append((mapped.pseudonym.encode(), orjson.dumps(mapped.bundle)))
             out.append(Redrive(d, not dry_run, "HL7 v2 mapped again"))
+        elif d.stage.startswith("gateway."):
+            # the edge refused it before pseudonymising: it must not reach the stream raw
+            msg = fhir_message(raw, key, origin="redrive", stem="redrive")
+            if msg.key == b"unparsed":
+                out.append(
+                    Redrive(d, False, "still refused: not a JSON object (cannot pseudonymise)")
+                )
+                continue
+            items.append((msg.key, msg.value))
+            out.append(Redrive(d, not dry_run, "FHIR pseudonymised again"))
         else:
-            items.append((d.key or b"unparsed", d.value))
+            items.append((d.key or b"unparsed", raw))
             out.append(Redrive(d, not dry_run, "original bytes"))
     if not dry_run and items:
         _publish_redrives(settings, [r.letter for r in out if r.sent], items)
@@ -246,4 +289,10 @@ def _publish_redrives(
         )
 
 
-__all__ = ["DeadLetter", "Redrive", "format_table", "read_dead_letters", "redrive"]
+__all__ = [
+    "DeadLetter",
+    "Redrive",
+    "format_table",
+    "read_dead_letters",
+    "redrive",
+]

@@ -13,6 +13,8 @@ this split so agents need one ``except`` clause per kind.
 
 from __future__ import annotations
 
+import re
+
 from fhir.errors import PermanentInputError
 from inference.errors import ModelError, ModelUnavailable
 from storage.errors import StoragePermanentError, StorageUnavailable
@@ -57,3 +59,21 @@ def reason_of(exc: BaseException) -> str:
     """A one-line reason a person can act on, for dead-letter headers and logs."""
     reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
     return f"{type(exc).__name__}: {reason}".replace("\n", " ")[:1000]
+
+
+_QUOTED = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
+# A Patient reference whose id is not a pseudonym (input that skipped the edge), and
+# conditional references by identifier.
+_RAW_PATIENT = re.compile(r"Patient/(?!pt-[a-z2-7]{20}\b)[^\s'\";,)]+|Patient\?[^\s'\";,)]*")
+_LONG_NUMBER = re.compile(r"\d{6,}")
+
+
+def safe_reason(reason: str, limit: int = 300) -> str:
+    """A dead-letter reason fit for a log line or a dead letter's headers: the error kind
+    and what was wrong, without values quoted from the input (quoted literals, raw Patient
+    references, long numbers such as record numbers). The input itself is kept, encrypted,
+    in the dead letter (:mod:`streams.sealing`)."""
+    out = _QUOTED.sub("'…'", reason)
+    out = _RAW_PATIENT.sub("Patient/…", out)
+    out = _LONG_NUMBER.sub("#…", out)
+    return out[:limit]

@@ -70,10 +70,11 @@ from fhir.hl7v2 import (
     read_header,
 )
 from fhir.parse import parse_resource
-from fhir.pseudonym import strip_phi
 
+from .errors import safe_reason
 from .oauth import InsufficientScopeError, InvalidTokenError, TokenVerifier
 from .replay import make_producer
+from .sealing import KeyRing, key_ring
 from .settings import Settings
 from .sources import fhir_message
 from .tls import TlsFiles, allowed_clients, describe, peer_names, server_context, uvicorn_config
@@ -226,6 +227,7 @@ class Gateway:
     seen: SeenStore
     mapping: Hl7Mapping = field(default_factory=load_hl7_mapping)
     stats: GatewayStats = field(default_factory=GatewayStats)
+    ring: KeyRing | None = None  # the dead-letter keys, read at the first dead letter
     _inflight: dict[tuple[str, str], asyncio.Future[tuple[AckCode, str]]] = field(
         default_factory=dict
     )
@@ -235,8 +237,26 @@ class Gateway:
         return self.settings.pseudonym_key.get_secret_value().encode()
 
     async def dead_letter(self, key: bytes, value: bytes, headers: Headers) -> None:
-        """Write a dead letter. Raises DeliveryError (transient) if Kafka does not take it."""
-        await self.bridge.send(self.settings.topic_dlq, key, value, headers)
+        """Write a dead letter: ``value`` (the original, un-pseudonymised bytes) encrypted
+        under the dead-letter key (:mod:`streams.sealing`, bound to the topic, stage and
+        key), the reason header scrubbed of quoted input values. Raises DeliveryError
+        (transient, not retried here) if Kafka does not take it; DeadLetterKeyError
+        (permanent) if no dead-letter key is usable, which start-up checks first."""
+        if self.ring is None:
+            self.ring = key_ring(self.settings)
+        stage = ""
+        clean: Headers = []
+        for name, v in headers:
+            if name == "wardwatch.stage" and isinstance(v, bytes):
+                stage = v.decode()
+            if name == "wardwatch.reason" and isinstance(v, bytes):
+                # the reason can quote the refused input (an OBX-5, an id): at rest it
+                # keeps what was wrong, not the value; the sender's ACK / 4xx has it whole
+                v = safe_reason(v.decode("utf-8", "replace"), 1000).encode()
+            clean.append((name, v))
+        topic = self.settings.topic_dlq
+        sealed, seal_headers = self.ring.seal(value, topic=topic, stage=stage, key=key)
+        await self.bridge.send(topic, key, sealed, [*clean, *seal_headers])
 
     async def handle_hl7(self, payload: bytes, peer: str = "") -> bytes:
         """The ACK (unframed) for one MLLP payload. Never raises: every failure is an ACK
@@ -331,7 +351,7 @@ class Gateway:
         self.stats.hl7_rejected += 1
         sender = header.sender if header else ""
         cid = header.control_id if header else ""
-        log.info("MLLP %s %s rejected %s: %s", peer, cid, exc.ack_code, exc.reason)
+        log.info("MLLP %s %s rejected %s: %s", peer, cid, exc.ack_code, safe_reason(exc.reason))
         hdrs = dead_letter_headers(
             exc.reason,
             "gateway.mllp",
@@ -796,7 +816,7 @@ def build_http_app(gw: Gateway, verifier: TokenVerifier | None = None) -> Any:
                     await asyncio.wait_for(
                         gw.dead_letter(
                             b"unparsed",
-                            strip_phi_bytes(entries[i].get("resource"), gw.key),
+                            orjson.dumps(entries[i].get("resource")),
                             dead_letter_headers(str(err), "gateway.http", "http", fmt="fhir+json"),
                         ),
                         gw.settings.gateway_delivery_timeout_s,
@@ -812,14 +832,6 @@ def build_http_app(gw: Gateway, verifier: TokenVerifier | None = None) -> Any:
         return await publish_or_503(items, resp, 200)
 
     return app
-
-
-def strip_phi_bytes(resource: object, key: bytes) -> bytes:
-    """JSON bytes of a pseudonymised copy of ``resource`` (as-is if it is not an object)."""
-    if isinstance(resource, dict):
-        with contextlib.suppress(Exception):
-            return orjson.dumps(strip_phi(resource, key))
-    return orjson.dumps(resource)
 
 
 # ---------------------------------------------------------------------- running it

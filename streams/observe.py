@@ -11,9 +11,10 @@
 
 Patient data never goes into a log line: the stream carries pseudonyms only, Faust's
 reprs of messages and events (which carry the payload) are cut out of every record
-(:func:`streams.logs.redact_payloads`), and dead-letter reasons, which can quote the refused input,
-are logged through :func:`safe_reason` (the full reason stays in the dead-letter topic's
-headers, where the input itself already is).
+(:func:`streams.logs.redact_payloads`), and dead-letter reasons, which can quote the
+refused input, are logged, and written into dead-letter headers, through
+:func:`safe_reason` (the input itself is kept encrypted in the dead letter:
+:mod:`streams.sealing`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final, cast
@@ -32,6 +32,8 @@ from faust.types import TP, EventT
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
 from sqlalchemy import text
+
+from .errors import safe_reason as safe_reason  # re-exported: logs use it from here
 
 # Event-to-score latency: 10 ms (a warm worker on loopback) to a minute (a backlog).
 LATENCY_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -468,23 +470,6 @@ def install_web(
 
 
 # ----------------------------------------------------------------------- logs
-
-
-_QUOTED = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")
-# A Patient reference whose id is not a pseudonym (input that skipped the edge), and
-# conditional references by identifier.
-_RAW_PATIENT = re.compile(r"Patient/(?!pt-[a-z2-7]{20}\b)[^\s'\";,)]+|Patient\?[^\s'\";,)]*")
-_LONG_NUMBER = re.compile(r"\d{6,}")
-
-
-def safe_reason(reason: str, limit: int = 300) -> str:
-    """A dead-letter reason fit for a log line: the error kind and what was wrong, without
-    values quoted from the input (quoted literals, raw Patient references, long numbers
-    such as record numbers). The full reason is kept in the dead letter's headers."""
-    out = _QUOTED.sub("'…'", reason)
-    out = _RAW_PATIENT.sub("Patient/…", out)
-    out = _LONG_NUMBER.sub("#…", out)
-    return out[:limit]
 
 
 def event_fields(event: EventT[Any], **more: Any) -> dict[str, Any]:

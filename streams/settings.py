@@ -238,6 +238,25 @@ class Settings(BaseSettings):
         200, ge=1, description="Messages the window must hold before the dead-letter limit applies."
     )
 
+    # --- Dead-letter encryption (streams/sealing.py)
+    dead_letter_key: SecretStr | None = Field(
+        None,
+        description="AES-256-GCM key (32 bytes, base64 or hex) that encrypts the original "
+        "bytes of every dead letter. Unset: refused outside development mode; in development "
+        "mode a public development key (id `dev`) is derived.",
+    )
+    dead_letter_key_id: str = Field(
+        "k1",
+        description="Id of dead_letter_key, written into each dead letter's headers so the "
+        "key can be rotated; give each new key a new id.",
+        pattern=r"^[A-Za-z0-9._-]{1,40}$",
+    )
+    dead_letter_old_keys: SecretStr | None = Field(
+        None,
+        description="Retired dead-letter keys, for decryption only: comma-separated "
+        "<key id>:<key> pairs (each key 32 bytes, base64 or hex).",
+    )
+
     # --- Clinical
     pseudonym_key: SecretStr = Field(
         SecretStr(DEFAULT_PSEUDONYM_KEY),

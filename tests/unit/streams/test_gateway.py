@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from fhir.hl7v2 import frame
 from streams.gateway import DeliveryError, Gateway, SeenStore, build_http_app
+from streams.sealing import key_ring
 from streams.settings import Settings
 
 ORU = (
@@ -56,6 +57,13 @@ def make(tmp_path: Path, **kw: Any) -> tuple[Gateway, FakeBridge]:
     return gw, bridge
 
 
+def opened(s: Settings, sent: tuple[str, bytes, bytes, list[Any]]) -> bytes:
+    """The original bytes of a dead letter the fake bridge took (decrypted)."""
+    topic, key, value, headers = sent
+    hdrs = {k: v.decode() for k, v in headers}
+    return key_ring(s).open(value, hdrs, topic=topic, key=key)
+
+
 def msa(ack: bytes) -> list[str]:
     return ack.decode().split("\r")[1].split("|")
 
@@ -91,7 +99,9 @@ def test_rejects_go_to_dlq_with_reason(tmp_path: Path) -> None:
     assert "MSA|AE|C2|" in ack and "ERR|||102" in ack
     topic, _key, value, headers = bridge.sent[0]
     h = dict(headers)
-    assert topic == "dlq" and value == bad
+    # kept whole but encrypted at rest; the reason says what was wrong, not the value
+    assert topic == "dlq" and value != bad and opened(gw.settings, bridge.sent[0]) == bad
+    assert b"abc" not in h["wardwatch.reason"] and h["wardwatch.sealed"] == b"aesgcm-v1"
     assert b"not a number" in h["wardwatch.reason"] and h["wardwatch.stage"] == b"gateway.mllp"
     assert h["wardwatch.format"] == b"hl7v2" and "wardwatch.source.topic" in h
     assert msa(asyncio.run(gw.handle_hl7(b"\x00\x01garbage")))[1] == "AR"
@@ -136,7 +146,8 @@ def test_mllp_connection_pipelined_partial_oversize(tmp_path: Path) -> None:
     assert [t for t, *_ in bridge.sent] == ["in", "dlq", "in"]
     _topic, _key, value, headers = bridge.sent[1]
     h = dict(headers)
-    assert value == b"x" * 2000 and h["wardwatch.truncated"] == b"true"
+    assert opened(gw.settings, bridge.sent[1]) == b"x" * 2000 and b"xxxx" not in value
+    assert h["wardwatch.truncated"] == b"true"
     # its whole length when its end came in the read that passed the limit, else unknown
     assert h["wardwatch.original_length"] in (b"3000", b"")
     assert b"longer than 2000" in h["wardwatch.reason"] and h["wardwatch.hl7.ack"] == b"AR"
@@ -210,7 +221,8 @@ def test_http_bad_input(
         assert bridge.sent == []  # over the limit: not read whole, the sender keeps it
     else:
         # refused, and kept: the original bytes in the dead-letter topic with the reason
-        assert [(t, v) for t, _, v, _ in bridge.sent] == [("dlq", body)]
+        assert [t for t, *_ in bridge.sent] == ["dlq"]
+        assert opened(Settings(topic_dlq="dlq"), bridge.sent[0]) == body
         headers = dict(bridge.sent[0][3])
         assert headers["wardwatch.reason"] and headers["wardwatch.stage"] == b"gateway.http"
 
