@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 
-import streams.cli as cli
+import streams.cli_context as cli_context
 from streams.cli_edge import dlq_group
 from streams.settings import Settings
 from tests.integration.harness import isolated_run
@@ -177,7 +177,7 @@ def test_no_planted_identifier_at_rest(
                 ]
                 assert [b.status_code for b in bad] == [400, 400, 400], [b.text for b in bad]
         # 2 refused over MLLP, 3 over HTTP
-        monkeypatch.setattr(cli, "_SETTINGS", s)
+        monkeypatch.setattr(cli_context, "_SETTINGS", s)
         runner = CliRunner()
         listed = runner.invoke(dlq_group, ["list"])
         assert listed.exit_code == 0 and "5 of 5 dead letters" in listed.output, listed.output

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import SecretStr
 
-import streams.cli as cli
+import streams.cli_context as cli_context
 from streams.cli_edge import dlq_group, gateway_cmd
 from streams.deploy_checks import UnsafeSettingsError, require_safe
 from streams.sealing import (
@@ -122,7 +122,7 @@ def test_deploy_check_refuses_writers_of_dead_letters_without_a_key() -> None:
 
 
 def test_the_gateway_and_dlq_replay_refuse_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli, "_SETTINGS", prod())
+    monkeypatch.setattr(cli_context, "_SETTINGS", prod())
     r = CliRunner().invoke(gateway_cmd, [])
     assert r.exit_code == 1 and "WARDWATCH_DEAD_LETTER_KEY is not set" in r.output, r.output
     r = CliRunner().invoke(dlq_group, ["replay", "--all"])
