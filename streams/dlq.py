@@ -31,6 +31,7 @@ from confluent_kafka import (
 
 from fhir.hl7v2 import Hl7Error, map_message
 
+from .client_security import kafka_config
 from .replay import make_producer
 from .settings import Settings
 
@@ -72,7 +73,7 @@ class DeadLetter:
 def _consumer(settings: Settings) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_config(settings),
             "group.id": f"wardwatch-dlq-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
