@@ -1,7 +1,6 @@
-"""Edge limits and content-checked resends of the real gateway (real sockets, real Kafka),
-and the PostgreSQL TLS options against the real local server.
+"""Edge limits and content-checked resends of the real gateway (real sockets, real Kafka).
 
-Needs the local Kafka and PostgreSQL (`make up`); fails, never skips, when they are not
+Needs the local Kafka (`make up`); fails, never skips, when they are not
 there. Each test runs a gateway of its own (free ports, topics and resend store of its
 own).
 """
@@ -17,13 +16,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import text
-from sqlalchemy.exc import OperationalError
 
 from fhir.hl7v2 import frame
-from storage.db import make_engine
-from streams.client_security import database_connect_args
-from streams.settings import Settings
 from tests.integration.test_gateway import (
     ORU,
     Running,
@@ -32,8 +26,6 @@ from tests.integration.test_gateway import (
     mllp_send,
     msa,
 )
-
-PG_URL = "postgresql+psycopg://wardwatch:wardwatch@127.0.0.1:5433/wardwatch"
 
 
 def _closed_by_peer(sock: socket.socket, within_s: float) -> bool:
@@ -186,27 +178,3 @@ def test_http_over_per_client_concurrency_is_429(tmp_path: Path) -> None:
     assert elsewhere.status_code == 202, elsewhere.text  # another client was not refused
     assert throttled == 1
     assert len(consume_all(s, s.topic_inbound, 2)) == 2  # the refused one was not published
-
-
-@pytest.mark.postgres
-def test_postgres_tls_options_reach_the_server() -> None:
-    """The local PostgreSQL has ssl off (checked: SHOW ssl), so sslmode=require must fail
-    to connect, with libpq's reason, and sslmode=disable must work: the options reach
-    psycopg. (A TLS-on server would be needed for a sslmode=require success; the local
-    one is shared and is not reconfigured for it.)"""
-    plain = make_engine(
-        PG_URL, connect_args=database_connect_args(Settings(database_sslmode="disable"))
-    )
-    try:
-        with plain.connect() as conn:
-            assert conn.execute(text("SHOW ssl")).scalar() == "off"
-    finally:
-        plain.dispose()
-    tls = make_engine(
-        PG_URL, connect_args=database_connect_args(Settings(database_sslmode="require"))
-    )
-    try:
-        with pytest.raises(OperationalError, match="server does not support SSL"), tls.connect():
-            pass
-    finally:
-        tls.dispose()
