@@ -503,7 +503,7 @@ class Gateway:
                     if pending or time.monotonic() - last_active < idle_s:
                         continue
                     self.stats.mllp_idle_closed += 1
-                    log.info("MLLP %s: idle for %.0f s, closing the connection", peer, idle_s)
+                    log.warning("MLLP %s: idle for %.0f s, closing the connection", peer, idle_s)
                     break
                 if not data:
                     break
@@ -1030,6 +1030,22 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
         await (stop or asyncio.Event()).wait()
     finally:
         await server.stop()
+        if server.gateway is not None:  # counts only: no patient data
+            st = server.gateway.stats
+            log.warning(
+                "gateway stopped: HL7 accepted %d, duplicates %d, rejected %d (control id "
+                "reused %d); MLLP connections refused %d, closed idle %d; FHIR resources %d, "
+                "rejected %d, throttled %d",
+                st.hl7_accepted,
+                st.hl7_duplicates,
+                st.hl7_rejected,
+                st.hl7_reused,
+                st.mllp_refused,
+                st.mllp_idle_closed,
+                st.http_resources,
+                st.http_rejected,
+                st.http_throttled,
+            )
 
 
 __all__ = [
