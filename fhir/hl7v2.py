@@ -52,6 +52,7 @@ ERR_DATA_TYPE = "102"
 ERR_TABLE_VALUE = "103"
 ERR_UNSUPPORTED_TYPE = "200"
 ERR_UNSUPPORTED_EVENT = "201"
+ERR_DUPLICATE_KEY = "205"
 ERR_INTERNAL = "207"
 _ERR_TEXT = {
     "100": "Segment sequence error",
@@ -60,6 +61,7 @@ _ERR_TEXT = {
     "103": "Table value not found",
     "200": "Unsupported message type",
     "201": "Unsupported event code",
+    "205": "Duplicate key identifier",
     "207": "Application internal error",
 }
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,4}))?([+-]\d{4})?$")
@@ -402,6 +404,23 @@ def read_header(text: str) -> Hl7Header:
         processing_id=m.get(msh, 11) or "P",
         version=m.get(msh, 12) or "2.5",
     )
+
+
+def content_digest(text: str) -> str:
+    """SHA-256 (hex) of a normalised message (see :func:`normalise`) without MSH-7.
+
+    Resend detection compares it with the digest of the message first accepted under the
+    same control id. MSH-7 (date/time of the message) is left out because a sending system
+    may stamp a resend anew; everything else must be the same, down to the byte, for a
+    resend (segment separators are already normalised). Never raises.
+    """
+    first, sep, rest = text.partition("\r")
+    if first.startswith("MSH") and len(first) > 3:
+        fields = first.split(first[3])
+        if len(fields) > 6:
+            fields[6] = ""  # MSH-7 (MSH-1 is the separator itself: fields[1] is MSH-2)
+        first = first[3].join(fields)
+    return hashlib.sha256((first + sep + rest).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _esc(s: str) -> str:
@@ -959,6 +978,7 @@ __all__ = [
     "MappedMessage",
     "MllpDecoder",
     "build_ack",
+    "content_digest",
     "frame",
     "iter_file_messages",
     "load_hl7_mapping",

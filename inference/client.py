@@ -87,9 +87,17 @@ class TritonRiskClient:
         timeout_s: float = 2.0,
         model_version: str = "",
         observer: RequestObserver | None = None,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
     ) -> None:
         """``n_features``: checked locally before sending when given (else Triton checks);
-        ``observer``: told of every request (see the module docstring)."""
+        ``observer``: told of every request (see the module docstring). ``ssl``: TLS to
+        Triton, verified against the PEM file ``root_certificates`` (None: the system's
+        CAs), presenting ``certificate_chain`` and ``private_key`` (PEM files) when given;
+        tritonclient reads the files when the channel is first made (OSError then, not
+        retried)."""
         if max_batch < 1 or max_inflight < 1:
             raise ValueError("max_batch and max_inflight must be >= 1")
         self.url = url
@@ -100,6 +108,12 @@ class TritonRiskClient:
         self.max_inflight = max_inflight
         self.timeout_s = timeout_s
         self.observer = observer
+        self._tls: dict[str, Any] = {
+            "ssl": ssl,
+            "root_certificates": root_certificates,
+            "private_key": private_key,
+            "certificate_chain": certificate_chain,
+        }
         self._client: Any = None
         # One limit for all of this client's calls, made in (and bound to) the running
         # loop on first use: a client used from a new loop (tests) gets a new one.
@@ -114,7 +128,7 @@ class TritonRiskClient:
     def _get(self) -> Any:
         if self._client is None:
             self._client = grpcclient.InferenceServerClient(
-                url=self.url, channel_args=_CHANNEL_ARGS
+                url=self.url, channel_args=_CHANNEL_ARGS, **self._tls
             )
         return self._client
 

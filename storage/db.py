@@ -25,7 +25,7 @@ immutable, and :func:`fetch_scores` returns values equal to what was written.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -142,22 +142,34 @@ def _sqlite_pragmas(busy_timeout_ms: int, dbapi_connection: Any, _record: Any) -
 
 
 def make_engine(
-    url: str | URL, *, echo: bool = False, busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS
+    url: str | URL,
+    *,
+    echo: bool = False,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+    connect_args: Mapping[str, str] | None = None,
 ) -> Engine:
     """An engine for a SQLite or PostgreSQL URL.
 
     SQLite: WAL journal, foreign keys on, a 30 s busy timeout (``busy_timeout_ms``), set
     on every new connection by an event listener; the parent directory of the database
     file is created. PostgreSQL: ``pool_pre_ping`` (dead pooled connections are
-    replaced), a 10 s connect timeout. JSON is serialised by orjson, NaN/Infinity as null.
+    replaced), a 10 s connect timeout, and ``connect_args`` (libpq parameters such as
+    sslmode, sslrootcert, sslcert, sslkey) over the URL's. JSON is serialised by orjson,
+    NaN/Infinity as null.
 
-    Raises :class:`ValueError` for another database (not retried: configuration error);
+    Raises :class:`ValueError` for another database, or ``connect_args`` for SQLite (not
+    retried: configuration error);
     :class:`OSError` if the SQLite directory cannot be created. Connecting is lazy, so an
     unreachable server shows up at the first query, classified as StorageUnavailable.
     """
     u = make_url(url)
     backend = u.get_backend_name()
     if backend == "sqlite":
+        if connect_args:
+            raise ValueError(
+                f"PostgreSQL connection options ({', '.join(sorted(connect_args))}) are set "
+                "but the database is SQLite"
+            )
         if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
             Path(u.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
@@ -167,16 +179,17 @@ def make_engine(
         event.listen(engine, "connect", listener)
         return engine
     if backend == "postgresql":
-        connect_args: dict[str, Any] = {}
+        pg_args: dict[str, Any] = {}
         if "connect_timeout" not in u.query:
-            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+            pg_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
         if "application_name" not in u.query:
-            connect_args["application_name"] = "wardwatch"
+            pg_args["application_name"] = "wardwatch"
+        pg_args.update(connect_args or {})
         return create_engine(
             u,
             echo=echo,
             pool_pre_ping=True,
-            connect_args=connect_args,
+            connect_args=pg_args,
             json_serializer=_json_dumps,
             json_deserializer=orjson.loads,
         )

@@ -47,6 +47,12 @@ from inference.errors import ModelError, ModelUnavailable
 from storage.errors import StoragePermanentError
 
 from . import faust_fixes, persist
+from .client_security import (
+    database_connect_args,
+    faust_credentials,
+    kafka_config,
+    triton_tls,
+)
 from .dead_letter_limit import DeadLetterLimit
 from .errors import WorkerStopError, is_permanent, reason_of
 from .logs import logging_config as log_config
@@ -160,6 +166,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id if scoring else f"{settings.app_id}-writer",
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=faust_credentials(settings),  # TLS / SASL (client_security)
         store="memory://",
         processing_guarantee="at_least_once",
         topic_partitions=settings.topic_partitions,
@@ -238,8 +245,9 @@ def create_app(settings: Settings) -> faust.App:
         max_batch=settings.triton_max_batch,
         max_inflight=settings.triton_max_inflight,
         observer=metrics.triton_request,
+        **triton_tls(settings),
     )
-    sink = persist.Sink(settings.database_url)
+    sink = persist.Sink(settings.database_url, database_connect_args(settings))
     lag_topics = (
         *((settings.topic_inbound, settings.topic_events) if scoring else ()),
         *((settings.topic_scores, settings.topic_alerts, settings.topic_dlq) if writing else ()),
@@ -455,9 +463,7 @@ def create_app(settings: Settings) -> faust.App:
         names = (settings.topic_inbound, settings.topic_events)
 
         def read() -> dict[str, int]:
-            md = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(
-                timeout=10
-            )
+            md = AdminClient(kafka_config(settings)).list_topics(timeout=10)
             missing = [t for t in names if t not in md.topics or md.topics[t].error]
             if missing:  # Faust creates them as the worker starts
                 raise KafkaException(f"topics not there yet: {missing}")

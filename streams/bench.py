@@ -40,6 +40,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from inference import bench_model
 
 from . import bench_gateway, bench_hotpath, bench_rebuild
+from .client_security import kafka_config, triton_tls
 from .demo import (
     SHARED_PHYSIONET,
     end_offsets,
@@ -119,7 +120,7 @@ def _baseline(s: Settings, n: int) -> float:
     """Messages/s of a plain consume + orjson parse loop over the inbound topic."""
     c = Consumer(
         {
-            "bootstrap.servers": s.kafka_bootstrap,
+            **kafka_config(s),
             "group.id": f"bench-baseline-{secrets.token_hex(3)}",
             "enable.auto.commit": False,
         }
@@ -148,7 +149,7 @@ def _triton(s: Settings, seconds: float) -> tuple[float, float]:
     windows = rng.normal(size=(s.triton_max_batch, 48, spec.n_features)).astype(np.float32)
 
     async def run(batch: int) -> float:
-        client = TritonRiskClient(s.triton_grpc_url, s.triton_model, timeout_s=30)
+        client = TritonRiskClient(s.triton_grpc_url, s.triton_model, timeout_s=30, **triton_tls(s))
         try:
             await client.predict(windows[:batch])  # warm-up
             n, t0 = 0, time.monotonic()
@@ -269,7 +270,7 @@ def run_bench(
     work = VAR_DIR / "bench" / run
     work.mkdir(parents=True, exist_ok=True)
     s = _isolated(base, run, work / "scores.db")
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin = AdminClient(kafka_config(s))
     topics = _create_topics(admin, s)
     rows: list[Row] = []
     profile_md = ""
@@ -467,7 +468,7 @@ def _latency_split(
     ``worker_role`` score and persist) on topics of their own."""
     run = secrets.token_hex(4)
     s = _isolated(base, run, work / "scores-split.db")
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin = AdminClient(kafka_config(s))
     topics = _create_topics(admin, s)
     scorer = writer = None
     try:

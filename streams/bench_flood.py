@@ -17,6 +17,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from .bench import _create_topics, _isolated, _messages, _produce, _stays
+from .client_security import kafka_config
 from .demo import end_offsets, start_worker, stop_worker, warm_up
 from .replay import make_producer
 from .settings import PROJECT_ROOT, VAR_DIR, Settings
@@ -41,7 +42,7 @@ def run(n: int, out: Path) -> tuple[float, float]:
     s = _isolated(Settings(), f"flood-{run_id}", work / "scores.db").model_copy(
         update={"dead_letter_max_ratio": 1.0}
     )
-    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    admin = AdminClient(kafka_config(s))
     topics = _create_topics(admin, s)
     stays, _ = _stays(max(50, n // 30), work)
     good, _ = _messages(stays, f"bench-{run_id}".encode())

@@ -35,6 +35,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from fhir.synthetic import generate_stays
 
+from .client_security import kafka_config
 from .demo import stop_worker
 from .model_info import load_model_info
 from .pipeline import Envelope, PatientRecord, normalise, score_envelopes
@@ -95,7 +96,7 @@ def template_records(settings: Settings, files: list[Path]) -> list[bytes]:
 def _fill_changelog(settings: Settings, topic: str, values: list[bytes], patients: int) -> int:
     """Write one record per pseudonym to ``topic``, each to the partition the stream's
     own producer (aiokafka's murmur2 of the raw key) would have used. Returns bytes."""
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 20})
+    producer = Producer({**kafka_config(settings), "linger.ms": 20})
     n_parts, total = settings.topic_partitions, 0
     for i in range(patients):
         patient = secrets.token_hex(32)  # same shape as an HMAC-SHA256 pseudonym
@@ -151,7 +152,7 @@ def rebuild_time(
         )
         changelog = f"{s.app_id}-patients-changelog"
         topics = [s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts]
-        admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+        admin = AdminClient(kafka_config(s))
         new = [NewTopic(t, s.topic_partitions, 1) for t in topics]
         new.append(NewTopic(changelog, s.topic_partitions, 1, config={"cleanup.policy": "compact"}))
         for fut in admin.create_topics(new).values():

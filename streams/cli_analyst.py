@@ -27,6 +27,8 @@ from storage.db import make_engine, migrate, require_current_schema
 from storage.errors import StorageError
 from storage.models import ROLES
 
+from .client_security import database_connect_args
+
 EXPORT_COLUMNS = tuple(
     c for c in access.SCORE_COLUMNS if c != "id"
 )  # the scores table, less its key
@@ -38,8 +40,8 @@ def _database() -> Iterator[Engine]:
     ClickException (exit 1) with the reason."""
     from .cli_context import settings
 
-    url = settings().database_url
-    engine = make_engine(url)
+    s = settings()
+    engine = make_engine(s.database_url, connect_args=database_connect_args(s))
     try:
         migrate(engine)
         yield engine

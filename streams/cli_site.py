@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from .client_security import database_connect_args
 from .settings import Settings
 
 DEFAULT_OUT = Path("var") / "site-validation"
@@ -127,7 +128,7 @@ def validate_site_cmd(
     except (FileNotFoundError, KeyError, ValueError) as exc:
         raise click.ClickException(f"model card: {exc}") from exc
 
-    engine = make_engine(database_url or s.database_url)
+    engine = make_engine(database_url or s.database_url, connect_args=database_connect_args(s))
     try:
         migrate(engine)
         stored = site_scores.model_versions(engine)

@@ -24,6 +24,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import SecretStr
 
+from .client_security import database_connect_args, kafka_config
 from .replay import publish, replay
 from .settings import PROJECT_ROOT, VAR_DIR, Settings, settings_env
 from .sources import psv_messages
@@ -85,7 +86,7 @@ def end_offsets(
     partitions yet, or leaders still starting: NOT_LEADER_FOR_PARTITION, seen from a fresh
     clone's ``make bench``) or another retriable broker error is retried for ``retry_s``;
     then, or on any other error, the ``KafkaException`` is raised."""
-    c = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "wardwatch-demo"})
+    c = Consumer({**kafka_config(settings), "group.id": "wardwatch-demo"})
     deadline = time.monotonic() + retry_s
     try:
         while True:
@@ -307,7 +308,7 @@ def follow_scores(
     alerts_seen: list[tuple[tuple[str, str], int]] = []
     consumer = Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_config(settings),
             "group.id": f"wardwatch-demo-{secrets.token_hex(4)}",
             "enable.auto.commit": False,
         }
@@ -375,7 +376,7 @@ def _db_counts(settings: Settings, run_patients: list[str], alert_ids: set[str])
     from storage.db import make_engine
     from storage.models import Alert, Score
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.database_url, connect_args=database_connect_args(settings))
     try:
         with engine.connect() as conn:
             n_scores = conn.scalar(

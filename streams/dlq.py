@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from fhir.hl7v2 import Hl7Error, map_message
 
+from .client_security import kafka_config
 from .errors import safe_reason
 from .replay import make_producer
 from .sealing import H_KEY_ID, H_SEALED, TAG_BYTES, KeyRing, SealError, key_ring
@@ -94,7 +95,7 @@ class DeadLetter:
 def _consumer(settings: Settings) -> Consumer:
     return Consumer(
         {
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **kafka_config(settings),
             "group.id": f"wardwatch-dlq-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -9,18 +9,26 @@ One asyncio process:
   only after Kafka's delivery callback confirmed the write** (acks=all, idempotent producer).
   Messages it cannot take are answered AE/AR (reason in MSA-3, an ERR segment) and written,
   original bytes and reason in headers, to the dead-letter topic. A resend (same MSH-10 from
-  the same MSH-3/MSH-4) is answered AA and not published again.
+  the same MSH-3/MSH-4, same content apart from MSH-7) is answered AA and not published
+  again; the same MSH-10 with other content is answered AE and dead-lettered.
 * **FHIR REST** (``WARDWATCH_GATEWAY_HTTP_PORT``, FastAPI on uvicorn): ``POST /fhir/{type}``,
   ``PUT /fhir/{type}/{id}`` (R4 rest-hook with payload), ``POST /fhir`` (batch/transaction
   Bundles, R4 rest-hook history Bundles and R4B/R5 ``subscription-notification`` Bundles),
   ``GET /fhir/metadata``. 202 (or the batch/transaction response) only after Kafka has the
   data; 4xx with an OperationOutcome otherwise.
 
-Resend detection keeps ``(sender, control id)`` of every *published* message in a small
-SQLite file (``WARDWATCH_GATEWAY_DEDUP_PATH``, pruned after ``WARDWATCH_GATEWAY_DEDUP_DAYS``),
-so a restarted gateway still recognises a resend. An id is recorded only after Kafka
-acknowledged the write; a crash in between can publish a resend twice, which the stream
-absorbs (the Bundle's Observation ids are derived from their content, events are idempotent).
+Edge limits: an MLLP connection idle past ``WARDWATCH_GATEWAY_MLLP_IDLE_TIMEOUT_S`` is
+closed; connections past ``WARDWATCH_GATEWAY_MLLP_MAX_CONNECTIONS`` (overall) or
+``..._PER_CLIENT`` (per client address) are accepted and closed at once; FHIR requests
+past ``WARDWATCH_GATEWAY_HTTP_MAX_CONCURRENCY`` (503) or ``..._PER_CLIENT`` (429) in flight
+are refused with an OperationOutcome and Retry-After.
+
+Resend detection keeps ``(sender, control id, content digest)`` of every *published*
+message in a small SQLite file (``WARDWATCH_GATEWAY_DEDUP_PATH``, pruned after
+``WARDWATCH_GATEWAY_DEDUP_DAYS``), so a restarted gateway still recognises a resend. An id
+is recorded only after Kafka acknowledged the write; a crash in between can publish a
+resend twice, which the stream absorbs (the Bundle's Observation ids are derived from
+their content, events are idempotent).
 """
 
 from __future__ import annotations
@@ -40,13 +48,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka import Message as KafkaMessage
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhir.errors import (
     InvalidResource,
@@ -55,6 +64,7 @@ from fhir.errors import (
     UnsupportedResource,
 )
 from fhir.hl7v2 import (
+    ERR_DUPLICATE_KEY,
     ERR_INTERNAL,
     AckCode,
     Hl7Error,
@@ -63,6 +73,7 @@ from fhir.hl7v2 import (
     Hl7TooLongError,
     MllpDecoder,
     build_ack,
+    content_digest,
     frame,
     load_hl7_mapping,
     map_message,
@@ -81,6 +92,8 @@ from .tls import TlsFiles, allowed_clients, describe, peer_names, server_context
 
 log = logging.getLogger("wardwatch.gateway")
 Headers = list[tuple[str, str | bytes | None]]
+Resend = Literal["new", "duplicate", "conflict"]
+REUSED_CONTROL_ID = "control id reused with different content"
 
 
 class DeliveryError(Exception):
@@ -150,7 +163,14 @@ class KafkaBridge:
 
 # ---------------------------------------------------------------------- resend detection
 class SeenStore:
-    """``(sender, control id)`` pairs already published, in SQLite (survives restarts)."""
+    """``(sender, control id)`` pairs already published, with the content digest
+    (:func:`fhir.hl7v2.content_digest`) of what was published, in SQLite (survives
+    restarts). Holds no patient data: the sender is MSH-3/MSH-4, the digest a SHA-256.
+
+    A file written before digests were kept gets a nullable ``digest`` column on open;
+    its old rows (digest NULL) cannot tell a resend from a reused control id and keep the
+    old rule: a duplicate.
+    """
 
     def __init__(self, path: Path, keep_days: float) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -159,25 +179,40 @@ class SeenStore:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS seen (sender TEXT NOT NULL, control_id TEXT NOT NULL,"
-            " at REAL NOT NULL, PRIMARY KEY (sender, control_id))"
+            " at REAL NOT NULL, digest TEXT, PRIMARY KEY (sender, control_id))"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(seen)")}
+        if "digest" not in columns:  # a store from before content digests
+            self.db.execute("ALTER TABLE seen ADD COLUMN digest TEXT")
         self.db.execute("DELETE FROM seen WHERE at < ?", (time.time() - keep_days * 86400,))
         self._lock = threading.Lock()
 
     def seen(self, sender: str, control_id: str) -> bool:
-        """Whether this message was published before. Raises sqlite3.Error (not retried)."""
+        """Whether this control id was published before. Raises sqlite3.Error (not retried)."""
+        return self.verdict(sender, control_id, None) != "new"
+
+    def verdict(self, sender: str, control_id: str, digest: str | None) -> Resend:
+        """``new`` (never published), ``duplicate`` (published with this digest, or the
+        stored or given digest is unknown) or ``conflict`` (published with another digest:
+        the control id was reused for different content). Raises sqlite3.Error (not
+        retried)."""
         with self._lock:
             row = self.db.execute(
-                "SELECT 1 FROM seen WHERE sender = ? AND control_id = ?", (sender, control_id)
+                "SELECT digest FROM seen WHERE sender = ? AND control_id = ?",
+                (sender, control_id),
             ).fetchone()
-        return row is not None
+        if row is None:
+            return "new"
+        if row[0] is None or digest is None or row[0] == digest:
+            return "duplicate"
+        return "conflict"
 
-    def add(self, sender: str, control_id: str) -> None:
+    def add(self, sender: str, control_id: str, digest: str | None = None) -> None:
         """Record a published message. Raises sqlite3.Error (not retried)."""
         with self._lock:
             self.db.execute(
-                "INSERT OR REPLACE INTO seen (sender, control_id, at) VALUES (?, ?, ?)",
-                (sender, control_id, time.time()),
+                "INSERT OR REPLACE INTO seen (sender, control_id, at, digest) VALUES (?, ?, ?, ?)",
+                (sender, control_id, time.time(), digest),
             )
 
     def close(self) -> None:
@@ -209,6 +244,7 @@ class GatewayStats:
 
     hl7_accepted: int = 0
     hl7_duplicates: int = 0
+    hl7_reused: int = 0
     hl7_rejected: int = 0
     hl7_transient: int = 0
     http_resources: int = 0
@@ -216,6 +252,9 @@ class GatewayStats:
     truncated_bytes: int = 0
     mllp_tls_refused: int = 0
     http_auth_refused: int = 0
+    mllp_refused: int = 0
+    mllp_idle_closed: int = 0
+    http_throttled: int = 0
 
 
 @dataclass(slots=True)
@@ -228,7 +267,11 @@ class Gateway:
     mapping: Hl7Mapping = field(default_factory=load_hl7_mapping)
     stats: GatewayStats = field(default_factory=GatewayStats)
     ring: KeyRing | None = None  # the dead-letter keys, read at the first dead letter
-    _inflight: dict[tuple[str, str], asyncio.Future[tuple[AckCode, str]]] = field(
+    # (sender, control id) -> (its outcome, its content digest) while it is being taken
+    _mllp_open: int = 0
+    _mllp_clients: dict[str, int] = field(default_factory=dict)  # open connections per address
+    _refusal_logged_at: float = 0.0
+    _inflight: dict[tuple[str, str], tuple[asyncio.Future[tuple[AckCode, str]], str]] = field(
         default_factory=dict
     )
 
@@ -279,21 +322,29 @@ class Gateway:
         except Hl7Error as exc:
             return await self._reject(payload, None, exc, peer)
         ident = (header.sender, header.control_id)
-        if header.control_id and self.seen.seen(*ident):
-            self.stats.hl7_duplicates += 1
-            return build_ack(header, "AA", "duplicate of a message already accepted")
+        digest = content_digest(text)
+        if header.control_id:
+            verdict = self.seen.verdict(header.sender, header.control_id, digest)
+            if verdict == "duplicate":
+                self.stats.hl7_duplicates += 1
+                return build_ack(header, "AA", "duplicate of a message already accepted")
+            if verdict == "conflict":
+                return await self._reused(payload, header, peer)
         pending = self._inflight.get(ident) if header.control_id else None
         if pending is not None:
-            code, why = await asyncio.shield(pending)
+            pending_fut, pending_digest = pending
+            if pending_digest != digest:  # the same id, other content, at the same time
+                return await self._reused(payload, header, peer)
+            code, why = await asyncio.shield(pending_fut)
             if code == "AA":
                 self.stats.hl7_duplicates += 1
                 return build_ack(header, "AA", "duplicate of a message already accepted")
             return build_ack(header, code, why)
         fut: asyncio.Future[tuple[AckCode, str]] = asyncio.get_running_loop().create_future()
         if header.control_id:
-            self._inflight[ident] = fut
+            self._inflight[ident] = (fut, digest)
         try:
-            ack, outcome = await self._take(payload, text, header, peer)
+            ack, outcome = await self._take(payload, text, header, peer, digest)
             fut.set_result(outcome)
             return ack
         except BaseException:
@@ -302,8 +353,21 @@ class Gateway:
         finally:
             self._inflight.pop(ident, None)
 
+    async def _reused(self, payload: bytes, header: Hl7Header, peer: str) -> bytes:
+        """AE and a dead letter for a control id already accepted with other content: the
+        sender reused it (or changed a message it resends); dropping it as a duplicate
+        would lose the new content. Not retried: the sender must send it under a new id."""
+        self.stats.hl7_reused += 1
+        exc = Hl7Error(
+            f"{REUSED_CONTROL_ID}: this MSH-10 from this MSH-3/MSH-4 was accepted before with "
+            "other content (MSH-7 aside); send new content under a new control id",
+            ack_code="AE",
+            error_code=ERR_DUPLICATE_KEY,
+        )
+        return await self._reject(payload, header, exc, peer)
+
     async def _take(
-        self, payload: bytes, text: str, header: Hl7Header, peer: str
+        self, payload: bytes, text: str, header: Hl7Header, peer: str, digest: str
     ) -> tuple[bytes, tuple[AckCode, str]]:
         try:
             mapped = map_message(
@@ -333,7 +397,7 @@ class Gateway:
             log.warning("MLLP %s %s: %s", peer, header.control_id, why)
             return build_ack(header, "AE", why, error_code=ERR_INTERNAL), ("AE", why)
         if header.control_id:
-            self.seen.add(header.sender, header.control_id)
+            self.seen.add(header.sender, header.control_id, digest)
         self.stats.hl7_accepted += 1
         note = f"{mapped.observations} observations"
         if mapped.notes:
@@ -389,13 +453,65 @@ class Gateway:
             return self._internal_error_ack(err, peer)
 
     # ------------------------------------------------------------------ MLLP server
-    async def serve_mllp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One MLLP connection: read frames, answer in order (pipelining). Never raises."""
+    def _admit(self, host: str) -> bool:
+        """Count a new MLLP connection from ``host`` in, or refuse it (False; logged at
+        most once a second, so a flood of refusals does not flood the log either)."""
+        s = self.settings
+        mine = self._mllp_clients.get(host, 0)
+        if (
+            self._mllp_open >= s.gateway_mllp_max_connections
+            or mine >= s.gateway_mllp_max_connections_per_client
+        ):
+            self.stats.mllp_refused += 1
+            now = time.monotonic()
+            if now - self._refusal_logged_at >= 1.0:
+                self._refusal_logged_at = now
+                log.warning(
+                    "MLLP %s: connection refused, %d open (%d from this address; caps %d and "
+                    "%d per address); %d refused since start",
+                    host,
+                    self._mllp_open,
+                    mine,
+                    s.gateway_mllp_max_connections,
+                    s.gateway_mllp_max_connections_per_client,
+                    self.stats.mllp_refused,
+                )
+            return False
+        self._mllp_open += 1
+        self._mllp_clients[host] = mine + 1
+        return True
+
+    def _release(self, host: str) -> None:
+        self._mllp_open -= 1
+        left = self._mllp_clients.pop(host, 1) - 1
+        if left > 0:
+            self._mllp_clients[host] = left
+
+    async def serve_mllp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, admitted: bool = False
+    ) -> None:
+        """One MLLP connection: read frames, answer in order (pipelining). Never raises.
+
+        Over the connection caps it is closed at once (``admitted``: the caller already
+        counted it in, see :func:`serve_mllp_tls`); with nothing read and no ACK pending
+        for ``gateway_mllp_idle_timeout_s`` it is closed (logged, counted).
+        """
         peer = str(writer.get_extra_info("peername"))
+        host = peer_host(writer)
+        if not admitted and not self._admit(host):
+            with contextlib.suppress(Exception):
+                writer.close()
+                await writer.wait_closed()
+            return
         decoder = MllpDecoder(max_bytes=self.settings.gateway_max_body_bytes)
         queue: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(maxsize=256)
+        idle_s = self.settings.gateway_mllp_idle_timeout_s
+        # A connection waiting for its ACKs (Kafka slow) is not idle: the sender waits on us.
+        pending = 0
+        last_active = time.monotonic()
 
         async def answer() -> None:
+            nonlocal pending, last_active
             while True:
                 item = await queue.get()
                 if item is None:
@@ -403,13 +519,24 @@ class Gateway:
                 ack = await item
                 writer.write(frame(ack))
                 await writer.drain()
+                pending -= 1
+                last_active = time.monotonic()
 
         answering = asyncio.create_task(answer())
         try:
             while not answering.done():
-                data = await reader.read(65536)
+                wait = idle_s if pending else last_active + idle_s - time.monotonic()
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), max(wait, 0.0))
+                except TimeoutError:
+                    if pending or time.monotonic() - last_active < idle_s:
+                        continue
+                    self.stats.mllp_idle_closed += 1
+                    log.warning("MLLP %s: idle for %.0f s, closing the connection", peer, idle_s)
+                    break
                 if not data:
                     break
+                last_active = time.monotonic()
                 for item in decoder.feed(data):
                     # an over-long frame is dead-lettered (its kept head) before its AR;
                     # either way the ACKs go out in the frames' order
@@ -418,6 +545,7 @@ class Gateway:
                         if isinstance(item, Hl7TooLongError)
                         else self.handle_hl7(item, peer)
                     )
+                    pending += 1
                     await queue.put(asyncio.ensure_future(handled))
             if decoder.pending:
                 self.stats.truncated_bytes += decoder.pending
@@ -430,6 +558,7 @@ class Gateway:
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             log.info("MLLP %s: connection lost (%s)", peer, exc)
         finally:
+            self._release(host)
             answering.cancel()
             with contextlib.suppress(Exception):
                 writer.close()
@@ -563,6 +692,81 @@ def capability_statement(settings: Settings) -> dict[str, Any]:
     return statement
 
 
+class RequestLimit:
+    """ASGI middleware: at most ``per_client`` FHIR requests in flight per client address
+    (more: 429) and ``overall`` in all (more: 503), each refusal an OperationOutcome with
+    Retry-After, counted in ``stats.http_throttled`` and logged at most once a second.
+
+    Refusing rather than queueing keeps a flooding client from holding memory and
+    connections; the address is the TCP peer's (behind a proxy: the proxy's).
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        overall: int,
+        per_client: int,
+        retry_after_s: int,
+        stats: GatewayStats,
+    ) -> None:
+        self.app = app
+        self.overall = overall
+        self.per_client = per_client
+        self.retry_after = str(retry_after_s)
+        self.stats = stats
+        self.in_flight = 0
+        self.by_client: dict[str, int] = {}  # only addresses with requests in flight
+        self._logged_at = 0.0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        host = str(client[0]) if client else ""
+        mine = self.by_client.get(host, 0)
+        if mine >= self.per_client:
+            why = f"more than {self.per_client} requests in flight from this client; retry"
+            await self._refuse(scope, receive, send, 429, host, why)
+            return
+        if self.in_flight >= self.overall:
+            why = f"the gateway has {self.overall} requests in flight; retry"
+            await self._refuse(scope, receive, send, 503, host, why)
+            return
+        self.in_flight += 1
+        self.by_client[host] = mine + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            left = self.by_client.pop(host, 1) - 1
+            if left > 0:
+                self.by_client[host] = left
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, host: str, why: str
+    ) -> None:
+        self.stats.http_throttled += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 1.0:
+            self._logged_at = now
+            log.warning(
+                "HTTP %s: %d, %s (%d refused since start)",
+                host,
+                status,
+                why,
+                self.stats.http_throttled,
+            )
+        response = JSONResponse(
+            operation_outcome("error", "throttled" if status == 429 else "transient", why),
+            status_code=status,
+            media_type="application/fhir+json",
+            headers={"Retry-After": self.retry_after},
+        )
+        await response(scope, receive, send)
+
+
 _NOTIFICATION_SKIP = frozenset({"SubscriptionStatus", "Parameters"})
 
 
@@ -571,6 +775,13 @@ def build_http_app(gw: Gateway, verifier: TokenVerifier | None = None) -> Any:
     every POST/PUT needs a bearer access token whose scopes cover what it writes (401
     without a valid token, 403 without the scope); metadata stays open."""
     app = FastAPI(title="WardWatch gateway", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(
+        RequestLimit,
+        overall=gw.settings.gateway_http_max_concurrency,
+        per_client=gw.settings.gateway_http_max_concurrency_per_client,
+        retry_after_s=gw.settings.gateway_http_retry_after_s,
+        stats=gw.stats,
+    )
     limit = gw.settings.gateway_max_body_bytes
 
     def fhir_json(status: int, body: dict[str, Any]) -> JSONResponse:
@@ -854,9 +1065,15 @@ async def serve_mllp_tls(
     # The handshake is done here rather than by start_server(ssl=...): asyncio drops a
     # failed server-side handshake silently, and a refused sender must be visible.
     peer = str(writer.get_extra_info("peername"))
+    host = peer_host(writer)
+    # The connection caps apply before the handshake: a flood of handshakes costs CPU.
+    if not gw._admit(host):
+        writer.transport.abort()
+        return
     try:
         await writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        gw._release(host)
         gw.stats.mllp_tls_refused += 1
         why = getattr(exc, "reason", None) or type(exc).__name__
         log.warning("MLLP %s: TLS handshake refused (%s)", peer, why)
@@ -872,9 +1089,16 @@ async def serve_mllp_tls(
                 peer,
                 sorted(names)[:5],
             )
+            gw._release(host)
             writer.transport.abort()
             return
-    await gw.serve_mllp(reader, writer)
+    await gw.serve_mllp(reader, writer, admitted=True)
+
+
+def peer_host(writer: asyncio.StreamWriter) -> str:
+    """The client's address of an MLLP connection (the key of the per-client caps)."""
+    peername = writer.get_extra_info("peername")
+    return str(peername[0]) if isinstance(peername, tuple) and peername else str(peername)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -954,6 +1178,8 @@ class GatewayServer:
             log_level="warning",
             lifespan="off",
             access_log=False,
+            timeout_keep_alive=s.gateway_http_keep_alive_s,
+            limit_concurrency=s.gateway_http_max_connections,
         )
         self._uvicorn = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._uvicorn.serve(sockets=[hsock]))
@@ -1001,6 +1227,22 @@ async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> 
         await (stop or asyncio.Event()).wait()
     finally:
         await server.stop()
+        if server.gateway is not None:  # counts only: no patient data
+            st = server.gateway.stats
+            log.warning(
+                "gateway stopped: HL7 accepted %d, duplicates %d, rejected %d (control id "
+                "reused %d); MLLP connections refused %d, closed idle %d; FHIR resources %d, "
+                "rejected %d, throttled %d",
+                st.hl7_accepted,
+                st.hl7_duplicates,
+                st.hl7_rejected,
+                st.hl7_reused,
+                st.mllp_refused,
+                st.mllp_idle_closed,
+                st.http_resources,
+                st.http_rejected,
+                st.http_throttled,
+            )
 
 
 __all__ = [
@@ -1008,6 +1250,7 @@ __all__ = [
     "Gateway",
     "GatewayServer",
     "KafkaBridge",
+    "RequestLimit",
     "SeenStore",
     "build_http_app",
     "capability_statement",

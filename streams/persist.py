@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -109,8 +109,10 @@ def decode_batch(
 class Sink:
     """The database, opened and migrated on first use (so a worker starts without it)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, connect_args: Mapping[str, str] | None = None) -> None:
+        """``connect_args``: libpq parameters (TLS) for ``storage.db.make_engine``."""
         self._url = url
+        self._connect_args = dict(connect_args or {})
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
@@ -119,7 +121,7 @@ class Sink:
         with self._lock:
             if self._engine is None:
                 try:
-                    engine = make_engine(self._url)
+                    engine = make_engine(self._url, connect_args=self._connect_args)
                     migrate(engine)
                 except Exception as exc:
                     classified = classify(exc)

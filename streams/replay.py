@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 from tqdm import tqdm
 
+from .client_security import kafka_config
 from .settings import Settings
 from .sources import count_messages, messages
 
@@ -45,7 +46,7 @@ def make_producer(settings: Settings, **extra: Any) -> Producer:
     uses, so a patient's key lands on the same partition whoever sends it.
     """
     conf: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **kafka_config(settings),
         "acks": "all",
         "enable.idempotence": True,
         "partitioner": "murmur2_random",

@@ -218,6 +218,83 @@ class Settings(BaseSettings):
         description="Model folder used by offline scoring (`wardwatch score`).",
     )
 
+    # --- Edge limits and client TLS/SASL (issue 18)
+    # MLLP: one ACK per message, so a connection's pending work is bounded by its frames;
+    # these bound the connections themselves, so one flooding sender cannot starve others.
+    gateway_mllp_idle_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="An MLLP connection with nothing sent and nothing pending this long is "
+        "closed (logged, counted), seconds.",
+    )
+    gateway_mllp_max_connections: int = Field(
+        256, ge=1, description="Open MLLP connections at most; more are accepted and closed."
+    )
+    gateway_mllp_max_connections_per_client: int = Field(
+        16,
+        ge=1,
+        description="Open MLLP connections one client address may hold; more are accepted "
+        "and closed.",
+    )
+    gateway_http_max_concurrency: int = Field(
+        128,
+        ge=1,
+        description="FHIR requests in flight at once; more are answered 503 with Retry-After.",
+    )
+    gateway_http_max_concurrency_per_client: int = Field(
+        16,
+        ge=1,
+        description="FHIR requests in flight per client address; more are answered 429 "
+        "with Retry-After.",
+    )
+    gateway_http_max_connections: int = Field(
+        1024,
+        ge=1,
+        description="uvicorn's limit_concurrency: open HTTP connections plus tasks; past it "
+        "uvicorn answers a plain 503.",
+    )
+    gateway_http_keep_alive_s: int = Field(
+        5, ge=1, description="uvicorn's timeout_keep_alive: an idle HTTP connection's life, s."
+    )
+    gateway_http_retry_after_s: int = Field(
+        1, ge=0, description="Retry-After of a 429/503 for too many requests, seconds."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client of WardWatch talks to the brokers."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None, description="PEM CA bundle that signed the brokers' certificates (SSL, SASL_SSL)."
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS with the brokers."
+    )
+    kafka_ssl_key_file: Path | None = Field(
+        None, description="PEM private key of kafka_ssl_cert_file."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_PLAINTEXT, SASL_SSL)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = Field(None, description="PostgreSQL sslmode (libpq); unset: the URL's or libpq's.")
+    database_sslrootcert: Path | None = Field(
+        None, description="PostgreSQL: PEM CA bundle to verify the server (verify-ca/-full)."
+    )
+    database_sslcert: Path | None = Field(None, description="PostgreSQL: PEM client certificate.")
+    database_sslkey: Path | None = Field(None, description="PostgreSQL: client private key.")
+    triton_ssl: bool = Field(False, description="Talk TLS to Triton's gRPC endpoint.")
+    triton_ssl_ca_file: Path | None = Field(
+        None, description="PEM CA bundle for Triton's certificate; unset: the system's."
+    )
+    triton_ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate for mutual TLS with Triton."
+    )
+    triton_ssl_key_file: Path | None = Field(
+        None, description="PEM private key of triton_ssl_cert_file."
+    )
+
     # --- Failures
     retry_budget_s: float = Field(
         300.0,

@@ -301,10 +301,10 @@ def test_internal_error_is_an_ae_not_a_crash(
 ) -> None:
     gw, bridge = make(tmp_path)
 
-    def broken(*_: object) -> bool:
+    def broken(*_: object) -> str:
         raise OSError("disk full")
 
-    monkeypatch.setattr(gw.seen, "seen", broken)
+    monkeypatch.setattr(gw.seen, "verdict", broken)
     ack = msa(asyncio.run(gw.handle_hl7(ORU.format(cid="X").encode())))
     assert ack[1] == "AE" and "resend later" in ack[3] and bridge.sent == []
 
