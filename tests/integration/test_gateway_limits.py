@@ -25,6 +25,7 @@ from tests.integration.test_gateway import (
     gateway_settings,
     mllp_send,
     msa,
+    opened,
 )
 
 
@@ -62,7 +63,7 @@ def test_resend_rules_same_bytes_duplicate_other_content_dead_letter(tmp_path: P
     inbound = consume_all(s, s.topic_inbound, 1)
     assert len(inbound) == 1  # published once
     dead = consume_all(s, s.topic_dlq, 1)
-    assert len(dead) == 1 and dead[0].value() == changed  # nothing silently dropped
+    assert len(dead) == 1 and opened(s, dead[0]) == changed  # nothing silently dropped
     h = dict(dead[0].headers())
     assert b"control id reused with different content" in h["wardwatch.reason"]
     assert h["wardwatch.source.control_id"] == b"RS-1" and h["wardwatch.hl7.ack"] == b"AE"

@@ -12,6 +12,7 @@ import pytest
 
 from fhir.hl7v2 import content_digest, normalise
 from streams.gateway import REUSED_CONTROL_ID, Gateway, GatewayStats, RequestLimit, SeenStore
+from streams.sealing import key_ring
 from streams.settings import Settings
 
 ORU = (
@@ -122,9 +123,13 @@ def test_resend_same_content_is_a_duplicate_other_content_an_ae(tmp_path: Path) 
     ack = asyncio.run(gw.handle_hl7(changed)).decode()
     assert "MSA|AE|R1|" in ack and REUSED_CONTROL_ID in ack and "ERR|||205" in ack
     assert topics(bridge) == ["in", "dlq"] and gw.stats.hl7_reused == 1
-    _, _, value, headers = bridge.sent[1]
+    topic, key, value, headers = bridge.sent[1]
     h = dict(headers)
-    assert value == changed  # the original bytes, for an operator
+    # the original bytes, sealed, for an operator
+    opened = key_ring(gw.settings).open(
+        value, {k: v.decode() for k, v in headers}, topic=topic, key=key
+    )
+    assert opened == changed and value != changed
     assert REUSED_CONTROL_ID.encode() in h["wardwatch.reason"]
     assert h["wardwatch.source.control_id"] == b"R1" and h["wardwatch.hl7.ack"] == b"AE"
     # the conflict did not overwrite what was accepted: the true resend is still a duplicate
