@@ -46,6 +46,8 @@ from storage import access
 from storage.access import Principal
 from storage.errors import StorageUnavailable
 
+from .api_subscriptions import subscription_router
+
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 
 READ_SCORES = ("analyst", "admin")
@@ -317,6 +319,8 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
         )
 
     api.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
+    # FHIR Subscriptions (issue 19): rest-hook alert delivery, $status and $events.
+    api.include_router(subscription_router(engine, require(*CHANGE_ALERTS)))
     return api
 
 

@@ -105,7 +105,7 @@ def auth(engine: Engine, role: str) -> dict[str, str]:
 
 
 def test_ready_reports_the_schema(client: TestClient) -> None:
-    assert client.get("/ready").json() == {"status": "ready", "schema": "0002"}
+    assert client.get("/ready").json() == {"status": "ready", "schema": "0004_outbox"}
 
 
 def test_tokens_and_roles(engine: Engine, client: TestClient) -> None:
