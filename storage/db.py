@@ -65,6 +65,8 @@ from storage.models import SEVERITIES, STATUSES, Alert, Patient, Score, UTCDateT
 Severity = Literal["info", "warning", "critical"]
 AlertStatus = Literal["open", "acknowledged", "resolved"]
 
+# Called inside a write's transaction with the ids of the rows it newly inserted.
+InTransaction = Callable[[Connection, list[int]], None]
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_CONNECT_TIMEOUT_S = 10
@@ -417,19 +419,23 @@ def _write(
     model: type[Score] | type[Alert],
     key: Sequence[str],
     params: list[dict[str, Any]],
+    then: InTransaction | None = None,
 ) -> int:
     """Insert ``params`` (sorted by ``key``) in one transaction; return rows inserted.
-    For scores, ``patients`` is upserted in the same transaction."""
+    For scores, ``patients`` is upserted in the same transaction; ``then`` is called in
+    it with the ids of the rows newly inserted (the alert outbox)."""
     name = engine.dialect.name
     if name == "postgresql":
         pg_stmt = _PG_INSERT_SCORES if model is Score else _PG_INSERT_ALERTS
         with _classified(values_error_is_permanent=True):
             doc = _json_dumps(params)
             with engine.begin() as conn:
-                n = len(conn.execute(pg_stmt, {"rows": doc}).all())
+                ids = [r[0] for r in conn.execute(pg_stmt, {"rows": doc}).all()]
                 if model is Score:
                     _upsert_patients(conn, params)
-                return n
+                if then is not None and ids:
+                    then(conn, ids)
+                return len(ids)
     if name == "sqlite":
         stmt = (
             sqlite.insert(model)
@@ -437,10 +443,12 @@ def _write(
             .returning(model.id)
         )
         with _classified(values_error_is_permanent=True), engine.begin() as conn:
-            n = len(conn.execute(stmt, params).all())
+            ids = [r[0] for r in conn.execute(stmt, params).all()]
             if model is Score:
                 _upsert_patients(conn, params)
-            return n
+            if then is not None and ids:
+                then(conn, ids)
+            return len(ids)
     raise ValueError(f"unsupported database {name!r}")  # pragma: no cover - make_engine
 
 
@@ -517,9 +525,13 @@ def write_scores(engine: Engine, rows: Sequence[ScoreRow]) -> int:
     return _write(engine, Score, SCORE_KEY, params)
 
 
-def write_alerts(engine: Engine, rows: Sequence[AlertRow]) -> int:
+def write_alerts(
+    engine: Engine, rows: Sequence[AlertRow], then: InTransaction | None = None
+) -> int:
     """Insert one batch of alerts in one transaction; alert ids already stored are skipped
-    (the stored alert, including its workflow status, is left as it is).
+    (the stored alert, including its workflow status, is left as it is). ``then`` (e.g.
+    :func:`storage.outbox.enqueue`) runs in the same transaction with the new rows' ids;
+    what it raises rolls the batch back.
 
     Returns the number of rows newly inserted. Raises exactly as :func:`write_scores`:
     :class:`~storage.errors.StoragePermanentError` (dead-letter, not retried; ``row_index``
@@ -534,7 +546,7 @@ def write_alerts(engine: Engine, rows: Sequence[AlertRow]) -> int:
         if bad is not None:
             raise StoragePermanentError(f"alert row {i}: {bad}", row_index=i)
     params = sorted((_as_params(r) for r in rows), key=lambda d: d["alert_id"])
-    return _write(engine, Alert, ALERT_KEY, params)
+    return _write(engine, Alert, ALERT_KEY, params, then)
 
 
 # ------------------------------------------------------------------ reads

@@ -40,12 +40,14 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Float,
+    ForeignKey,
     Index,
     Integer,
     MetaData,
     SmallInteger,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -255,4 +257,63 @@ class ApiToken(Base):
     __table_args__ = (
         CheckConstraint("role IN ('analyst', 'alerting', 'admin')", name="role_valid"),
         CheckConstraint("length(name) > 0", name="name_not_empty"),
+    )
+
+
+# --- Alert delivery (issue 19): subscribers and the transactional outbox (migration 0004)
+
+SUBSCRIBER_KINDS: tuple[str, ...] = ("rest-hook", "hl7v2-mllp")
+SUBSCRIBER_STATUSES: tuple[str, ...] = ("requested", "active", "error", "off")
+PAYLOADS: tuple[str, ...] = ("empty", "id-only", "full-resource")
+
+
+class Subscriber(Base):
+    """One receiver of alert notifications: a FHIR rest-hook Subscription (Backport IG)
+    or an HL7 v2 MLLP destination. ``events_since_start`` is the last event number given
+    out; ``delivered_through`` the last one the receiver acknowledged (all before it too)."""
+
+    __tablename__ = "subscribers"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text, nullable=False)
+    topic: Mapped[str] = mapped_column(Text, nullable=False)
+    endpoint: Mapped[str] = mapped_column(Text, nullable=False)
+    payload: Mapped[str] = mapped_column(Text, nullable=False)
+    headers: Mapped[list[str]] = mapped_column(JSONType, nullable=False)
+    heartbeat_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    resource: Mapped[dict[str, Any]] = mapped_column(JSONType, nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    events_since_start: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    delivered_through: Mapped[int] = mapped_column(BigInteger, nullable=False, server_default="0")
+    handshake_done: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    created_by: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("kind IN ('rest-hook', 'hl7v2-mllp')", name="kind_valid"),
+        CheckConstraint("status IN ('requested', 'active', 'error', 'off')", name="status_valid"),
+        CheckConstraint("payload IN ('empty', 'id-only', 'full-resource')", name="payload_valid"),
+    )
+
+
+class OutboxEntry(Base):
+    """One alert to deliver to one subscriber, numbered per subscriber (gapless, from 1)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    subscriber_id: Mapped[str] = mapped_column(Text, ForeignKey("subscribers.id"), nullable=False)
+    event_number: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    alert_row: Mapped[int] = mapped_column(
+        IdType, ForeignKey("alerts.id", ondelete="CASCADE"), nullable=False
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "event_number"),
+        Index("ix_outbox_pending", "subscriber_id", "delivered_at", "event_number"),
     )

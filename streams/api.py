@@ -51,6 +51,7 @@ from storage import access
 from storage.access import Principal
 from storage.errors import StorageUnavailable
 
+from .api_subscriptions import subscription_router
 from .tls import TlsFiles, uvicorn_config
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
@@ -396,6 +397,8 @@ def create_api(
         )
 
     api.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
+    # FHIR Subscriptions (issue 19): rest-hook alert delivery, $status and $events.
+    api.include_router(subscription_router(engine, require(*CHANGE_ALERTS)))
     return api
 
 

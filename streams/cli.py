@@ -34,6 +34,7 @@ Main commands:
   convert   run the edge's parsing offline (canonical events + rejects)
   dlq       list and re-drive dead letters
   api       the analyst and alerting API, with the live dashboard
+  deliver   send alerts to FHIR Subscriptions (rest-hook) from the outbox
   token     create and revoke API tokens
   db        upgrade the schema; grant the API's and workers' database roles
   scores    print stored scores
@@ -67,6 +68,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "purge": "streams.cli_analyst:purge_cmd",
     "validate-site": "streams.cli_site:validate_site_cmd",
     "db": "streams.cli_db:db_cmd",
+    "deliver": "streams.cli_deliver:deliver_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(t.split(":")[0] for t in LAZY_COMMANDS.values()))
 # Faust's own command line runs these (it builds the app: Faust, torch, the model client).

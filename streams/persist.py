@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from storage.access import DeadLetterRow, write_dead_letters
 from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
 from storage.errors import classify
+from storage.outbox import enqueue
 
 from .alerting import alert_fields
 
@@ -137,7 +138,8 @@ class Sink:
 
     async def write_alerts(self, rows: Sequence[AlertRow]) -> int:
         """Insert, idempotently; raises as :meth:`write_scores`."""
-        return await asyncio.to_thread(lambda: write_alerts(self.engine(), rows))
+        # The outbox rows of the alert deliveries go in the same transaction (issue 19).
+        return await asyncio.to_thread(lambda: write_alerts(self.engine(), rows, enqueue))
 
     async def write_dead_letters(self, rows: Sequence[DeadLetterRow]) -> int:
         """Index dead letters, idempotently; raises as :meth:`write_scores`."""

@@ -182,6 +182,34 @@ class Settings(BaseSettings):
         "and verifies a client certificate (mutual TLS) besides its bearer token.",
     )
 
+    # --- Alert delivery (wardwatch deliver): FHIR rest-hook Subscriptions, HL7 v2 MLLP
+    delivery_retry_hours: float = Field(
+        6.0,
+        gt=0.0,
+        description="How long delivery to a subscriber keeps retrying before the subscriber "
+        "is marked error (its events kept, visible through $status and $events), hours.",
+    )
+    delivery_backoff_initial_s: float = Field(
+        1.0, gt=0.0, description="First wait after a failed delivery, seconds (then doubles)."
+    )
+    delivery_backoff_max_s: float = Field(
+        300.0, gt=0.0, description="Longest wait between delivery attempts, seconds."
+    )
+    delivery_poll_s: float = Field(
+        0.5, gt=0.0, description="How often the delivery loop looks for new outbox rows, seconds."
+    )
+    delivery_max_events: int = Field(
+        100, ge=1, description="Most events one FHIR notification Bundle carries."
+    )
+    delivery_timeout_s: float = Field(
+        10.0, gt=0.0, description="Longest wait for a receiver to answer one send, seconds."
+    )
+    delivery_fhir_base: str = Field(
+        "http://127.0.0.1:8080/fhir",
+        description="The API's public FHIR base URL: notifications refer to subscriptions "
+        "and alerts under it (receivers fetch id-only focus resources there).",
+    )
+
     # --- Database
     database_url: str = Field(
         f"sqlite:///{VAR_DIR / 'wardwatch.db'}",

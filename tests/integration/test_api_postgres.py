@@ -20,7 +20,15 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL, make_url
 
 from storage import access
-from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
+from storage.db import (
+    AlertRow,
+    ScoreRow,
+    head_revision,
+    make_engine,
+    migrate,
+    write_alerts,
+    write_scores,
+)
 from streams.api import create_api
 
 pytestmark = pytest.mark.postgres
@@ -105,7 +113,7 @@ def auth(engine: Engine, role: str) -> dict[str, str]:
 
 
 def test_ready_reports_the_schema(client: TestClient) -> None:
-    assert client.get("/ready").json() == {"status": "ready", "schema": "0003"}
+    assert client.get("/ready").json() == {"status": "ready", "schema": head_revision()}
 
 
 def test_tokens_and_roles(engine: Engine, client: TestClient) -> None:

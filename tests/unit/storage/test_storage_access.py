@@ -293,5 +293,5 @@ def test_require_current_schema(tmp_path: Path) -> None:
     with pytest.raises(SchemaOutOfDate, match="revision 0002, this version needs 0003"):
         require_current_schema(eng)
     migrate(url)
-    assert require_current_schema(eng) == head_revision() == "0003"
+    assert require_current_schema(eng) == head_revision()
     eng.dispose()

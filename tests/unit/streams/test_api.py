@@ -14,7 +14,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from storage import access
-from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
+from storage.db import (
+    AlertRow,
+    ScoreRow,
+    head_revision,
+    make_engine,
+    migrate,
+    write_alerts,
+    write_scores,
+)
 from streams.api import create_api
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
@@ -67,7 +75,7 @@ def auth(engine: Engine, role: str) -> dict[str, str]:
 
 def test_health_ready_docs_and_dashboard(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"status": "ready", "schema": "0003"}
+    assert client.get("/ready").json() == {"status": "ready", "schema": head_revision()}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/scores", "/alerts", "/alerts/stream", "/patients/{patient}/timeline"} <= set(paths)
     assert "/alerts/{alert_id}/acknowledge" in paths
