@@ -122,7 +122,10 @@ def test_migrate_up_down_up(url: str) -> None:
     uniques = {tuple(u["column_names"]) for u in insp.get_unique_constraints("scores")}
     assert ("patient", "scored_at", "model", "model_version") in uniques
     with eng.connect() as conn:
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0002"
+        assert (
+            conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            == "0005_cds_feedback"
+        )
     assert {"patients", "dead_letters", "audit_log", "api_tokens"} <= set(insp.get_table_names())
     assert {"v_hourly_scores", "v_alert_outcomes"} <= set(insp.get_view_names())
     write_scores(eng, [score(1)])

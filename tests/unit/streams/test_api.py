@@ -67,7 +67,7 @@ def auth(engine: Engine, role: str) -> dict[str, str]:
 
 def test_health_ready_docs_and_dashboard(client: TestClient) -> None:
     assert client.get("/health").json() == {"status": "ok"}
-    assert client.get("/ready").json() == {"status": "ready", "schema": "0002"}
+    assert client.get("/ready").json() == {"status": "ready", "schema": "0005_cds_feedback"}
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/scores", "/alerts", "/alerts/stream", "/patients/{patient}/timeline"} <= set(paths)
     assert "/alerts/{alert_id}/acknowledge" in paths
