@@ -45,6 +45,10 @@ from sse_starlette.sse import EventSourceResponse
 from storage import access
 from storage.access import Principal
 from storage.errors import StorageUnavailable
+from streams.cds_auth import CdsTokenVerifier
+from streams.cds_hooks import cds_router
+from streams.fhir_read import fhir_router
+from streams.settings import Settings
 
 DASHBOARD_DIR = Path(__file__).resolve().parent / "dashboard"
 
@@ -67,11 +71,16 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
     return value
 
 
-def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
+def create_api(
+    engine: Engine, *, stream_poll_s: float = 1.0, settings: Settings | None = None
+) -> FastAPI:
     """The FastAPI application over ``engine`` (already migrated, or ``/ready`` says so).
 
-    ``stream_poll_s``: how often ``/alerts/stream`` looks for new alerts. Raises nothing;
-    request handlers raise HTTPException (4xx) or answer 503 when the database is away.
+    ``stream_poll_s``: how often ``/alerts/stream`` looks for new alerts. ``settings``
+    configure CDS Hooks (``cds_*``, the pseudonym key); None: hook calls answer 503.
+    Raises ValueError / OSError for a bad CDS Hooks configuration (see
+    :class:`~streams.cds_auth.CdsTokenVerifier`); request handlers raise HTTPException
+    (4xx) or answer 503 when the database is away.
     """
     # /docs is served below from vendored Swagger UI files: FastAPI's default page loads
     # them from a CDN, which a hospital network without internet access cannot reach
@@ -316,16 +325,38 @@ def create_api(engine: Engine, *, stream_poll_s: float = 1.0) -> FastAPI:
             swagger_favicon_url=f"{swagger}/favicon-32x32.png",
         )
 
+    # ------------------------------------------------------------- CDS Hooks, FHIR
+
+    cds = settings if settings is not None and settings.cds_jwks else None
+    issuers = [i.strip() for i in cds.cds_issuers.split(",") if i.strip()] if cds else []
+    api.include_router(
+        cds_router(
+            engine,
+            verifier=CdsTokenVerifier(cds.cds_jwks, issuers) if cds and cds.cds_jwks else None,
+            pseudonym_key=cds.pseudonym_key.get_secret_value().encode() if cds else b"",
+            base_url=cds.cds_base_url if cds else None,
+            reader=require(*READ_SCORES),
+        )
+    )
+    api.include_router(fhir_router(engine, reader=require(*READ_SCORES)))
+
     api.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
     return api
 
 
-def serve(engine: Engine, host: str, port: int, *, stream_poll_s: float = 1.0) -> None:
+def serve(
+    engine: Engine,
+    host: str,
+    port: int,
+    *,
+    stream_poll_s: float = 1.0,
+    settings: Settings | None = None,
+) -> None:
     """Run the API with uvicorn until interrupted. Raises OSError if the port is taken."""
     import uvicorn
 
     uvicorn.run(
-        create_api(engine, stream_poll_s=stream_poll_s),
+        create_api(engine, stream_poll_s=stream_poll_s, settings=settings),
         host=host,
         port=port,
         log_level="info",
