@@ -17,6 +17,7 @@ Tables (see ``storage/migrations/versions`` for the DDL the database actually ge
 * ``audit_log`` — who (token name and role) did what to which resource and patient, when;
   for reads also which patients were returned (up to a limit), how many, and a SHA-256
   of the query. Append-only on PostgreSQL (grants and a trigger, migration 0003).
+* ``cds_feedback`` — CDS Hooks card outcomes (accepted or overridden) reported by EHRs.
 * ``api_tokens`` — API bearer tokens: a name, a role and the SHA-256 of the token (the
   token itself is never stored).
 
@@ -316,4 +317,25 @@ class OutboxEntry(Base):
     __table_args__ = (
         UniqueConstraint("subscriber_id", "event_number"),
         Index("ix_outbox_pending", "subscriber_id", "delivered_at", "event_number"),
+    )
+
+
+class CdsFeedback(Base):
+    """One CDS Hooks feedback outcome for one card (no patient: cards are counted)."""
+
+    __tablename__ = "cds_feedback"
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    service_id: Mapped[str] = mapped_column(Text, nullable=False)
+    card_uuid: Mapped[str] = mapped_column(Text, nullable=False)
+    outcome: Mapped[str] = mapped_column(Text, nullable=False)
+    accepted_suggestions: Mapped[int] = mapped_column(Integer, nullable=False)
+    override_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outcome_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    client: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("outcome IN ('accepted', 'overridden')", name="outcome_valid"),
+        Index("ix_cds_feedback_service_id", "service_id"),
     )

@@ -50,6 +50,10 @@ from sse_starlette.sse import EventSourceResponse
 from storage import access
 from storage.access import Principal
 from storage.errors import StorageUnavailable
+from streams.cds_auth import CdsTokenVerifier
+from streams.cds_hooks import cds_router
+from streams.fhir_read import fhir_router
+from streams.settings import Settings
 
 from .api_subscriptions import subscription_router
 from .tls import TlsFiles, uvicorn_config
@@ -76,14 +80,20 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
 
 
 def create_api(
-    engine: Engine, *, stream_poll_s: float = 1.0, stream_recheck_s: float = 5.0
+    engine: Engine,
+    *,
+    stream_poll_s: float = 1.0,
+    stream_recheck_s: float = 5.0,
+    settings: Settings | None = None,
 ) -> FastAPI:
     """The FastAPI application over ``engine`` (already migrated, or ``/ready`` says so).
 
     ``stream_poll_s``: how often ``/alerts/stream`` looks for new alerts;
     ``stream_recheck_s``: how often an open stream re-validates its token (0: at every
-    poll). Raises nothing; request handlers raise HTTPException (4xx) or answer 503 when
-    the database is away.
+    poll). ``settings`` configure CDS Hooks (``cds_*``, the pseudonym key); None: hook
+    calls answer 503. Raises ValueError / OSError for a bad CDS Hooks configuration (see
+    :class:`~streams.cds_auth.CdsTokenVerifier`); request handlers raise HTTPException
+    (4xx) or answer 503 when the database is away.
     """
     # /docs is served below from vendored Swagger UI files: FastAPI's default page loads
     # them from a CDN, which a hospital network without internet access cannot reach
@@ -396,6 +406,21 @@ def create_api(
             swagger_favicon_url=f"{swagger}/favicon-32x32.png",
         )
 
+    # ------------------------------------------------------------- CDS Hooks, FHIR
+
+    cds = settings if settings is not None and settings.cds_jwks else None
+    issuers = [i.strip() for i in cds.cds_issuers.split(",") if i.strip()] if cds else []
+    api.include_router(
+        cds_router(
+            engine,
+            verifier=CdsTokenVerifier(cds.cds_jwks, issuers) if cds and cds.cds_jwks else None,
+            pseudonym_key=cds.pseudonym_key.get_secret_value().encode() if cds else b"",
+            base_url=cds.cds_base_url if cds else None,
+            reader=require(*READ_SCORES),
+        )
+    )
+    api.include_router(fhir_router(engine, reader=require(*READ_SCORES)))
+
     api.mount("/static", StaticFiles(directory=DASHBOARD_DIR), name="static")
     # FHIR Subscriptions (issue 19): rest-hook alert delivery, $status and $events.
     api.include_router(subscription_router(engine, require(*CHANGE_ALERTS)))
@@ -410,12 +435,18 @@ def server_config(
     stream_poll_s: float = 1.0,
     stream_recheck_s: float = 5.0,
     tls: TlsFiles | None = None,
+    settings: Settings | None = None,
 ) -> Any:
     """The loaded uvicorn configuration of the API; HTTPS with ``tls`` (and client
     certificates required when it names a client CA). Raises TlsConfigError (not retried)
     for unusable TLS files."""
     return uvicorn_config(
-        create_api(engine, stream_poll_s=stream_poll_s, stream_recheck_s=stream_recheck_s),
+        create_api(
+            engine,
+            stream_poll_s=stream_poll_s,
+            stream_recheck_s=stream_recheck_s,
+            settings=settings,
+        ),
         tls,
         host=host,
         port=port,
@@ -432,6 +463,7 @@ def serve(
     stream_poll_s: float = 1.0,
     stream_recheck_s: float = 5.0,
     tls: TlsFiles | None = None,
+    settings: Settings | None = None,
 ) -> None:
     """Run the API with uvicorn until interrupted (see :func:`server_config`). Raises
     OSError if the port is taken, TlsConfigError (not retried) for unusable TLS files."""
@@ -444,5 +476,6 @@ def serve(
         stream_poll_s=stream_poll_s,
         stream_recheck_s=stream_recheck_s,
         tls=tls,
+        settings=settings,
     )
     uvicorn.Server(config).run()

@@ -111,6 +111,9 @@ def api_cmd(host: str | None, port: int | None) -> None:
       GET  /alerts, /alerts/stream (SSE) analyst, alerting, admin
       POST /alerts/{id}/acknowledge      alerting, admin
       POST /alerts/{id}/resolve          alerting, admin
+      GET  /fhir/RiskAssessment[/{id}]   analyst, admin (FHIR R4 search/read)
+      GET  /cds-services, /fhir/metadata no token
+      POST /cds-services/{id}[/feedback] the EHR's signed JWT (CDS Hooks 2.0)
       GET  /health, /ready               no token
     Clients send `Authorization: Bearer <token>` (see `wardwatch token create`).
     Reads the same database as the worker (WARDWATCH_DATABASE_URL). It never migrates
@@ -148,6 +151,7 @@ def api_cmd(host: str | None, port: int | None) -> None:
             stream_poll_s=s.api_stream_poll_s,
             stream_recheck_s=s.api_stream_recheck_s,
             tls=tls,
+            settings=s,
         )
     except TlsConfigError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -182,6 +182,22 @@ class Settings(BaseSettings):
         "and verifies a client certificate (mutual TLS) besides its bearer token.",
     )
 
+    # --- CDS Hooks (the API's /cds-services; see docs/api.md)
+    cds_jwks: str | None = Field(
+        None,
+        description="Public keys of the EHRs calling the CDS Hooks service: a JWKS file "
+        "path (re-read when it changes) or an https:// URL; unset: hook calls answer 503.",
+    )
+    cds_issuers: str = Field(
+        "",
+        description="Comma-separated `iss` values (the EHRs) whose JWTs are trusted.",
+    )
+    cds_base_url: str | None = Field(
+        None,
+        description="Public URL of /cds-services as the EHR calls it (the JWT `aud` is "
+        "<this>/<service id>); unset: taken from the request.",
+    )
+
     # --- Alert delivery (wardwatch deliver): FHIR rest-hook Subscriptions, HL7 v2 MLLP
     delivery_retry_hours: float = Field(
         6.0,
