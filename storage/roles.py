@@ -9,10 +9,14 @@ tables and sequences is revoked first, then exactly this is granted:
 * API role: SELECT on scores, alerts, patients, api_tokens, alembic_version; SELECT and
   INSERT on audit_log (no UPDATE, DELETE or TRUNCATE: the trail is append-only, and
   migration 0003's trigger refuses those to everyone but the owner anyway); UPDATE of the
-  workflow columns of alerts only (acknowledge, resolve). No CREATE on the schema.
-* Worker role: SELECT and INSERT on scores, alerts, dead_letters; SELECT, INSERT and
-  UPDATE on patients (the state upsert); SELECT on alembic_version (the start-up check
-  finds the schema at head and changes nothing).
+  workflow columns of alerts only (acknowledge, resolve); SELECT, INSERT and UPDATE on
+  subscribers (Subscription create and delete, which switches off); SELECT on outbox
+  (``$events``); SELECT and INSERT on cds_feedback. No CREATE on the schema.
+* Worker role (the writer, and ``wardwatch deliver``): SELECT and INSERT on scores,
+  alerts, dead_letters; SELECT, INSERT and UPDATE on patients (the state upsert) and on
+  outbox (queued with each alert, marked delivered); SELECT and UPDATE on subscribers
+  (event numbers, delivery state); SELECT on alembic_version (the start-up check finds
+  the schema at head and changes nothing).
 
 SQLite has no roles: :func:`grant` refuses it.
 """
@@ -81,11 +85,17 @@ def grant(engine: Engine, *, api_role: str | None = None, worker_role: str | Non
             conn.execute(text(f"GRANT USAGE ON SEQUENCE {_serial(conn, 'audit_log')} TO {r}"))
             cols = ", ".join(ALERT_WORKFLOW_COLUMNS)
             conn.execute(text(f"GRANT UPDATE ({cols}) ON alerts TO {r}"))
+            conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON subscribers TO {r}"))
+            conn.execute(text(f"GRANT SELECT ON outbox TO {r}"))
+            conn.execute(text(f"GRANT SELECT, INSERT ON cds_feedback TO {r}"))
+            conn.execute(text(f"GRANT USAGE ON SEQUENCE {_serial(conn, 'cds_feedback')} TO {r}"))
         if worker_role is not None:
             r = q(worker_role)
             _reset(conn, r)
             conn.execute(text(f"GRANT SELECT, INSERT ON {', '.join(WORKER_INSERT_TABLES)} TO {r}"))
             conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON patients TO {r}"))
             conn.execute(text(f"GRANT SELECT ON alembic_version TO {r}"))
-            seqs = ", ".join(_serial(conn, t) for t in WORKER_INSERT_TABLES)
+            conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON outbox TO {r}"))
+            conn.execute(text(f"GRANT SELECT, UPDATE ON subscribers TO {r}"))
+            seqs = ", ".join(_serial(conn, t) for t in (*WORKER_INSERT_TABLES, "outbox"))
             conn.execute(text(f"GRANT USAGE ON SEQUENCE {seqs} TO {r}"))
