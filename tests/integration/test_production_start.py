@@ -1,12 +1,16 @@
 """The production services' command lines start on production-like settings.
 
-Each WardWatch service of compose/docker-compose.yml (gateway, worker, writer, api) is
-started as compose would start it — its ``command:`` after the image's ``wardwatch``
-entry point, its ``environment:`` with the ``${VAR:?}`` secrets filled in — but as a
+Each WardWatch service of compose/docker-compose.yml (the migrate job, then gateway,
+worker, writer, api) is started as compose would start it — its ``command:`` after the
+image's ``wardwatch`` entry point, its ``environment:`` with the ``${VAR:?}`` secrets
+filled in — but as a
 local process against the local services: hosts rewritten to 127.0.0.1, the run's own
 topics, consumer group, ports and data directory. No development mode: a random 48-byte
-pseudonym key and a throwaway PostgreSQL role with a random password, owner of a
-throwaway database (both dropped afterwards). Each must answer its health check, and
+pseudonym key, a random dead-letter key, a throwaway PostgreSQL role with a random
+password, owner of a throwaway database (both dropped afterwards), and the TLS files of
+compose's ``secrets:`` made by the test (a CA, server certificates, a client CA and a
+token JWKS): the gateway and the API answer over HTTPS only, and the gateway takes a FHIR
+resource only with a signed bearer token. Each must answer its health check, and
 nothing may be written under the repository while they run (the image's code is
 read-only; the processes' working directory is a temporary one, as the image's is the
 data directory).
@@ -21,9 +25,11 @@ local ``wardwatch`` role, which compose/services.sh grants CREATEROLE locally).
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import secrets
+import ssl
 import subprocess
 import sys
 import time
@@ -39,6 +45,7 @@ import yaml
 from psycopg import sql
 
 from streams.settings import PROJECT_ROOT, Settings
+from tests.tls_certs import TokenIssuer, make_pki
 
 from .harness import PG_ADMIN, isolated_run
 
@@ -46,7 +53,10 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.triton]
 
 COMPOSE_FILE = PROJECT_ROOT / "compose" / "docker-compose.yml"
 ROLE_ADMIN = os.environ.get("WARDWATCH_TEST_POSTGRES_ROLE_ADMIN", PG_ADMIN)
-SERVICES = ("gateway", "worker", "writer", "api")
+SERVICES = ("migrate", "gateway", "worker", "writer", "api")
+ONE_SHOT = {"migrate"}
+ISSUER = "https://auth.hospital.example"
+AUDIENCE = "https://wardwatch.hospital.example/fhir"
 # Container addresses of the compose network -> the local services.
 HOSTS = {"kafka:19092": "127.0.0.1:9092", "triton:8001": "127.0.0.1:8001"}
 CONTAINER_DATA_DIR = "/var/lib/wardwatch"
@@ -56,8 +66,8 @@ EXTRA_ENV: dict[str, dict[str, str]] = {name: {} for name in SERVICES}
 # options (e.g. {"verify": ca_path, "cert": (crt, key)} once TLS is on).
 HEALTH: dict[str, tuple[list[str], dict[str, Any]]] = {
     "gateway": (
-        ["http://127.0.0.1:{WARDWATCH_GATEWAY_HTTP_PORT}/fhir/metadata"],
-        {},
+        ["https://127.0.0.1:{WARDWATCH_GATEWAY_HTTP_PORT}/fhir/metadata"],
+        {},  # verify: the test's CA, set by the test
     ),
     "worker": (
         [
@@ -75,8 +85,8 @@ HEALTH: dict[str, tuple[list[str], dict[str, Any]]] = {
     ),
     "api": (
         [
-            "http://127.0.0.1:{WARDWATCH_API_PORT}/health",
-            "http://127.0.0.1:{WARDWATCH_API_PORT}/ready",
+            "https://127.0.0.1:{WARDWATCH_API_PORT}/health",
+            "https://127.0.0.1:{WARDWATCH_API_PORT}/ready",
         ],
         {},
     ),
@@ -84,11 +94,42 @@ HEALTH: dict[str, tuple[list[str], dict[str, Any]]] = {
 START_TIMEOUT_S = 150.0
 
 
-def compose_services() -> dict[str, Any]:
+def compose_file() -> dict[str, Any]:
     data = yaml.safe_load(COMPOSE_FILE.read_text())
-    services = data["services"]
-    assert isinstance(services, dict)
+    assert isinstance(data, dict) and isinstance(data["services"], dict)
+    return data
+
+
+def compose_services() -> dict[str, Any]:
+    services: dict[str, Any] = compose_file()["services"]
     return services
+
+
+def make_tls_dir(folder: Path) -> tuple[Path, Path, TokenIssuer]:
+    """The files compose's ``secrets:`` name, in ``folder`` (WARDWATCH_TLS_DIR): server
+    certificates for 127.0.0.1, the client CA and a token issuer's JWKS. Returns
+    (folder, the CA that signed everything, the token issuer)."""
+    (folder / "made").mkdir(parents=True)
+    pki, tokens = make_pki(folder / "made"), TokenIssuer(folder / "made", ISSUER)
+    files = {
+        "gateway.crt": pki.server_cert,
+        "gateway.key": pki.server_key,
+        "client-ca.crt": pki.ca,
+        "oauth-jwks.json": tokens.jwks,
+        "api.crt": pki.server_cert,
+        "api.key": pki.server_key,
+    }
+    for name, source in files.items():
+        (folder / name).write_bytes(source.read_bytes())
+    return folder, pki.ca, tokens
+
+
+def secret_files(secrets_: dict[str, str]) -> dict[str, str]:
+    """``/run/secrets/<name>`` -> the file compose would mount there (``file:``)."""
+    out = {}
+    for name, spec in (compose_file().get("secrets") or {}).items():
+        out[f"/run/secrets/{name}"] = substitute(str(spec["file"]), secrets_)
+    return out
 
 
 def substitute(value: str, secrets_: dict[str, str]) -> str:
@@ -116,20 +157,23 @@ def production_env(
     """The environment compose gives ``service``, rewritten for the local services and
     this run (topics, app id, database, data directory, ports), plus ``extra_env``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WARDWATCH_")}
+    mounted = secret_files(secrets_)
     for key, raw in (service.get("environment") or {}).items():
         value = substitute(str(raw), secrets_)
+        if value.startswith("/run/secrets/"):
+            assert value.removeprefix("/run/secrets/") in service.get("secrets", []), key
+            value = mounted[value]
         for container, local in HOSTS.items():
             value = value.replace(container, local)
         if value == "0.0.0.0":
             value = "127.0.0.1"  # loopback: the test's ports are not for the network
         value = value.replace(CONTAINER_DATA_DIR, str(data_dir))
         env[key] = value
-    if "WARDWATCH_DATABASE_URL" in env:
-        # Same user and password as compose's URL, on the run's database.
-        assert (
-            f":{secrets_['WARDWATCH_DB_PASSWORD']}@postgres:5432/" in env["WARDWATCH_DATABASE_URL"]
-        )
-        env["WARDWATCH_DATABASE_URL"] = database_url
+    for url_key in ("WARDWATCH_DATABASE_URL", "WARDWATCH_MIGRATION_DATABASE_URL"):
+        if url_key in env:
+            # Same user and password as compose's URL, on the run's database.
+            assert f":{secrets_['WARDWATCH_DB_PASSWORD']}@postgres:5432/" in env[url_key]
+            env[url_key] = database_url
     env.update(
         {
             "WARDWATCH_APP_ID": s.app_id,
@@ -221,9 +265,15 @@ def repo_state() -> str:
     return "\n".join(lines)
 
 
-def wait_healthy(name: str, proc: subprocess.Popen[bytes], env: dict[str, str], log: Path) -> None:
+def wait_healthy(
+    name: str, proc: subprocess.Popen[bytes], env: dict[str, str], log: Path, ca: Path
+) -> None:
+    if name in ONE_SHOT:
+        # A one-shot job's health is its exit status (compose: service_completed_successfully).
+        assert proc.wait(START_TIMEOUT_S) == 0, f"{name}:\n{log.read_text()[-3000:]}"
+        return
     urls, options = HEALTH[name]
-    client = httpx.Client(timeout=5.0, **options)
+    client = httpx.Client(timeout=5.0, verify=ssl.create_default_context(cafile=str(ca)), **options)
     deadline = time.monotonic() + START_TIMEOUT_S
     with client:
         for template in urls:
@@ -248,11 +298,19 @@ def free_port() -> int:
 def test_production_commands_start_on_production_settings(tmp_path: Path) -> None:
     services = compose_services()
     key = secrets.token_urlsafe(48)
+    tls_dir, ca, tokens = make_tls_dir(tmp_path / "tls")
     before = repo_state()
     with isolated_run("prod") as s:
         database = s.database_url.rsplit("/", 1)[1]
         with throwaway_role(database) as (user, password):
-            secrets_ = {"WARDWATCH_PSEUDONYM_KEY": key, "WARDWATCH_DB_PASSWORD": password}
+            secrets_ = {
+                "WARDWATCH_PSEUDONYM_KEY": key,
+                "WARDWATCH_DB_PASSWORD": password,
+                "WARDWATCH_DEAD_LETTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+                "WARDWATCH_TLS_DIR": str(tls_dir),
+                "WARDWATCH_OAUTH_ISSUER": ISSUER,
+                "WARDWATCH_OAUTH_AUDIENCE": AUDIENCE,
+            }
             url = f"postgresql+psycopg://{user}:{password}@{_server(PG_ADMIN)}/{database}"
             procs: list[subprocess.Popen[bytes]] = []
             try:
@@ -260,6 +318,7 @@ def test_production_commands_start_on_production_settings(tmp_path: Path) -> Non
                     svc = services[name]
                     assert svc["image"] == "wardwatch/worker:latest", name
                     ports = {
+                        "migrate": {},
                         "gateway": {
                             "gateway_mllp_port": free_port(),
                             "gateway_http_port": free_port(),
@@ -292,7 +351,11 @@ def test_production_commands_start_on_production_settings(tmp_path: Path) -> Non
                             start_new_session=True,
                         )
                     procs.append(proc)
-                    wait_healthy(name, proc, env, log)
+                    wait_healthy(name, proc, env, log, ca)
+                    if name == "gateway":
+                        gateway_env = env
+                # The gateway takes a FHIR resource over HTTPS with a signed token only.
+                assert_gateway_authenticates(gateway_env, ca, tokens)
                 # Each wrote only where it was told to.
                 assert list((tmp_path / "gateway" / "data").glob("gateway-seen.sqlite*"))
                 assert (tmp_path / "worker" / "data" / "faust").is_dir()
@@ -307,6 +370,26 @@ def test_production_commands_start_on_production_settings(tmp_path: Path) -> Non
                         proc.kill()
                         proc.wait(10)
     assert repo_state() == before, "a service wrote under the repository"
+
+
+def assert_gateway_authenticates(env: dict[str, str], ca: Path, tokens: TokenIssuer) -> None:
+    url = f"https://127.0.0.1:{env['WARDWATCH_GATEWAY_HTTP_PORT']}/fhir/Observation"
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": "Patient/prod-start-1"},
+        "effectiveDateTime": "2026-01-01T10:00:00Z",
+        "valueQuantity": {"value": 88, "unit": "/min", "system": "http://unitsofmeasure.org"},
+    }
+    verify = ssl.create_default_context(cafile=str(ca))
+    with httpx.Client(timeout=20.0, verify=verify) as client:
+        assert client.post(url, json=obs).status_code == 401
+        token = tokens.token(AUDIENCE, "system/Observation.write")
+        r = client.post(url, json=obs, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (200, 201, 202), r.text
+    with pytest.raises(httpx.HTTPError), httpx.Client(timeout=5.0) as plain:
+        plain.get(url.replace("https://", "http://"))
 
 
 def test_production_env_refuses_a_secret_it_is_not_given() -> None:

@@ -48,6 +48,7 @@ WRITABLE = {
     # The resend-detection SQLite file (WARDWATCH_GATEWAY_DEDUP_PATH).
     "gateway": {"/var/lib/wardwatch"},
     "api": set(),
+    "migrate": set(),
 }
 SCRATCH = {"/tmp"}
 # A variable named like this is a secret: it must never have a default.
@@ -189,8 +190,10 @@ def test_secrets_are_required_never_defaulted(services: dict[str, Any]) -> None:
         for key, value in env_of(svc).items():
             if not SECRET_NAME.search(key):
                 continue
-            if key.endswith("_FILE"):
+            if key.endswith("_FILE") or value.startswith("/run/secrets/"):
+                # a file mounted from the secrets: section, never the secret itself
                 assert value.startswith("/run/secrets/"), f"{name}: {key}={value}"
+                assert value.removeprefix("/run/secrets/") in svc.get("secrets", []), key
             else:
                 assert INTERPOLATION.search(value), f"{name}: {key} is a literal secret"
     assert "WARDWATCH_DEV_MODE" not in text
