@@ -45,6 +45,13 @@ def _serial(conn: Connection, table: str) -> str:
     return str(name)
 
 
+def _exists(conn: Connection, table: str) -> bool:
+    """Whether ``table`` exists in schema public (tables of later migrations may not)."""
+    return (
+        conn.execute(text("SELECT to_regclass(:t)"), {"t": f"public.{table}"}).scalar() is not None
+    )
+
+
 def _reset(conn: Connection, role: str) -> None:
     # Revoking the table privileges also revokes the column privileges on those tables.
     conn.execute(text(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}"))
@@ -85,17 +92,23 @@ def grant(engine: Engine, *, api_role: str | None = None, worker_role: str | Non
             conn.execute(text(f"GRANT USAGE ON SEQUENCE {_serial(conn, 'audit_log')} TO {r}"))
             cols = ", ".join(ALERT_WORKFLOW_COLUMNS)
             conn.execute(text(f"GRANT UPDATE ({cols}) ON alerts TO {r}"))
-            conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON subscribers TO {r}"))
-            conn.execute(text(f"GRANT SELECT ON outbox TO {r}"))
-            conn.execute(text(f"GRANT SELECT, INSERT ON cds_feedback TO {r}"))
-            conn.execute(text(f"GRANT USAGE ON SEQUENCE {_serial(conn, 'cds_feedback')} TO {r}"))
+            if _exists(conn, "subscribers"):  # migration 0004
+                conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON subscribers TO {r}"))
+                conn.execute(text(f"GRANT SELECT ON outbox TO {r}"))
+            if _exists(conn, "cds_feedback"):  # migration 0005
+                conn.execute(text(f"GRANT SELECT, INSERT ON cds_feedback TO {r}"))
+                seq = _serial(conn, "cds_feedback")
+                conn.execute(text(f"GRANT USAGE ON SEQUENCE {seq} TO {r}"))
         if worker_role is not None:
             r = q(worker_role)
             _reset(conn, r)
             conn.execute(text(f"GRANT SELECT, INSERT ON {', '.join(WORKER_INSERT_TABLES)} TO {r}"))
             conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON patients TO {r}"))
             conn.execute(text(f"GRANT SELECT ON alembic_version TO {r}"))
-            conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON outbox TO {r}"))
-            conn.execute(text(f"GRANT SELECT, UPDATE ON subscribers TO {r}"))
-            seqs = ", ".join(_serial(conn, t) for t in (*WORKER_INSERT_TABLES, "outbox"))
+            inserts = list(WORKER_INSERT_TABLES)
+            if _exists(conn, "subscribers"):  # migration 0004
+                conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON outbox TO {r}"))
+                conn.execute(text(f"GRANT SELECT, UPDATE ON subscribers TO {r}"))
+                inserts.append("outbox")
+            seqs = ", ".join(_serial(conn, t) for t in inserts)
             conn.execute(text(f"GRANT USAGE ON SEQUENCE {seqs} TO {r}"))

@@ -70,7 +70,12 @@ def pg_url() -> Iterator[URL]:
 def engine(pg_url: URL) -> Iterator[Engine]:
     eng = make_engine(pg_url)
     with eng.begin() as conn:
-        conn.execute(text("TRUNCATE scores, alerts, patients, dead_letters, audit_log, api_tokens"))
+        conn.execute(
+            text(
+                "TRUNCATE scores, alerts, patients, dead_letters, audit_log, api_tokens, "
+                "outbox, subscribers, cds_feedback"
+            )
+        )
     write_scores(
         eng,
         [
