@@ -37,6 +37,7 @@ Main commands:
   deliver   send alerts to FHIR Subscriptions (rest-hook) from the outbox
   token     create and revoke API tokens
   db        upgrade the schema; grant the API's and workers' database roles
+  rekey     rotate the pseudonym key (map at the edge, apply to the database)
   scores    print stored scores
   alerts    print stored alerts
   export    write scores for analysts (csv, parquet)
@@ -68,6 +69,7 @@ LAZY_COMMANDS: dict[str, str] = {
     "purge": "streams.cli_analyst:purge_cmd",
     "validate-site": "streams.cli_site:validate_site_cmd",
     "db": "streams.cli_db:db_cmd",
+    "rekey": "streams.cli_rekey:rekey_cmd",
     "deliver": "streams.cli_deliver:deliver_cmd",
 }
 COMMAND_MODULES = tuple(dict.fromkeys(t.split(":")[0] for t in LAZY_COMMANDS.values()))

@@ -70,11 +70,11 @@ def _audit_read(
 ) -> None:
     """Audit one CLI read (action ``read``, or ``export``). Raises StorageUnavailable
     (not retried: the command fails and shows nothing rather than unaudited data)."""
-    from .cli_site import _who
+    from .cli_context import who
 
     access.audit(
         engine,
-        access.Principal(_who(), "cli"),
+        access.Principal(who(), "cli"),
         "export" if what == "export" else "read",
         resource,
         query.get("patient"),

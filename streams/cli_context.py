@@ -7,6 +7,7 @@ the command group that lists them (no import cycle), and cheap to import.
 
 from __future__ import annotations
 
+import getpass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -47,3 +48,11 @@ def require_safe(
 def stay_start(s: Settings) -> datetime:
     """The wall-clock time at which a replayed PhysioNet stay starts."""
     return datetime.fromisoformat(s.physionet_stay_start)
+
+
+def who() -> str:
+    """The audit log's name of the person running a command: ``cli:<login name>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name in some containers
+        return "cli:unknown"

@@ -153,7 +153,7 @@ def dlq_show_cmd(position: str, decrypt: bool) -> None:
     from storage.db import make_engine, migrate
     from storage.errors import StorageError
 
-    from .cli_site import _who
+    from .cli_context import who
     from .dlq import read_dead_letters
     from .sealing import key_ring
 
@@ -183,7 +183,7 @@ def dlq_show_cmd(position: str, decrypt: bool) -> None:
         # before decrypting: a read of patient data that cannot be audited is not made
         access.audit(
             engine,
-            access.Principal(_who(), "cli"),
+            access.Principal(who(), "cli"),
             "decrypt",
             f"dead letter {d.topic}/{d.partition}/{d.offset} (stage {d.stage})",
         )

@@ -9,11 +9,11 @@ labels and writes the report of :mod:`inference.site_validation` (``report.md``,
 
 from __future__ import annotations
 
-import getpass
 from pathlib import Path
 
 import click
 
+from .cli_context import who
 from .client_security import database_connect_args
 from .settings import Settings
 
@@ -26,13 +26,6 @@ def _settings() -> Settings:
     from .cli_context import settings
 
     return settings()
-
-
-def _who() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (OSError, KeyError):  # no login name in some containers
-        return "cli:unknown"
 
 
 @click.command(name="validate-site")
@@ -155,7 +148,7 @@ def validate_site_cmd(
         c = data.counts
         access.audit(
             engine,
-            access.Principal(_who(), "cli"),
+            access.Principal(who(), "cli"),
             "read",
             f"scores for validate-site: model {model} version {version}, "
             f"{c['patients_with_scores']} patients, {c['scores_read']} scores",

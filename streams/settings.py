@@ -384,6 +384,11 @@ class Settings(BaseSettings):
         description="HMAC key that turns patient identifiers into pseudonyms (at least 32 "
         "bytes). The default is public: outside development mode nothing starts on it.",
     )
+    new_pseudonym_key: SecretStr | None = Field(
+        None,
+        description="The key a pseudonym-key rotation moves to; read only by `wardwatch "
+        "rekey map` (docs/operations.md, rotating the pseudonym key).",
+    )
     dev_mode: bool = Field(
         False,
         description="Development mode: components start on the default pseudonym key and "
