@@ -153,8 +153,17 @@ def subscription_router(engine: Engine, may_subscribe: Callable[..., Principal])
         if events_until is None or events_until - events_since >= 1000:
             events_until = events_since + 999  # bounded answer; ask again for more
         evs = outbox.events(engine, sid, events_since, events_until)
-        for patient in sorted({e.patient for e in evs}):
-            access.audit(engine, who, "read", f"GET /fhir/Subscription/{sid}/$events", patient)
+        # one audit row for the read, with the patients it returned
+        access.audit(
+            engine,
+            who,
+            "read",
+            f"GET /fhir/Subscription/{sid}/$events",
+            patients=[e.patient for e in evs],
+            query=access.query_sha256(
+                "subscription-events", {"id": sid, "since": events_since, "until": events_until}
+            ),
+        )
         bundle = notification_bundle(
             bundle_id=f"{sid}-{events_since}-{events_until}",
             subscription_url=f"{_base(request)}/Subscription/{sid}", topic=sub.topic,

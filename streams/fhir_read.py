@@ -234,7 +234,25 @@ def fhir_router(engine: Engine, *, reader: Callable[..., Principal]) -> APIRoute
             next_url=page(offset + len(rows)) if more else None,
             outcome=outcome,
         )
-        access.audit(engine, who, "read", _resource(request), pseudonym)
+        query = access.query_sha256(
+            "fhir-riskassessment",
+            {
+                "patient": pseudonym,
+                "date": sorted(date or []) or None,
+                "sort": sort,
+                "count": count,
+                "offset": offset,
+            },
+        )
+        access.audit(
+            engine,
+            who,
+            "read",
+            _resource(request),
+            pseudonym,
+            patients=[str(r["patient"]) for r in rows],
+            query=query,
+        )
         return _fhir(bundle)
 
     @router.get("/RiskAssessment/{resource_id}", summary="Read one score as RiskAssessment")

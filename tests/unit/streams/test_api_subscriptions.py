@@ -71,8 +71,9 @@ def test_subscription_lifecycle(engine: Engine) -> None:
             if x["name"] == "notification-event"]  # fmt: skip
     assert nums == ["2", "3"]
     assert [e["resource"]["id"] for e in ev["entry"][1:]] == ["a2", "a3"]
-    audited = {e["patient"] for e in access.fetch_audit(engine) if e["action"] == "read"}
-    assert audited == {"p2", "p3"}
+    reads = [e for e in access.fetch_audit(engine) if e["action"] == "read"]
+    assert len(reads) == 1 and reads[0]["patients"] == ["p2", "p3"]
+    assert reads[0]["patient_count"] == 2 and reads[0]["query_sha256"]
     listed = client.get("/fhir/Subscription", headers=h).json()
     assert [e["resource"]["id"] for e in listed["entry"]] == [sid]
     assert client.delete(f"/fhir/Subscription/{sid}", headers=h).json()["status"] == "off"

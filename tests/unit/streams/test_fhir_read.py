@@ -94,6 +94,7 @@ def test_search_by_subject_date_sort_and_count(
     links = {link["relation"]: link["url"] for link in b["link"]}
     assert "_offset=5" in links["next"] and "_count=5" in links["next"]
     entry = access.fetch_audit(engine, limit=1)[0]
+    assert entry["patients"] == [P] and entry["patient_count"] == 1 and entry["query_sha256"]
     assert (
         entry["patient"] == P
         and entry["action"] == "read"
