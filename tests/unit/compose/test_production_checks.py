@@ -294,10 +294,13 @@ def test_triton_config_agrees_with_the_gpu_reservation(services: dict[str, Any])
         base = model_config_pb2.ModelConfig()
         base.CopyFrom(local)
         del base.instance_group[:]
+        del base.model_warmup[:]
         assert same == base, f"{model}: production config drifted from the local one"
         assert [g.count for g in prod.instance_group] == [g.count for g in local.instance_group]
         inputs = {i.name: i for i in prod.input}
-        for warm in prod.model_warmup:
+        # Both warm up before they report ready (the demo's cold-start latency).
+        assert local.model_warmup, f"{model}: the local config has no model_warmup"
+        for warm in [*prod.model_warmup, *local.model_warmup]:
             assert 1 <= warm.batch_size <= prod.max_batch_size, warm.name
             assert set(warm.inputs) == set(inputs), warm.name
             for key, spec in warm.inputs.items():
