@@ -7,6 +7,12 @@ list`, `show`, `show --decrypt` (audited in the run's PostgreSQL database) and `
 Every message of the run's topics (keys, values, headers), every text column of every
 table of its database and the captured logs are searched for each planted string.
 
+Planted: MRN, name, address, phone, birth date, HL7 visit number, and (issue 18) a FHIR
+Encounter.identifier, Observation.identifier, code.text, a performer's display and an
+extension valueIdentifier. Accepted messages on fhir.inbound carry none of them (the edge's
+allow-list, fhir/data/phi_allow.yaml), but do carry the Observation's code and value and the
+Encounter's ward code.
+
 Covered: the gateway and the DLQ CLI. Not covered: the worker (its dead letters are sealed
 by the same :class:`streams.sealing.KeyRing`, unit-tested; running it here would take
 minutes), so the events, scores and alerts topics and Faust's changelogs stay empty.
@@ -37,7 +43,12 @@ pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 MRN, GIVEN, FAMILY = "MRN-PLANT-7Q3Z", "Zyxwplant", "Quorvex"
 STREET, PHONE, ENC_ID = "Plantagenet Lane", "5550199", "ENC-PLANT-9K2X"
+# the kinds strip_phi's allow-list drops (issue 18): Encounter.identifier (the FHIR visit
+# number), Observation.identifier, code.text, a performer's display, extension valueIdentifier
+VISIT, OBS_ID, CODE_TEXT = "VISIT-PLANT-3J7W", "OBSID-PLANT-4R8T", "CodeTextPlant-2W6"
+PERFORMER, EXT_ID = "Drplantmeyer", "EXTID-PLANT-5M1C"
 PLANTED = [MRN, GIVEN, FAMILY, STREET, PHONE, ENC_ID, "1957-03-14", "19570314"]
+PLANTED += [VISIT, OBS_ID, CODE_TEXT, PERFORMER, EXT_ID]
 
 MSH = "MSH|^~\\&|LAB|HOSP|WW|WARD|20260101120000+0000||{t}|{cid}|P|2.5\r"
 PID = (
@@ -75,11 +86,17 @@ def observation(value: object = 88) -> dict[str, Any]:
     return {
         "resourceType": "Observation",
         "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "identifier": [{"system": "urn:hosp:lab", "value": OBS_ID}],
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "8867-4"}],
+            "text": f"pulse, {CODE_TEXT}",
+        },
         "subject": {"reference": f"Patient/{MRN}", "display": f"{GIVEN} {FAMILY}"},
+        "performer": [{"reference": "Practitioner/n1", "display": f"Nurse {PERFORMER}"}],
         "effectiveDateTime": "2026-01-01T11:55:00Z",
         "valueQuantity": {"value": value, "unit": "/min"},
         "note": [{"text": f"called {PHONE}"}],
+        "extension": [{"url": "urn:hosp:episode", "valueIdentifier": {"value": EXT_ID}}],
     }
 
 
@@ -87,9 +104,13 @@ def bundle() -> dict[str, Any]:
     enc = {
         "resourceType": "Encounter",
         "status": "in-progress",
+        "identifier": [{"system": "urn:hosp:visit", "value": VISIT}],
         "class": {"code": "IMP"},
         "subject": {"reference": f"Patient/{MRN}", "display": FAMILY},
         "period": {"start": "2026-01-01T10:00:00Z"},
+        # the ward code (ICU) is kept for ICU admissions; the rest of the display is not
+        "location": [{"location": {"display": f"ICU-2 bed 5 {FAMILY}"}}],
+        "serviceProvider": {"reference": "Organization/h1", "display": f"{PERFORMER} clinic"},
     }
     return {
         "resourceType": "Bundle",
@@ -196,6 +217,10 @@ def test_no_planted_identifier_at_rest(
 
         inbound = read_topic(s, s.topic_inbound)
         assert len(inbound) >= 3  # ADT, ORU, Observation, Bundle entries, re-drives
+        # what the scores need did get through (so the search below is not of empty records)
+        text = b"\n".join(inbound).decode("utf-8", "replace")
+        assert '"code":"8867-4"' in text and '"value":88' in text, text
+        assert '"display":"ICU"' in text and '"resourceType":"Encounter"' in text, text
         for topic in (s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts):
             for record in read_topic(s, topic):
                 assert_clean(topic, record.decode("utf-8", "replace"))
