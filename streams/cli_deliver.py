@@ -1,20 +1,27 @@
 """``wardwatch deliver``: send stored alerts out from the outbox (FHIR rest-hook
-Subscriptions), until interrupted."""
+Subscriptions and HL7 v2 MLLP destinations), until interrupted; ``wardwatch deliver
+add-hl7`` / ``list`` / ``off`` manage the HL7 v2 destinations."""
 
 from __future__ import annotations
 
 import asyncio
+import getpass
 import signal
 
 import click
+from sqlalchemy import Engine
 
+from fhir.subscriptions import SEPSIS_TOPIC
+from storage import outbox
 from storage.db import make_engine, migrate
 from storage.errors import StorageError
 
 
-@click.command(name="deliver")
-def deliver_cmd() -> None:
-    """Deliver alerts to subscribers: FHIR rest-hook Subscriptions (Backport IG).
+@click.group(name="deliver", invoke_without_command=True)
+@click.pass_context
+def deliver_cmd(ctx: click.Context) -> None:
+    """Deliver alerts to subscribers: FHIR rest-hook Subscriptions (Backport IG) and
+    HL7 v2 ORU^R01 over MLLP.
 
     \b
     Reads the outbox the database writer fills (WARDWATCH_DATABASE_URL, migrated here),
@@ -22,8 +29,12 @@ def deliver_cmd() -> None:
     and retries a receiver that is away with exponential backoff for
     WARDWATCH_DELIVERY_RETRY_HOURS before marking it error (events kept). Stops cleanly
     on SIGINT/SIGTERM; a restart resumes where the receivers' acknowledgements stopped.
+    HL7 v2 destinations are added with `wardwatch deliver add-hl7`.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from .cli_context import require_safe, settings
+    from .deliver_hl7 import Hl7Delivery
     from .deliver_rest_hook import RestHookDelivery
 
     s = settings()
@@ -37,7 +48,17 @@ def deliver_cmd() -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await RestHookDelivery(engine, s).run(stop)
+            loops = [
+                asyncio.create_task(RestHookDelivery(engine, s).run(stop)),
+                asyncio.create_task(Hl7Delivery(engine, s).run(stop)),
+            ]
+            try:
+                await asyncio.gather(*loops)
+            finally:
+                # One loop failing stops the other (it records the send in hand) and
+                # the process, with the first error.
+                stop.set()
+                await asyncio.gather(*loops, return_exceptions=True)
 
         asyncio.run(main())
     except StorageError as exc:
@@ -45,6 +66,81 @@ def deliver_cmd() -> None:
         raise click.ClickException(f"database: {exc.reason}") from exc
     finally:
         engine.dispose()
+
+
+def _engine() -> Engine:
+    from .cli_context import settings
+
+    engine = make_engine(settings().database_url)
+    migrate(engine)
+    return engine
+
+
+@deliver_cmd.command(name="add-hl7")
+@click.option("--host", required=True, help="The destination's MLLP host.")
+@click.option("--port", required=True, type=int, help="The destination's MLLP port.")
+@click.option("--name", required=True, help="What to call it (logs and `list`).")
+@click.option("--receiving-application", default="", help="MSH-5 of the messages sent.")
+@click.option("--receiving-facility", default="", help="MSH-6 of the messages sent.")
+def add_hl7_cmd(
+    host: str, port: int, name: str, receiving_application: str, receiving_facility: str
+) -> None:
+    """Add an HL7 v2 MLLP destination: every alert stored from now on is sent to it as
+    an ORU^R01 by `wardwatch deliver`. Prints its subscriber id."""
+    from .deliver_hl7 import KIND, endpoint
+
+    try:
+        url = endpoint(host, port)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    engine = _engine()
+    try:
+        sub = outbox.create_subscriber(
+            engine, kind=KIND, topic=SEPSIS_TOPIC, endpoint=url, payload="full-resource",
+            who=f"cli:{getpass.getuser()}",
+            resource={"name": name, "receiving_application": receiving_application,
+                      "receiving_facility": receiving_facility},
+        )  # fmt: skip
+        outbox.mark_handshake(engine, sub.id)  # HL7 has no handshake: active at once
+    except StorageError as exc:
+        raise click.ClickException(f"database: {exc.reason}") from exc
+    finally:
+        engine.dispose()
+    click.echo(sub.id)
+
+
+@deliver_cmd.command(name="list")
+def list_cmd() -> None:
+    """List the HL7 v2 destinations: id, status, delivered/queued events, name, endpoint."""
+    from .deliver_hl7 import KIND
+
+    engine = _engine()
+    try:
+        subs = outbox.list_subscribers(engine, KIND)
+    except StorageError as exc:
+        raise click.ClickException(f"database: {exc.reason}") from exc
+    finally:
+        engine.dispose()
+    for sub in subs:
+        click.echo(
+            f"{sub.id}\t{sub.status}\t{sub.delivered_through}/{sub.events_since_start}\t"
+            f"{sub.resource.get('name', '')}\t{sub.endpoint}\t{sub.last_error or ''}"
+        )
+
+
+@deliver_cmd.command(name="off")
+@click.argument("subscriber_id")
+def off_cmd(subscriber_id: str) -> None:
+    """Stop sending to a destination (status off; its outbox rows are kept)."""
+    engine = _engine()
+    try:
+        found = outbox.switch_off(engine, subscriber_id)
+    except StorageError as exc:
+        raise click.ClickException(f"database: {exc.reason}") from exc
+    finally:
+        engine.dispose()
+    if not found:
+        raise click.ClickException(f"no subscriber {subscriber_id}")
 
 
 COMMANDS: tuple[click.Command, ...] = (deliver_cmd,)

@@ -83,6 +83,7 @@ from fhir.hl7v2 import (
 from fhir.parse import parse_resource
 
 from .errors import safe_reason
+from .fetch_back import FetchBack, FetchFailedError, FocusRefusedError, needs_fetch
 from .oauth import InsufficientScopeError, InvalidTokenError, TokenVerifier
 from .replay import make_producer
 from .sealing import KeyRing, key_ring
@@ -783,6 +784,7 @@ def build_http_app(gw: Gateway, verifier: TokenVerifier | None = None) -> Any:
         stats=gw.stats,
     )
     limit = gw.settings.gateway_max_body_bytes
+    fetcher = FetchBack(gw.settings)
 
     def fhir_json(status: int, body: dict[str, Any]) -> JSONResponse:
         return JSONResponse(body, status_code=status, media_type="application/fhir+json")
@@ -960,6 +962,18 @@ def build_http_app(gw: Gateway, verifier: TokenVerifier | None = None) -> Any:
             return await bad(InvalidResource("Bundle.entry must be a list of objects"), raw)
         if (forbidden := authorise(claims, bundle_writes(entries))) is not None:
             return forbidden
+        if btype in ("history", "subscription-notification") and needs_fetch(entries):
+            # id-only / empty payload: fetch the focus resources, then as if posted in full
+            try:
+                entries = await fetcher.complete(entries)
+            except FocusRefusedError as exc:
+                return await bad(exc, raw)
+            except FetchFailedError as exc:
+                retry = fhir_json(503, operation_outcome("error", "transient", f"{exc}; resend"))
+                retry.headers["Retry-After"] = str(gw.settings.gateway_http_retry_after_s)
+                return retry
+            if (forbidden := authorise(claims, bundle_writes(entries))) is not None:
+                return forbidden
         if btype not in ("batch", "transaction", "history", "subscription-notification"):
             try:
                 key, value, n = gw.check_resource(raw, "Bundle")

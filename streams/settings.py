@@ -225,6 +225,32 @@ class Settings(BaseSettings):
         description="The API's public FHIR base URL: notifications refer to subscriptions "
         "and alerts under it (receivers fetch id-only focus resources there).",
     )
+    # --- HL7 v2 alerts out and id-only notifications fetched back (issue 19)
+    delivery_hl7_max_attempts: int = Field(
+        5,
+        ge=1,
+        description="Sends of one ORU^R01 (refused, timed out or a mismatched ACK) before "
+        "its HL7 v2 destination is marked error; it is still retried at the longest "
+        "backoff, events kept.",
+    )
+    gateway_fetch_base_url: str | None = Field(
+        None,
+        description="FHIR base URL the gateway fetches id-only/empty notification focus "
+        "resources from; a focus outside it is refused (422). Unset: such notifications "
+        "are refused.",
+    )
+    gateway_fetch_token: SecretStr | None = Field(
+        None, description="Bearer token sent with fetch-back requests (unset: none)."
+    )
+    gateway_fetch_timeout_s: float = Field(
+        10.0, gt=0.0, description="Longest wait for one fetch-back request, seconds."
+    )
+    gateway_fetch_retries: int = Field(
+        2, ge=0, description="Retries of a failed fetch-back request before answering 503."
+    )
+    gateway_fetch_backoff_s: float = Field(
+        0.5, gt=0.0, description="First wait before a fetch-back retry, seconds (doubles)."
+    )
 
     # --- Database
     database_url: str = Field(
