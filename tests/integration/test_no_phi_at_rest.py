@@ -13,9 +13,11 @@ extension valueIdentifier. Accepted messages on fhir.inbound carry none of them 
 allow-list, fhir/data/phi_allow.yaml), but do carry the Observation's code and value and the
 Encounter's ward code.
 
-Covered: the gateway and the DLQ CLI. Not covered: the worker (its dead letters are sealed
-by the same :class:`streams.sealing.KeyRing`, unit-tested; running it here would take
-minutes), so the events, scores and alerts topics and Faust's changelogs stay empty.
+Then a real worker (Faust, Triton, the run's PostgreSQL) scores what the edge accepted and
+refuses one message that passed no edge (written straight to fhir.inbound, as a
+misconfigured producer would, with a planted marker): its dead letter must be sealed. The
+events, scores and alerts topics, every Faust changelog topic of the run, the database and
+the worker's log are searched too.
 """
 
 from __future__ import annotations
@@ -30,16 +32,18 @@ import httpx
 import psycopg
 import pytest
 from click.testing import CliRunner
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from pydantic import SecretStr
 
 import streams.cli_context as cli_context
 from streams.cli_edge import dlq_group
 from streams.settings import Settings
-from tests.integration.harness import isolated_run
+from tests.integration.harness import Workers, isolated_run, wait_for_scores
 from tests.integration.test_gateway import Running, mllp_send, msa
 
-pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.triton]
+# In the one message the test itself writes past the edge (a worker-stage dead letter).
+WORKER_MARK = "WORKERPLANT-8Z3Q"
 
 MRN, GIVEN, FAMILY = "MRN-PLANT-7Q3Z", "Zyxwplant", "Quorvex"
 STREET, PHONE, ENC_ID = "Plantagenet Lane", "5550199", "ENC-PLANT-9K2X"
@@ -134,8 +138,16 @@ def read_topic(s: Settings, topic: str) -> list[bytes]:
             for m in c.consume(500, timeout=1.0):
                 if m.error() is None:
                     left -= 1
-                    hdrs = b"".join(k.encode() + b"=" + (v or b"") for k, v in m.headers() or [])
-                    out.append((m.key() or b"") + b"\n" + (m.value() or b"") + b"\n" + hdrs)
+                    raw = m.headers() or []
+                    pairs = raw.items() if isinstance(raw, dict) else raw
+                    hdrs = b"".join(
+                        k.encode() + b"=" + (v.encode() if isinstance(v, str) else v or b"")
+                        for k, v in pairs
+                    )
+                    key = m.key() or b""
+                    value = m.value() or b""
+                    assert isinstance(key, bytes) and isinstance(value, bytes)
+                    out.append(key + b"\n" + value + b"\n" + hdrs)
         assert left == 0, f"{topic}: {left} records not read"
         return out
     finally:
@@ -215,15 +227,58 @@ def test_no_planted_identifier_at_rest(
         assert "re-driven to" in replayed.output and "FHIR pseudonymised again" in replayed.output
         assert_clean("dlq replay", replayed.output)
 
-        inbound = read_topic(s, s.topic_inbound)
+        # The worker: scores what the edge took; refuses the message no edge saw.
+        bad_key = b"pt-aaaaaaaaaaaaaaaaaaaa"
+        producer = Producer({"bootstrap.servers": s.kafka_bootstrap})
+        producer.produce(
+            s.topic_inbound, key=bad_key, value=f'{{"resourceType": "{WORKER_MARK}", '.encode()
+        )
+        assert producer.flush(10) == 0
+        workers = Workers(s, tmp_path / "workers")
+        workers.start()
+        try:
+            deadline = time.monotonic() + 180
+            while time.monotonic() < deadline:
+                dead = [r for r in read_topic(s, s.topic_dlq) if b"wardwatch.stage=normalise" in r]
+                scored = read_topic(s, s.topic_scores)
+                if dead and scored:
+                    break
+                time.sleep(2)
+            assert dead, "the worker's dead letter never came:\n" + workers.logs()
+            assert scored, "nothing was scored:\n" + workers.logs()
+            assert b"wardwatch.sealed=aesgcm-v1" in dead[0] and WORKER_MARK.encode() not in dead[0]
+            stored: list[Any] = []
+            until = time.monotonic() + 90  # the writer stores them (the same worker, role all)
+            while not stored and time.monotonic() < until:
+                stored = wait_for_scores(s, set(), timeout=1)
+                time.sleep(1)
+            assert stored, "no score reached the database:\n" + workers.logs()
+        finally:
+            workers.stop_all()
+        assert_clean("the worker's log", workers.logs())
+
+        inbound = [r for r in read_topic(s, s.topic_inbound) if WORKER_MARK.encode() not in r]
         assert len(inbound) >= 3  # ADT, ORU, Observation, Bundle entries, re-drives
         # what the scores need did get through (so the search below is not of empty records)
         text = b"\n".join(inbound).decode("utf-8", "replace")
         assert '"code":"8867-4"' in text and '"value":88' in text, text
         assert '"display":"ICU"' in text and '"resourceType":"Encounter"' in text, text
-        for topic in (s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts):
+        changelogs = [
+            t
+            for t in Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": "t-list"})
+            .list_topics(timeout=10)
+            .topics
+            if t.startswith(s.app_id)
+        ]
+        assert changelogs, "the worker's Faust tables have no changelog topic"
+        topics = [s.topic_inbound, s.topic_dlq, s.topic_events, s.topic_scores, s.topic_alerts]
+        for topic in [*topics, *changelogs]:
             for record in read_topic(s, topic):
+                if topic == s.topic_inbound and WORKER_MARK.encode() in record:
+                    continue  # the test's own message past the edge, not ours
                 assert_clean(topic, record.decode("utf-8", "replace"))
+                if topic != s.topic_inbound:
+                    assert WORKER_MARK.encode() not in record, topic
         db = database_text(s.database_url)
         assert "decrypt" in db  # ... and is audited in the database, without the identifiers
         assert_clean("the database", db)
