@@ -34,11 +34,13 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from fhir.synthetic import generate_stays
+from inference.scoring.envelope import Envelope, normalise
+from inference.scoring.prepare import score_envelopes
+from inference.scoring.record import PatientRecord
+from streams.model_settings import load_model_info
 
 from .client_security import kafka_config
 from .demo import stop_worker
-from .model_info import load_model_info
-from .pipeline import Envelope, PatientRecord, normalise, score_envelopes
 from .settings import PROJECT_ROOT, Settings, settings_env
 from .sources import file_messages
 

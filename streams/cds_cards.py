@@ -21,7 +21,7 @@ from typing import Any
 from fhir.risk_assessment import fhir_instant
 from inference.alert_policy import percent
 from inference.early_warning import news2_band
-from streams.alerting import MODEL_SYSTEM, SUMMARY_MAX, card_of
+from inference.scoring.alert_card import MODEL_SYSTEM, SUMMARY_MAX, card_of
 
 SSC_URL = "https://www.sccm.org/SurvivingSepsisCampaign/Guidelines/Adult-Patients"
 # (label, LOINC code, LOINC display, why)

@@ -88,8 +88,8 @@ def test_edge_producer_puts_each_patient_on_its_home_partition(settings: Setting
     # (librdkafka, murmur2_random) picked the partition streams.pipeline.home_partition
     # computes; otherwise every message would take the slower events-topic path.
     from fhir.pseudonym import pseudonymise
-    from streams.pipeline import home_partition
     from streams.replay import landed_at, make_producer
+    from streams.routing import home_partition
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topic = f"wardwatch.test.{uuid.uuid4().hex[:12]}"

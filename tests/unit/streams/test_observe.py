@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from inference.client import TritonRiskClient
 from inference.errors import ModelError, ModelUnavailable
+from inference.scoring.envelope import normalise
 from storage.db import make_engine
 from streams.errors import reason_of
 from streams.logs import JsonLogFormatter, TextLogFormatter, logging_config, redact_payloads
@@ -39,7 +40,6 @@ from streams.observe import (
     readiness_problems,
     safe_reason,
 )
-from streams.pipeline import normalise
 from streams.settings import Settings
 
 # Identity a hospital feed carries; none of it may reach a log line.
