@@ -6,7 +6,7 @@ joins or leaves — reads their changelog from the beginning before it scores an
 :func:`rebuild_time` fills a changelog with one realistic record for each of ``patients``
 pseudonyms (the state a real stay leaves behind: PhysioNet stays from ``../shared``
 when present, the seeded synthetic feed otherwise, run through the stream's own
-:func:`streams.pipeline.score_envelopes`), starts a worker on it and times the recovery
+:func:`inference.scoring.prepare.score_envelopes`), starts a worker on it and times the recovery
 from the worker's own log lines. Everything it creates (topics, the worker) is removed
 afterwards; it needs Kafka only.
 

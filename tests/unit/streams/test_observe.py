@@ -88,7 +88,7 @@ RAW_REFUSED = {
 
 
 def refusal_reason(doc: dict[str, Any]) -> str:
-    """The reason the normalise agent would dead-letter ``doc`` with (as in streams.app)."""
+    """The reason the normalise agent would dead-letter ``doc`` with (as the core does)."""
     try:
         result = normalise(orjson.dumps(doc), source="t/0/0", inbound_ts_ms=None)
     except Exception as exc:

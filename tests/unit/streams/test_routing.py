@@ -1,5 +1,5 @@
 """Where an envelope is scored: the patient's home partition, as Kafka's partitioner
-puts the pseudonym-keyed message (streams.pipeline.home_partition / route)."""
+puts the pseudonym-keyed message (streams.routing.home_partition / route)."""
 
 from __future__ import annotations
 
