@@ -1,7 +1,7 @@
 """Stored scores as FHIR R4 RiskAssessment resources and searchset Bundles.
 
 The codings are those of the alerts the worker publishes on ``risk.alerts``
-(``streams.alerting.risk_assessment``: SNOMED CT 91302008 *Sepsis*, the model as
+(``inference.scoring.alert_card.risk_assessment``: SNOMED CT 91302008 *Sepsis*, the model as
 ``method``, a 0-6 h window), so a client reads an alert and a score alike. A score's id is
 ``score-<row id>``. Pure: dicts in, dicts out, no I/O.
 """

@@ -30,3 +30,10 @@ class ModelError(InferenceError):
     """Permanent: the request does not fit the model (shape, dtype, names). Not retried."""
 
     retryable = False
+
+
+def reason_of(exc: BaseException) -> str:
+    """A one-line reason a person can act on, for dead-letter headers and logs. Raises
+    nothing."""
+    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {reason}".replace("\n", " ")[:1000]

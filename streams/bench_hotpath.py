@@ -45,14 +45,11 @@ import orjson
 
 from inference.alert_policy import AlertPolicy
 from inference.features import FeatureSpec, default_spec
-from streams.pipeline import (
-    Envelope,
-    ModelInfo,
-    PatientRecord,
-    finish,
-    normalise,
-    score_envelopes,
-)
+from inference.scoring.alerts import finish
+from inference.scoring.envelope import Envelope, normalise
+from inference.scoring.model_info import ModelInfo
+from inference.scoring.prepare import score_envelopes
+from inference.scoring.record import PatientRecord
 from streams.sources import Message, psv_messages
 
 if TYPE_CHECKING:

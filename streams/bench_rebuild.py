@@ -6,7 +6,7 @@ joins or leaves — reads their changelog from the beginning before it scores an
 :func:`rebuild_time` fills a changelog with one realistic record for each of ``patients``
 pseudonyms (the state a real stay leaves behind: PhysioNet stays from ``../shared``
 when present, the seeded synthetic feed otherwise, run through the stream's own
-:func:`streams.pipeline.score_envelopes`), starts a worker on it and times the recovery
+:func:`inference.scoring.prepare.score_envelopes`), starts a worker on it and times the recovery
 from the worker's own log lines. Everything it creates (topics, the worker) is removed
 afterwards; it needs Kafka only.
 
@@ -34,11 +34,13 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from fhir.synthetic import generate_stays
+from inference.scoring.envelope import Envelope, normalise
+from inference.scoring.prepare import score_envelopes
+from inference.scoring.record import PatientRecord
+from streams.model_settings import load_model_info
 
 from .client_security import kafka_config
 from .demo import stop_worker
-from .model_info import load_model_info
-from .pipeline import Envelope, PatientRecord, normalise, score_envelopes
 from .settings import PROJECT_ROOT, Settings, settings_env
 from .sources import file_messages
 

@@ -3,7 +3,7 @@
 Pure (no I/O): ``streams/cds_hooks.py`` reads the rows and answers the EHR. The card's
 indicator is the open alert's severity band (info/warning/critical, the alert policy's
 own bands); a patient scored but without an open alert gets an ``info`` card. When the
-worker's alert carried its card (:func:`streams.alerting.card_of`), its summary and
+worker's alert carried its card (:func:`inference.scoring.alert_card.card_of`), its summary and
 detail (NEWS2 breakdown, top contributing measurements) are reused.
 
 Suggestions are deliberately modest: for a warning or critical alert, draft
@@ -21,7 +21,7 @@ from typing import Any
 from fhir.risk_assessment import fhir_instant
 from inference.alert_policy import percent
 from inference.early_warning import news2_band
-from streams.alerting import MODEL_SYSTEM, SUMMARY_MAX, card_of
+from inference.scoring.alert_card import MODEL_SYSTEM, SUMMARY_MAX, card_of
 
 SSC_URL = "https://www.sccm.org/SurvivingSepsisCampaign/Guidelines/Adult-Patients"
 # (label, LOINC code, LOINC display, why)

@@ -116,7 +116,8 @@ def _subcommand(args: list[str]) -> str | None:
 
 def _run_faust(argv: list[str]) -> Any:
     """``wardwatch worker ...``: Faust's command line over the WardWatch app."""
-    from .app import create_app
+    from streams.worker.app import create_app
+
     from .cli_context import require_safe
     from .logs import configure_logging
 

@@ -62,8 +62,8 @@ def evaluate_cmd(
     from inference import physionet_data as pdata
     from inference.alert_metrics import summary_line
     from inference.evaluate import evaluate
-
-    from .model_info import policy_of, read_card
+    from inference.scoring.model_info import read_card
+    from streams.model_settings import policy_of
 
     s = _settings()
     mdir = model_dir or s.model_dir

@@ -57,8 +57,8 @@ def score_cmd(inputs: tuple[Path, ...], out_path: Path, quiet: bool) -> None:
     in place of "hour". The model runs in-process from WARDWATCH_MODEL_DIR.
     """
     from inference.runtime import LocalTorchModel
+    from streams.model_settings import load_model_info
 
-    from .model_info import load_model_info
     from .offline import score_files
 
     s = settings()

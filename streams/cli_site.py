@@ -96,11 +96,11 @@ def validate_site_cmd(
     from inference import site_labels, site_report
     from inference import site_validation as sv
     from inference.alert_metrics import summary_line
+    from inference.scoring.model_info import read_card
     from storage import access, site_scores
     from storage.db import make_engine, migrate
     from storage.errors import StorageError
-
-    from .model_info import policy_of, read_card
+    from streams.model_settings import policy_of
 
     s = _settings()
     try:

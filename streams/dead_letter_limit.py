@@ -6,7 +6,7 @@ upstream): parking all of them while the consumer commits on would empty the war
 scores into the dead-letter topic. As arroyo's ``DlqLimit`` does, each agent counts the
 messages it took and those it dead-lettered over a sliding window; once the window holds
 at least ``min_messages`` and the dead share is above ``max_ratio``, the agent stops the
-worker without acknowledging the batch (``streams.app``), with a log line that says so and
+worker without acknowledging the batch (``streams.worker.agents``), with a log line that says so and
 the metric ``wardwatch_dead_letter_limit_exceeded_total``.
 
 Pure: the caller passes the time. Raises nothing.

@@ -17,6 +17,7 @@ import re
 
 from fhir.errors import PermanentInputError
 from inference.errors import ModelError, ModelUnavailable
+from inference.errors import reason_of as reason_of  # the core words reasons too
 from storage.errors import StoragePermanentError, StorageUnavailable
 
 
@@ -53,12 +54,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (TransientError, ModelUnavailable, 
 def is_permanent(exc: BaseException) -> bool:
     """True when ``exc`` means "dead-letter this input", False when it means "retry"."""
     return isinstance(exc, PERMANENT)
-
-
-def reason_of(exc: BaseException) -> str:
-    """A one-line reason a person can act on, for dead-letter headers and logs."""
-    reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
-    return f"{type(exc).__name__}: {reason}".replace("\n", " ")[:1000]
 
 
 _QUOTED = re.compile(r"""'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*\"""")

@@ -119,7 +119,7 @@ the hole, :meth:`Consumer._stalled` reads a partition again when its records wai
 while no stream takes any; re-reading is harmless (copies are released, and the scoring
 agent skips a message its record already holds).
 
-:func:`install` puts the fixed consumer into an app; ``streams/app.py`` calls it right
+:func:`install` puts the fixed consumer into an app; ``streams/worker/app.py`` calls it right
 after building the app.
 """
 

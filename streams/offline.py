@@ -1,13 +1,15 @@
 """``wardwatch score``: score input files offline through the stream's own functions.
 
 No Kafka and no Triton: the messages that ``wardwatch replay`` would publish are
-normalised, scored and alerted on by :mod:`streams.pipeline`, with the exported model run
-in-process. The stream's scores for the same files are therefore the same numbers.
+normalised, scored and alerted on by the scoring core the worker runs
+(:mod:`inference.scoring`), with the exported model run in-process behind the same port.
+The stream's scores for the same files are therefore the same numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -20,12 +22,16 @@ from fhir.errors import PermanentInputError
 from fhir.physionet import read_psv
 from inference.features import FeatureSpec
 from inference.runtime import LocalTorchModel, RiskModel
+from inference.scoring.batch import CHUNK, BatchResult, Message, decide, predict, score_batch
+from inference.scoring.envelope import Envelope, normalise
+from inference.scoring.model_info import LoadedModel, occlusion_explainer
+from inference.scoring.model_port import InProcessModel
+from inference.scoring.prepare import Pending, prepare
+from inference.scoring.record import PatientRecord
 
-from .model_info import LoadedModel, occlusion_explainer
-from .pipeline import Envelope, PatientRecord, Pending, finish, normalise, prepare, stack_windows
 from .sources import expand, file_messages, psv_messages
 
-PREDICT_CHUNK = 4096
+PREDICT_CHUNK = CHUNK
 
 
 @dataclass(slots=True)
@@ -84,71 +90,69 @@ def score_files(
     :class:`LocalTorchModel` (or ``model_dir`` names its folder), alert cards carry
     occlusion attributions from it; with ``alerts_out``, every alert
     (the RiskAssessment the stream would publish) is written there as one JSON line.
-    Raises ``OSError`` when a file cannot be read.
+    Raises ``OSError`` when a file cannot be read, and what the model raises.
     """
     stats = OfflineStats()
-    files = expand(paths)
-    records: dict[str, PatientRecord] = {}
-    fhir_batch: list[tuple[PatientRecord, Pending]] = []
     explain = None
     if model_dir is not None or isinstance(model, LocalTorchModel):
         explain = occlusion_explainer(model_dir or Path("."), model)
+    port = InProcessModel(model, explain)
 
-    def emit(batch: list[tuple[Any, PatientRecord, Pending]]) -> None:
-        for start in range(0, len(batch), PREDICT_CHUNK):
-            chunk = batch[start : start + PREDICT_CHUNK]
-            risks = model.predict(stack_windows([p for _, _, p in chunk]))
-            for (label, rec, pending), risk in zip(chunk, risks, strict=True):
-                score, alert = finish(
-                    rec,
-                    pending,
-                    float(risk),
-                    model=loaded.info,
-                    policy=loaded.policy,
-                    explain=explain,
-                )
-                line: dict[str, Any] = {"patient": label[0]}
-                if label[1] is None:
-                    line["time"] = score["time"]
-                else:
-                    line["hour"] = label[1]
-                line |= {
-                    "risk": score["risk"],
-                    "alert": score["alert"],
-                    "news2": score["news2"],
-                    "qsofa": score["qsofa"],
-                }
-                out.write(orjson.dumps(line).decode() + "\n")
-                stats.lines += 1
-                stats.alerts += alert is not None
-                if alert is not None and alerts_out is not None:
-                    alerts_out.write(orjson.dumps(alert).decode() + "\n")
+    def emit(result: BatchResult, stem: str | None = None, hours: Sequence[int] = ()) -> None:
+        for n, s in enumerate(result.scored):
+            score = s.score
+            line: dict[str, Any] = {"patient": s.pending.patient if stem is None else stem}
+            if stem is None:
+                line["time"] = score["time"]
+            else:
+                line["hour"] = hours[n]
+            line |= {
+                "risk": score["risk"],
+                "alert": score["alert"],
+                "news2": score["news2"],
+                "qsofa": score["qsofa"],
+            }
+            out.write(orjson.dumps(line).decode() + "\n")
+        stats.lines += len(result.scored)
+        stats.alerts += len(result.alerts)
+        if alerts_out is not None:
+            for _, alert in result.alerts:
+                alerts_out.write(orjson.dumps(alert).decode() + "\n")
 
-    for path in tqdm(files, desc="scoring", unit="file", disable=not progress):
-        stats.files += 1
-        if path.suffix == ".psv":
-            batch = [
-                ((path.stem, hour), rec, pend)
-                for hour, rec, pend in _psv_pendings(
-                    path, key, stay_start, staleness_hours, loaded.spec
-                )
-            ]
-            emit(batch)
-            continue
-        for msg in file_messages(path, key, stay_start):
-            try:
-                result = normalise(msg.value, source=msg.origin, inbound_ts_ms=None)
-            except PermanentInputError as exc:
-                stats.rejected += 1
-                stats.rejects.append(f"{msg.origin}: {exc}")
+    async def run() -> None:
+        messages: list[Message] = []
+        for path in tqdm(expand(paths), desc="scoring", unit="file", disable=not progress):
+            stats.files += 1
+            if path.suffix == ".psv":
+                # Every row is scored at its hour, measured or not: the core's decide()
+                # over this driver's pendings (the stream scores only measured hours).
+                rows = list(_psv_pendings(path, key, stay_start, staleness_hours, loaded.spec))
+                pendings = [(rec, pend) for _, rec, pend in rows]
+                risks = await predict([p for _, p in pendings], port, PREDICT_CHUNK)
+                result = BatchResult()
+                await decide(pendings, risks, port, loaded, result)
+                emit(result, path.stem, [hour for hour, _, _ in rows])
                 continue
-            if result.rejected:
-                stats.rejected += 1
-                stats.rejects.append(f"{msg.origin}: {'; '.join(result.rejected[:5])}")
-            for env in result.envelopes:
-                rec = records.setdefault(env.patient, PatientRecord())
-                pending = prepare(rec, env, spec=loaded.spec, staleness_hours=staleness_hours)
-                if pending is not None:
-                    fhir_batch.append((rec, pending))
-    emit([((p.patient, None), rec, p) for rec, p in fhir_batch])
+            messages += (
+                Message(m.value, source=m.origin, inbound_ts_ms=None)
+                for m in file_messages(path, key, stay_start)
+            )
+        records: dict[str, PatientRecord] = {}
+        result = await score_batch(
+            messages,
+            lambda p: records.setdefault(p, PatientRecord()),
+            port,
+            loaded,
+            staleness_hours=staleness_hours,
+            chunk=PREDICT_CHUNK,
+        )
+        for dead in result.dead_letters:
+            if dead.whole and not isinstance(dead.error, PermanentInputError):
+                raise dead.error or RuntimeError(dead.reason)  # not the input's fault: stop
+            stats.rejected += 1
+            what = str(dead.error) if dead.whole else "; ".join(dead.refused[:5])
+            stats.rejects.append(f"{messages[dead.index].source}: {what}")
+        emit(result)
+
+    asyncio.run(run())
     return stats

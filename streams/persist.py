@@ -17,12 +17,11 @@ import orjson
 from faust.types import EventT
 from sqlalchemy.engine import Engine
 
+from inference.scoring.alert_card import alert_fields
 from storage.access import DeadLetterRow, write_dead_letters
 from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, write_scores
 from storage.errors import classify
 from storage.outbox import enqueue
-
-from .alerting import alert_fields
 
 
 def score_row(score: dict[str, Any]) -> ScoreRow:

@@ -3,7 +3,7 @@
 Run as ``python tests/integration/faust_contract_app.py worker`` with CONTRACT_TOPIC,
 CONTRACT_APP_ID, CONTRACT_OUT, CONTRACT_DATA_DIR and CONTRACT_WEB_PORT set. One agent
 reads the (one-partition) topic with the project's consumer (streams.faust_fixes.install),
-admit_in_order and adaptive_take, as streams/app.py does, and acknowledges each event
+admit_in_order and adaptive_take, as streams/worker/app.py does, and acknowledges each event
 after its batch. A task observes what the overrides rely on in the real Faust / aiokafka
 objects and writes it as JSON to CONTRACT_OUT; the test asserts. The process stops itself.
 """

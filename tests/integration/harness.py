@@ -26,11 +26,11 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from inference.attribution import METHOD
+from inference.scoring.alert_card import card_of
 from storage.db import make_engine
 from storage.models import Alert, Score
-from streams.alerting import card_of
 from streams.demo import start_worker, stop_worker
-from streams.model_info import load_model_info
+from streams.model_settings import load_model_info
 from streams.offline import score_files
 from streams.settings import PROJECT_ROOT, Settings
 
@@ -195,8 +195,11 @@ def offline_alerts(s: Settings, files: list[Path]) -> dict[str, dict[str, Any]]:
     scored, so the reference must score the same ones (``wardwatch score`` on the .psv
     files also scores the hours without one)."""
     from inference.runtime import LocalTorchModel
-    from streams.model_info import occlusion_explainer
-    from streams.pipeline import PatientRecord, finish, normalise, prepare, stack_windows
+    from inference.scoring.alerts import finish
+    from inference.scoring.envelope import normalise
+    from inference.scoring.model_info import occlusion_explainer
+    from inference.scoring.prepare import prepare, stack_windows
+    from inference.scoring.record import PatientRecord
     from streams.sources import messages
 
     model = LocalTorchModel.from_dir(s.model_dir)

@@ -27,6 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from streams.cli_site import validate_site_cmd
 from streams.replay import make_producer, replay
+from streams.sealing import key_ring
 from streams.settings import Settings
 from tests.conftest import PHYSIONET, require_shared
 from tests.integration.harness import (
@@ -158,7 +159,14 @@ def test_replayed_stays_are_all_accounted_for_and_match_offline_scores(
         _validate_site_on_the_replayed_database(s, files, rows, expected, tmp_path)
 
         dead = _dead_letters(s, len(BAD), time.monotonic() + 60)
-        assert sorted(v for v, _ in dead) == sorted(BAD), "dead letters keep the original bytes"
+        # sealed at rest (streams/sealing.py): opened with the worker's key ring
+        ring = key_ring(s)
+        opened = [
+            ring.open(v, {k: h.decode() for k, h in hd.items()}, topic=s.topic_dlq, key=b"bad")
+            for v, hd in dead
+        ]
+        assert all(v not in BAD for v, _ in dead), "dead letters are sealed"
+        assert sorted(opened) == sorted(BAD), "dead letters keep the original bytes"
         for _, headers in dead:
             assert headers["wardwatch.reason"]
             assert headers["wardwatch.source.topic"] == s.topic_inbound.encode()

@@ -3,7 +3,7 @@ streams/faust_fixes.py's overrides rely on, on real Kafka (an isolated topic and
 
 The unit tests in tests/unit/streams/test_faust_fixes.py drive the overrides with
 stand-in state; these run a real worker (tests/integration/faust_contract_app.py, the
-project's Consumer installed, the agent built as streams/app.py builds its agents) and
+project's Consumer installed, the agent built as streams/worker/app.py builds its agents) and
 fail when an upgrade changes what the overrides assume (see docs/design.md for the list).
 """
 

@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 from storage.db import make_engine
 from storage.models import Alert, DeadLetter, Score
 from streams.demo import stop_worker
-from streams.model_info import load_model_info
+from streams.model_settings import load_model_info
 from streams.replay import landed_at, make_producer
 from streams.settings import PROJECT_ROOT, Settings, settings_env
 from streams.sources import fhir_message

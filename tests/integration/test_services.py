@@ -85,11 +85,11 @@ def test_kafka_produce_consume(settings: Settings, kafka_topic: str) -> None:
 @pytest.mark.kafka
 def test_edge_producer_puts_each_patient_on_its_home_partition(settings: Settings) -> None:
     # The worker scores an inbound message in place only when the edge's producer
-    # (librdkafka, murmur2_random) picked the partition streams.pipeline.home_partition
+    # (librdkafka, murmur2_random) picked the partition streams.routing.home_partition
     # computes; otherwise every message would take the slower events-topic path.
     from fhir.pseudonym import pseudonymise
-    from streams.pipeline import home_partition
     from streams.replay import landed_at, make_producer
+    from streams.routing import home_partition
 
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     topic = f"wardwatch.test.{uuid.uuid4().hex[:12]}"

@@ -175,7 +175,7 @@ def test_context_through_the_edge_equals_training_on_real_stays() -> None:
     first Observation and parsed by the edge, give the stream the same context columns
     that training computes from the same rows (pdata.stay_context)."""
     from fhir.physionet import read_psv
-    from streams.pipeline import normalise
+    from inference.scoring.envelope import normalise
     from streams.sources import psv_messages
 
     root = data_dir()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from mode import CrashingSupervisor
 
-from streams.app import create_app
 from streams.settings import Settings
+from streams.worker.app import create_app
 
 
 def test_the_data_directory_comes_from_the_settings_and_is_created(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from inference.alert_metrics import alert_metrics
 from storage import access
 from storage.db import make_engine, migrate, write_scores
 from streams.cli_site import COMMANDS, validate_site_cmd
-from streams.model_info import load_model_info
+from streams.model_settings import load_model_info
 from streams.settings import Settings
 
 SEPTIC = 6

@@ -358,8 +358,8 @@ def test_the_worker_consumer_fetches_with_the_configured_broker_wait(
     # it; the app's consumer thread must hand aiokafka the settings' values instead.
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-    from streams.app import create_app
     from streams.settings import Settings
+    from streams.worker.app import create_app
 
     made = SimpleNamespace(_fetch_min_bytes=1, _fetch_max_wait_ms=1500)
     monkeypatch.setattr(

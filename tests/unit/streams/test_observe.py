@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from inference.client import TritonRiskClient
 from inference.errors import ModelError, ModelUnavailable
+from inference.scoring.envelope import normalise
 from storage.db import make_engine
 from streams.errors import reason_of
 from streams.logs import JsonLogFormatter, TextLogFormatter, logging_config, redact_payloads
@@ -39,7 +40,6 @@ from streams.observe import (
     readiness_problems,
     safe_reason,
 )
-from streams.pipeline import normalise
 from streams.settings import Settings
 
 # Identity a hospital feed carries; none of it may reach a log line.
@@ -88,7 +88,7 @@ RAW_REFUSED = {
 
 
 def refusal_reason(doc: dict[str, Any]) -> str:
-    """The reason the normalise agent would dead-letter ``doc`` with (as in streams.app)."""
+    """The reason the normalise agent would dead-letter ``doc`` with (as the core does)."""
     try:
         result = normalise(orjson.dumps(doc), source="t/0/0", inbound_ts_ms=None)
     except Exception as exc:

@@ -1,5 +1,5 @@
 """Where an envelope is scored: the patient's home partition, as Kafka's partitioner
-puts the pseudonym-keyed message (streams.pipeline.home_partition / route)."""
+puts the pseudonym-keyed message (streams.routing.home_partition / route)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
 from fhir.pseudonym import pseudonymise
-from streams.pipeline import Envelope, home_partition, route
+from inference.scoring.envelope import Envelope
+from streams.routing import home_partition, route
 
 # Kafka's own test vectors for its Java murmur2 (clients' UtilsTest.testMurmur2), as
 # signed 32-bit ints: the partition a Java, librdkafka murmur2_random or aiokafka

@@ -1,7 +1,9 @@
-"""What the stream needs to know about the served model: name, version, alert threshold."""
+"""What scoring needs to know about the served model: its name and version (the model
+card), the alert policy the card states and the feature spec it was trained on."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,18 @@ from inference.attribution import Attribution, occlusion
 from inference.features import FEATURE_SPEC_FILE, FeatureSpec, newest_version_dir
 from inference.runtime import LocalTorchModel, RiskModel
 
-from .pipeline import Explainer, ModelInfo
-from .settings import Settings
-
 CARD_NAME = "model_card.json"
+
+# Explains one window (float32[WINDOW, F]) for an alert's card: see inference.attribution.
+Explainer = Callable[[npt.NDArray[np.float32]], Attribution]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """Which model scored: its name and version (from the model card)."""
+
+    name: str
+    version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,40 +57,29 @@ def read_card(model_dir: Path) -> dict[str, Any]:
     return card
 
 
-def policy_of(card: dict[str, Any], settings: Settings) -> AlertPolicy:
-    """The alert policy the card states, with the settings' overrides. Raises
-    ``KeyError``/``ValueError`` for a card without a usable policy (permanent)."""
-    return AlertPolicy.from_card(
-        card,
-        threshold=settings.alert_threshold,
-        clear_ratio=settings.alert_clear_ratio,
-        hold_hours=settings.alert_hold_hours,
-        suppress_hours=settings.alert_suppress_hours,
-    )
-
-
-def load_model_info(settings: Settings) -> LoadedModel:
-    """Model name/version and alert policy from the model card and the settings.
-    Raises ``FileNotFoundError`` without a card, ``KeyError``/``ValueError`` for a card
-    without a usable policy (permanent)."""
-    card = read_card(settings.model_dir)
+def load_model(model_dir: Path, name: str, policy: AlertPolicy) -> LoadedModel:
+    """The model of ``model_dir`` as served under ``name``, alerting by ``policy`` (the
+    card's, with the deployment's overrides: ``streams.model_settings.policy_of``).
+    Raises ``FileNotFoundError`` without a card or feature spec, ``KeyError`` for a card
+    without a version (permanent)."""
+    card = read_card(model_dir)
     return LoadedModel(
-        info=ModelInfo(name=settings.triton_model, version=str(card["version"])),
-        policy=policy_of(card, settings),
-        spec=FeatureSpec.load(newest_version_dir(settings.model_dir) / FEATURE_SPEC_FILE),
+        info=ModelInfo(name=name, version=str(card["version"])),
+        policy=policy,
+        spec=FeatureSpec.load(newest_version_dir(model_dir) / FEATURE_SPEC_FILE),
         card=card,
     )
 
 
 def occlusion_explainer(model_dir: Path, model: RiskModel | None = None) -> Explainer:
-    """An :data:`~streams.pipeline.Explainer` running occlusion attribution
+    """An :data:`Explainer` running occlusion attribution
     (:mod:`inference.attribution`) with ``model``, or with the newest exported version in
     ``model_dir`` run in-process (:class:`~inference.runtime.LocalTorchModel`, loaded on
     the first alert, so workers that never alert never load it).
 
     The returned function raises ``OSError``/``RuntimeError`` when the model file cannot
     be loaded (retried at the next alert) and ``ValueError`` on a window of the wrong
-    shape; :func:`~streams.pipeline.finish` catches both and states it in the card.
+    shape; :func:`inference.scoring.alerts.finish` catches both and states it in the card.
     """
     loaded: list[tuple[RiskModel, FeatureSpec]] = []
     if model is not None:

@@ -15,17 +15,12 @@ from fhir.events import NUMERIC_CODES, ClinicalEvent
 from fhir.physionet import COLUMNS
 from inference.alert_policy import AlertPolicy
 from inference.features import WINDOW, FeatureSpec
+from inference.scoring.alerts import finish
+from inference.scoring.envelope import Envelope, normalise
+from inference.scoring.model_info import ModelInfo
+from inference.scoring.prepare import prepare, score_envelopes, stack_windows
+from inference.scoring.record import PatientRecord
 from streams.persist import alert_row, score_row
-from streams.pipeline import (
-    Envelope,
-    ModelInfo,
-    PatientRecord,
-    finish,
-    normalise,
-    prepare,
-    score_envelopes,
-    stack_windows,
-)
 from streams.sources import fhir_message, messages, psv_messages
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
@@ -310,7 +305,7 @@ def test_an_alert_carries_a_card_with_the_explainers_top_five() -> None:
     from fhir.resources.R4B.riskassessment import RiskAssessment
 
     from inference.attribution import Attribution, Contribution
-    from streams.alerting import card_of
+    from inference.scoring.alert_card import card_of
 
     calls: list[int] = []
 
@@ -337,7 +332,7 @@ def test_an_alert_carries_a_card_with_the_explainers_top_five() -> None:
 
 
 def test_a_failing_explainer_does_not_stop_the_alert() -> None:
-    from streams.alerting import card_of
+    from inference.scoring.alert_card import card_of
 
     def explain(window: object) -> Any:
         raise RuntimeError("model file missing")
@@ -372,7 +367,7 @@ def _observation_for(subject: str) -> bytes:
 
 def test_input_that_skipped_the_edge_is_refused_without_repeating_the_id() -> None:
     from fhir.pseudonym import pseudonymise
-    from streams.pipeline import is_pseudonym, normalise
+    from inference.scoring.envelope import is_pseudonym, normalise
 
     pt = pseudonymise("MRN-00442817", b"k")
     assert is_pseudonym(pt)

@@ -9,7 +9,7 @@ import pytest
 from fhir.resources.R4B.riskassessment import RiskAssessment
 
 from inference.alert_policy import AlertDecision, AlertPolicy, AlertState, step
-from streams.alerting import (
+from inference.scoring.alert_card import (
     alert_fields,
     build_card,
     bundle_actions,

@@ -15,16 +15,12 @@ import orjson
 from fhir.events import NUMERIC_CODES, ClinicalEvent
 from inference.alert_policy import AlertPolicy
 from inference.features import FeatureSpec
-from streams.pipeline import (
-    APPLIED_KEEP,
-    Envelope,
-    ModelInfo,
-    PatientRecord,
-    advance,
-    already_applied,
-    score_envelopes,
-    source_position,
-)
+from inference.scoring.alerts import advance
+from inference.scoring.applied import APPLIED_KEEP, already_applied, source_position
+from inference.scoring.envelope import Envelope
+from inference.scoring.model_info import ModelInfo
+from inference.scoring.prepare import score_envelopes
+from inference.scoring.record import PatientRecord
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 SPEC = FeatureSpec(
