@@ -1,6 +1,6 @@
 """Alerts out as HL7 v2.5.1 ORU^R01 messages, and reading the receiver's ACK. Pure: no I/O.
 
-:func:`oru_r01` turns one alert (the RiskAssessment ``streams.alerting.risk_assessment``
+:func:`oru_r01` turns one alert (the RiskAssessment ``inference.scoring.alert_card.risk_assessment``
 made, as the outbox keeps it) into an ORU^R01:
 
 * ``MSH`` - WARDWATCH as sending application; MSH-7 the time the event was queued (not
@@ -34,7 +34,8 @@ VERSION = "2.5.1"
 SENDING_APP = "WARDWATCH"
 LOCAL_CODES = "99WWRISK"  # HL7 local coding system (99zzz): WardWatch's own OBX codes
 RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
-# streams.alerting.ALERT_EXTENSION (fhir/ cannot import streams/): severity, reason, news2
+# inference.scoring.alert_card.ALERT_EXTENSION (fhir/ cannot import inference/):
+# severity, reason, news2
 ALERT_EXTENSION = "https://wardwatch.example.org/fhir/StructureDefinition/alert"
 ACCEPTED = frozenset({"AA", "CA"})
 REFUSED = frozenset({"AE", "AR", "CE", "CR"})

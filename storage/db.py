@@ -103,7 +103,7 @@ class ScoreRow:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AlertRow:
-    """One row of ``alerts``; ``alert_id`` is deterministic (``streams.alerting.alert_id``).
+    """One row of ``alerts``; ``alert_id`` is deterministic (see :mod:`inference.scoring.alerts`).
 
     Times must be timezone-aware; they are read back in UTC.
     """

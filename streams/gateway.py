@@ -225,7 +225,8 @@ class SeenStore:
 def dead_letter_headers(
     reason: str, stage: str, source: str, *, fmt: str, extra: Headers | None = None
 ) -> Headers:
-    """Dead-letter headers, same names as the stream's (``streams.app.dlq_headers``)."""
+    """Dead-letter headers, same names as the stream's
+    (``streams.worker.deadletters.dlq_headers``)."""
     return [
         ("wardwatch.reason", reason.encode()),
         ("wardwatch.stage", stage.encode()),

@@ -23,9 +23,9 @@ import hl7
 import pytest
 
 from fhir.hl7v2 import MllpDecoder, build_ack, frame, read_header
+from inference.scoring.alert_card import risk_assessment
 from storage import outbox
 from storage.db import AlertRow, make_engine, migrate
-from streams.alerting import risk_assessment
 from streams.deliver_hl7 import KIND, Hl7Delivery, endpoint
 from streams.persist import Sink
 

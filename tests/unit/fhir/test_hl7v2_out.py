@@ -18,7 +18,7 @@ from fhir.hl7v2_out import (
     read_ack,
 )
 from inference.alert_policy import AlertDecision
-from streams.alerting import risk_assessment
+from inference.scoring.alert_card import risk_assessment
 
 AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 QUEUED = datetime(2026, 3, 4, 5, 6, 9, tzinfo=UTC)
