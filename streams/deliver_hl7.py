@@ -32,7 +32,7 @@ from fhir.hl7v2_out import AckError, ack_accepted, control_id, oru_r01, read_ack
 from storage import outbox
 from storage.outbox import OutboxEvent, SubscriberState
 
-from .delivery import backoff_s, db
+from .delivery import backoff_s, db, serve_each_subscriber
 from .settings import Settings
 
 log = logging.getLogger("wardwatch.deliver.hl7")
@@ -159,39 +159,15 @@ class Hl7Delivery:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._s = settings
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.sent = 0  # messages accepted by destinations (for the log and tests)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every live destination until ``stop``. Raises what a subscriber task
         raises (storage down past the retry budget, a stored alert or endpoint it cannot
         send): the process stops loudly and a restart resumes from the outbox."""
-        try:
-            while not stop.is_set():
-                subs = await db(
-                    lambda: outbox.list_subscribers(self._engine, KIND), self._s.retry_budget_s
-                )
-                for sub in subs:
-                    task = self._tasks.get(sub.id)
-                    if sub.status != "off" and (task is None or task.done()):
-                        if task is not None:
-                            task.result()  # a failed subscriber task stops us loudly
-                        self._tasks[sub.id] = asyncio.create_task(
-                            self._serve(sub.id, stop), name=f"deliver-hl7-{sub.id}"
-                        )
-                for task in [t for t in self._tasks.values() if t.done()]:
-                    task.result()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self._s.delivery_poll_s * 4)
-        finally:
-            # Let each destination finish the exchange in hand and record it (else it
-            # gets that message again after a restart), then cancel.
-            tasks = list(self._tasks.values())
-            if tasks:
-                await asyncio.wait(tasks, timeout=2 * self._s.delivery_timeout_s)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await serve_each_subscriber(
+            self._engine, self._s, KIND, lambda sid: self._serve(sid, stop), stop
+        )
 
     async def _serve(self, sid: str, stop: asyncio.Event) -> None:
         budget = self._s.retry_budget_s

@@ -32,7 +32,7 @@ from fhir.subscriptions import NotificationEvent, NotificationType, notification
 from storage import outbox
 from storage.outbox import OutboxEvent, SubscriberState
 
-from .delivery import backoff_s, db
+from .delivery import backoff_s, db, serve_each_subscriber
 from .settings import Settings
 
 log = logging.getLogger("wardwatch.deliver.rest_hook")
@@ -104,7 +104,6 @@ class RestHookDelivery:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._s = settings
-        self._tasks: dict[str, asyncio.Task[None]] = {}
         self.sent = 0  # notifications accepted by receivers (for the log and tests)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -113,33 +112,9 @@ class RestHookDelivery:
         process stops loudly and a restart resumes from the outbox."""
         timeout = aiohttp.ClientTimeout(total=self._s.delivery_timeout_s)
         async with aiohttp.ClientSession(timeout=timeout) as session:
-            try:
-                while not stop.is_set():
-                    subs = await db(
-                        lambda: outbox.list_subscribers(self._engine, KIND),
-                        self._s.retry_budget_s,
-                    )
-                    for sub in subs:
-                        task = self._tasks.get(sub.id)
-                        if sub.status != "off" and (task is None or task.done()):
-                            if task is not None:
-                                task.result()  # a failed subscriber task stops us loudly
-                            self._tasks[sub.id] = asyncio.create_task(
-                                self._serve(session, sub.id, stop), name=f"deliver-{sub.id}"
-                            )
-                    for task in [t for t in self._tasks.values() if t.done()]:
-                        task.result()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self._s.delivery_poll_s * 4)
-            finally:
-                # Let each subscriber finish the send in hand and record its answer (else
-                # the receiver gets that notification again after a restart), then cancel.
-                tasks = list(self._tasks.values())
-                if tasks:
-                    await asyncio.wait(tasks, timeout=2 * self._s.delivery_timeout_s)
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+            await serve_each_subscriber(
+                self._engine, self._s, KIND, lambda sid: self._serve(session, sid, stop), stop
+            )
 
     async def _serve(self, session: aiohttp.ClientSession, sid: str, stop: asyncio.Event) -> None:
         budget = self._s.retry_budget_s

@@ -1,16 +1,22 @@
-"""What every alert delivery loop shares: the retry schedule and the database calls made
-off the event loop, with storage outages retried for the retry budget (then they stop
-the process loudly)."""
+"""What every alert delivery loop shares: one task per live subscriber, the retry
+schedule and the database calls made off the event loop, with storage outages retried
+for the retry budget (then they stop the process loudly)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
+from sqlalchemy import Engine
+
+from storage import outbox
 from storage.errors import StorageUnavailable
+
+from .settings import Settings
 
 log = logging.getLogger("wardwatch.deliver")
 T = TypeVar("T")
@@ -42,3 +48,41 @@ async def db(call: Callable[[], T], budget_s: float) -> T:
             wait = backoff_s(failures, 0.5, 10.0)
             log.warning("database unavailable (%s); retrying in %.1f s", exc.reason, wait)
             await asyncio.sleep(wait)
+
+
+async def serve_each_subscriber(
+    engine: Engine,
+    settings: Settings,
+    kind: str,
+    serve: Callable[[str], Coroutine[Any, Any, None]],
+    stop: asyncio.Event,
+) -> None:
+    """Run ``serve(subscriber id)`` as one task per live subscriber of ``kind`` until
+    ``stop``, starting tasks for new subscribers as they appear.
+
+    Raises what a subscriber task raises (storage down past the retry budget, a
+    permanent error): the process stops loudly and a restart resumes from the outbox.
+    On the way out each task may finish the exchange in hand and record its answer
+    (else the receiver gets that message again after a restart), then is cancelled.
+    """
+    tasks: dict[str, asyncio.Task[None]] = {}
+    try:
+        while not stop.is_set():
+            subs = await db(lambda: outbox.list_subscribers(engine, kind), settings.retry_budget_s)
+            for sub in subs:
+                task = tasks.get(sub.id)
+                if sub.status != "off" and (task is None or task.done()):
+                    if task is not None:
+                        task.result()  # a failed subscriber task stops us loudly
+                    tasks[sub.id] = asyncio.create_task(serve(sub.id), name=f"{kind}-{sub.id}")
+            for task in [t for t in tasks.values() if t.done()]:
+                task.result()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), settings.delivery_poll_s * 4)
+    finally:
+        pending = list(tasks.values())
+        if pending:
+            await asyncio.wait(pending, timeout=2 * settings.delivery_timeout_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
