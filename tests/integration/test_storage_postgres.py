@@ -128,7 +128,17 @@ def schema(admin: Engine) -> Iterator[str]:
 @pytest.fixture
 def engine(admin: Engine, schema: str) -> Iterator[Engine]:
     with admin.begin() as conn:
-        tables = ("scores", "alerts", "patients", "dead_letters", "audit_log", "api_tokens")
+        tables = (
+            "scores",
+            "alerts",
+            "patients",
+            "dead_letters",
+            "audit_log",
+            "api_tokens",
+            "outbox",
+            "subscribers",
+            "cds_feedback",
+        )
         conn.execute(text("TRUNCATE " + ", ".join(f'"{schema}".{t}' for t in tables)))
     eng = make_engine(schema_url(schema))
     yield eng
