@@ -14,8 +14,9 @@ from typing import Any
 
 MODEL_SYSTEM = "https://wardwatch.example.org/fhir/CodeSystem/risk-model"
 ID_PREFIX = "score-"
+# One definition of the codings for both the alerts and the stored scores.
 SEPSIS = {"system": "http://snomed.info/sct", "code": "91302008", "display": "Sepsis"}
-_HOURS = {"unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}
+HOURS = {"unit": "h", "system": "http://unitsofmeasure.org", "code": "h"}
 
 
 def fhir_instant(at: datetime) -> str:
@@ -42,7 +43,7 @@ def score_risk_assessment(score: Mapping[str, Any]) -> dict[str, Any]:
     """
     prediction: dict[str, Any] = {
         "outcome": {"coding": [SEPSIS], "text": "Sepsis"},
-        "whenRange": {"low": {"value": 0, **_HOURS}, "high": {"value": 6, **_HOURS}},
+        "whenRange": {"low": {"value": 0, **HOURS}, "high": {"value": 6, **HOURS}},
     }
     if score["risk"] is not None:
         prediction["probabilityDecimal"] = round(float(score["risk"]), 6)

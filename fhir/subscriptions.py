@@ -58,6 +58,23 @@ class NotificationEvent:
     resource: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusOf:
+    """What a SubscriptionStatus says: the subscription, its topic and state, the
+    notification's type, the events it carries and how (``payload``: empty, id-only or
+    full-resource; focus references are made absolute under ``base_url`` when given)."""
+
+    subscription_url: str
+    topic: str
+    status: str
+    kind: NotificationType
+    events_since_start: int
+    events: Sequence[NotificationEvent] = ()
+    payload: str = "id-only"
+    base_url: str = ""
+    error: str | None = None
+
+
 def subscription_topic() -> dict[str, Any]:
     """The R4B/R5-shaped SubscriptionTopic of new and updated sepsis RiskAssessments
     (served as JSON for discovery; R4 servers have no such resource type). Raises nothing."""
@@ -162,37 +179,27 @@ def _instant(t: datetime) -> str:
     return t.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def status_parameters(
-    *,
-    subscription_url: str,
-    topic: str,
-    status: str,
-    kind: NotificationType,
-    events_since_start: int,
-    events: Sequence[NotificationEvent] = (),
-    payload: str = "id-only",
-    base_url: str = "",
-    error: str | None = None,
-) -> dict[str, Any]:
+def status_parameters(of: StatusOf) -> dict[str, Any]:
     """The SubscriptionStatus (R4 Backport: a Parameters resource). Raises nothing."""
     params: list[dict[str, Any]] = [
-        {"name": "subscription", "valueReference": {"reference": subscription_url}},
-        {"name": "topic", "valueCanonical": topic},
-        {"name": "status", "valueCode": status},
-        {"name": "type", "valueCode": kind},
+        {"name": "subscription", "valueReference": {"reference": of.subscription_url}},
+        {"name": "topic", "valueCanonical": of.topic},
+        {"name": "status", "valueCode": of.status},
+        {"name": "type", "valueCode": of.kind},
         # R4 has no integer64: the Backport IG carries these numbers as strings.
-        {"name": "events-since-subscription-start", "valueString": str(events_since_start)},
+        {"name": "events-since-subscription-start", "valueString": str(of.events_since_start)},
     ]
-    for ev in events:
+    for ev in of.events:
         part: list[dict[str, Any]] = [
             {"name": "event-number", "valueString": str(ev.number)},
             {"name": "timestamp", "valueInstant": _instant(ev.timestamp)},
         ]
-        if payload != "empty":
-            part.append({"name": "focus", "valueReference": {"reference": _focus(ev, base_url)}})
+        if of.payload != "empty":
+            focus = _focus(ev, of.base_url)
+            part.append({"name": "focus", "valueReference": {"reference": focus}})
         params.append({"name": "notification-event", "part": part})
-    if error:
-        params.append({"name": "error", "valueCodeableConcept": {"text": error}})
+    if of.error:
+        params.append({"name": "error", "valueCodeableConcept": {"text": of.error}})
     return {
         "resourceType": "Parameters",
         "meta": {"profile": [STATUS_PROFILE]},
@@ -206,38 +213,23 @@ def _focus(ev: NotificationEvent, base_url: str) -> str:
 
 
 def notification_bundle(
-    *,
-    bundle_id: str,
-    subscription_url: str,
-    topic: str,
-    status: str,
-    kind: NotificationType,
-    events_since_start: int,
-    events: Sequence[NotificationEvent] = (),
-    payload: str = "id-only",
-    base_url: str = "",
-    now: datetime | None = None,
-    error: str | None = None,
+    of: StatusOf, *, bundle_id: str, now: datetime | None = None
 ) -> dict[str, Any]:
     """A Backport notification: a ``history`` Bundle, SubscriptionStatus first, then the
     events' focus resources as ``payload`` asks. Raises nothing."""
-    status_res = status_parameters(
-        subscription_url=subscription_url, topic=topic, status=status, kind=kind,
-        events_since_start=events_since_start, events=events, payload=payload,
-        base_url=base_url, error=error,
-    )  # fmt: skip
+    status_res = status_parameters(of)
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"urn:uuid:{bundle_id}",
             "resource": status_res,
-            "request": {"method": "GET", "url": f"{subscription_url}/$status"},
+            "request": {"method": "GET", "url": f"{of.subscription_url}/$status"},
             "response": {"status": "200"},
         }
     ]
-    if payload != "empty":
-        for ev in events:
-            entry: dict[str, Any] = {"fullUrl": _focus(ev, base_url)}
-            if payload == "full-resource":
+    if of.payload != "empty":
+        for ev in of.events:
+            entry: dict[str, Any] = {"fullUrl": _focus(ev, of.base_url)}
+            if of.payload == "full-resource":
                 entry["resource"] = ev.resource
             entry["request"] = {"method": "POST", "url": "RiskAssessment"}
             entry["response"] = {"status": "201"}

@@ -28,6 +28,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
+from fhir.subscriptions import NotificationEvent
 from storage.errors import classified
 from storage.models import PAYLOADS, SUBSCRIBER_KINDS, Alert, OutboxEntry, Subscriber
 
@@ -67,6 +68,12 @@ class OutboxEvent:
     alert_id: str
     patient: str
     resource: dict[str, Any]
+
+    def notification(self) -> NotificationEvent:
+        """This event as a Subscription notification carries it. Raises nothing."""
+        return NotificationEvent(
+            number=self.event_number, timestamp=self.queued_at, resource=self.resource
+        )
 
 
 def _now() -> datetime:

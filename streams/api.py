@@ -455,27 +455,9 @@ def server_config(
     )
 
 
-def serve(
-    engine: Engine,
-    host: str,
-    port: int,
-    *,
-    stream_poll_s: float = 1.0,
-    stream_recheck_s: float = 5.0,
-    tls: TlsFiles | None = None,
-    settings: Settings | None = None,
-) -> None:
-    """Run the API with uvicorn until interrupted (see :func:`server_config`). Raises
-    OSError if the port is taken, TlsConfigError (not retried) for unusable TLS files."""
+def serve(config: Any) -> None:
+    """Run the API with uvicorn on ``config`` (from :func:`server_config`) until
+    interrupted. Raises OSError if the port is taken."""
     import uvicorn
 
-    config = server_config(
-        engine,
-        host,
-        port,
-        stream_poll_s=stream_poll_s,
-        stream_recheck_s=stream_recheck_s,
-        tls=tls,
-        settings=settings,
-    )
     uvicorn.Server(config).run()

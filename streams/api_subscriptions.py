@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 
 from fhir.subscriptions import (
-    NotificationEvent,
+    StatusOf,
     SubscriptionRequest,
     SubscriptionRequestError,
     notification_bundle,
@@ -128,10 +128,15 @@ def subscription_router(engine: Engine, may_subscribe: Callable[..., Principal])
     ) -> JSONResponse:
         sub = found(sid)
         params = status_parameters(
-            subscription_url=f"{_base(request)}/Subscription/{sid}", topic=sub.topic,
-            status=_SHOWN[sub.status], kind="query-status",
-            events_since_start=sub.events_since_start, error=sub.last_error,
-        )  # fmt: skip
+            StatusOf(
+                subscription_url=f"{_base(request)}/Subscription/{sid}",
+                topic=sub.topic,
+                status=_SHOWN[sub.status],
+                kind="query-status",
+                events_since_start=sub.events_since_start,
+                error=sub.last_error,
+            )
+        )
         return _fhir({"resourceType": "Bundle", "type": "searchset", "total": 1,
                       "entry": [{"resource": params}]})  # fmt: skip
 
@@ -164,15 +169,17 @@ def subscription_router(engine: Engine, may_subscribe: Callable[..., Principal])
                 "subscription-events", {"id": sid, "since": events_since, "until": events_until}
             ),
         )
-        bundle = notification_bundle(
-            bundle_id=f"{sid}-{events_since}-{events_until}",
-            subscription_url=f"{_base(request)}/Subscription/{sid}", topic=sub.topic,
-            status=_SHOWN[sub.status], kind="query-event",
+        of = StatusOf(
+            subscription_url=f"{_base(request)}/Subscription/{sid}",
+            topic=sub.topic,
+            status=_SHOWN[sub.status],
+            kind="query-event",
             events_since_start=sub.events_since_start,
-            events=[NotificationEvent(number=e.event_number, timestamp=e.queued_at,
-                                      resource=e.resource) for e in evs],
-            payload=content or sub.payload, base_url=_base(request),
-        )  # fmt: skip
+            events=[e.notification() for e in evs],
+            payload=content or sub.payload,
+            base_url=_base(request),
+        )
+        bundle = notification_bundle(of, bundle_id=f"{sid}-{events_since}-{events_until}")
         return _fhir(bundle)
 
     return router

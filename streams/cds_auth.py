@@ -25,10 +25,9 @@ from typing import Any
 
 import jwt
 
-# Asymmetric only: an HMAC algorithm would let anyone holding the public key sign.
-ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512")
+from .jwks import ALGORITHMS, LEEWAY_S, JwksFile, UnknownKeyError
+
 MAX_LIFETIME_S = 300  # the spec: exp SHALL be no more than 5 minutes in the future
-LEEWAY_S = 30  # clock skew between EHR and service
 
 
 class CdsAuthError(Exception):
@@ -40,57 +39,24 @@ class CdsAuthError(Exception):
         self.reason = reason
 
 
-class _FileKeys:
-    """A JWKS file, re-read when its modification time changes (key rotation without a
-    restart)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._mtime: float | None = None
-        self._keys: jwt.PyJWKSet | None = None
-        self._lock = threading.Lock()
-        self.keys()  # fail at start-up, not at the first call, on a bad file
-
-    def keys(self) -> jwt.PyJWKSet:
-        """The key set. Raises OSError if the file cannot be read, jwt.PyJWKSetError if
-        it is not a JWKS."""
-        with self._lock:
-            mtime = self.path.stat().st_mtime
-            if self._keys is None or mtime != self._mtime:
-                self._keys = jwt.PyJWKSet.from_json(self.path.read_text())
-                self._mtime = mtime
-            return self._keys
-
-    def key_for(self, kid: str | None) -> Any:
-        keys = self.keys().keys
-        if kid is None:
-            if len(keys) == 1:
-                return keys[0].key
-            raise CdsAuthError("the token has no kid and the JWKS holds several keys")
-        for k in keys:
-            if k.key_id == kid:
-                return k.key
-        raise CdsAuthError(f"no key {kid!r} in the configured JWKS")
-
-
 class CdsTokenVerifier:
     """Verifies CDS clients' JWTs against one JWKS and an issuer allow-list."""
 
     def __init__(self, jwks: str, issuers: Sequence[str]) -> None:
         """``jwks``: a file path or an ``https://`` URL. Raises ValueError when no issuer
-        is allowed or the URL is plain http; OSError / jwt.PyJWKSetError for an
-        unreadable or malformed file."""
+        is allowed or the URL is plain http, or (as JwksFileError) for an unreadable or
+        malformed file."""
         if not issuers:
             raise ValueError("WARDWATCH_CDS_ISSUERS is empty: no CDS client could be trusted")
         self.issuers = list(issuers)
         self._url_client: jwt.PyJWKClient | None = None
-        self._file: _FileKeys | None = None
+        self._file: JwksFile | None = None
         if jwks.startswith("https://"):
             self._url_client = jwt.PyJWKClient(jwks, cache_keys=True, lifespan=300)
         elif jwks.startswith("http://"):
             raise ValueError("WARDWATCH_CDS_JWKS: fetch keys over https only")
         else:
-            self._file = _FileKeys(Path(jwks))
+            self._file = JwksFile(Path(jwks))
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
 
@@ -102,9 +68,9 @@ class CdsTokenVerifier:
                 raise CdsAuthError(f"no signing key: {e}") from e
         assert self._file is not None
         try:
-            return self._file.key_for(kid)
-        except (OSError, jwt.PyJWKSetError) as e:
-            raise CdsAuthError(f"the configured JWKS cannot be read: {type(e).__name__}") from e
+            return self._file.key_for(kid).key
+        except UnknownKeyError as e:
+            raise CdsAuthError(e.reason) from None
 
     def verify(self, token: str | None, audience: Sequence[str]) -> dict[str, Any]:
         """The claims of a trusted ``token`` whose ``aud`` is one of ``audience``.

@@ -18,10 +18,10 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from fhir.risk_assessment import fhir_instant
+from fhir.risk_assessment import MODEL_SYSTEM, fhir_instant
 from inference.alert_policy import percent
 from inference.early_warning import news2_band
-from inference.scoring.alert_card import MODEL_SYSTEM, SUMMARY_MAX, card_of
+from inference.scoring.alert_card import SUMMARY_MAX, card_of
 
 SSC_URL = "https://www.sccm.org/SurvivingSepsisCampaign/Guidelines/Adult-Patients"
 # (label, LOINC code, LOINC display, why)

@@ -121,7 +121,7 @@ def api_cmd(host: str | None, port: int | None) -> None:
     with "run `wardwatch db upgrade`". Only in development mode on SQLite does it bring
     the schema up to date itself.
     """
-    from .api import serve
+    from .api import serve, server_config
     from .cli_context import require_safe, settings
     from .tls import TlsConfigError, TlsFiles
 
@@ -144,7 +144,7 @@ def api_cmd(host: str | None, port: int | None) -> None:
         engine.dispose()
         raise click.ClickException(f"database: {exc.reason}") from exc
     try:
-        serve(
+        config = server_config(
             engine,
             s.api_host,
             port if port is not None else s.api_port,
@@ -153,6 +153,7 @@ def api_cmd(host: str | None, port: int | None) -> None:
             tls=tls,
             settings=s,
         )
+        serve(config)
     except TlsConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

@@ -5,8 +5,10 @@ add-hl7`` / ``list`` / ``off`` manage the HL7 v2 destinations."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import getpass
 import signal
+from collections.abc import Iterator
 
 import click
 from sqlalchemy import Engine
@@ -68,12 +70,20 @@ def deliver_cmd(ctx: click.Context) -> None:
         engine.dispose()
 
 
-def _engine() -> Engine:
+@contextlib.contextmanager
+def _database() -> Iterator[Engine]:
+    """The migrated database of the settings, disposed after; a storage error becomes
+    the command's error (not retried)."""
     from .cli_context import settings
 
     engine = make_engine(settings().database_url)
-    migrate(engine)
-    return engine
+    try:
+        migrate(engine)
+        yield engine
+    except StorageError as exc:
+        raise click.ClickException(f"database: {exc.reason}") from exc
+    finally:
+        engine.dispose()
 
 
 @deliver_cmd.command(name="add-hl7")
@@ -93,8 +103,7 @@ def add_hl7_cmd(
         url = endpoint(host, port)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    engine = _engine()
-    try:
+    with _database() as engine:
         sub = outbox.create_subscriber(
             engine, kind=KIND, topic=SEPSIS_TOPIC, endpoint=url, payload="full-resource",
             who=f"cli:{getpass.getuser()}",
@@ -102,10 +111,6 @@ def add_hl7_cmd(
                       "receiving_facility": receiving_facility},
         )  # fmt: skip
         outbox.mark_handshake(engine, sub.id)  # HL7 has no handshake: active at once
-    except StorageError as exc:
-        raise click.ClickException(f"database: {exc.reason}") from exc
-    finally:
-        engine.dispose()
     click.echo(sub.id)
 
 
@@ -114,13 +119,8 @@ def list_cmd() -> None:
     """List the HL7 v2 destinations: id, status, delivered/queued events, name, endpoint."""
     from .deliver_hl7 import KIND
 
-    engine = _engine()
-    try:
+    with _database() as engine:
         subs = outbox.list_subscribers(engine, KIND)
-    except StorageError as exc:
-        raise click.ClickException(f"database: {exc.reason}") from exc
-    finally:
-        engine.dispose()
     for sub in subs:
         click.echo(
             f"{sub.id}\t{sub.status}\t{sub.delivered_through}/{sub.events_since_start}\t"
@@ -132,13 +132,8 @@ def list_cmd() -> None:
 @click.argument("subscriber_id")
 def off_cmd(subscriber_id: str) -> None:
     """Stop sending to a destination (status off; its outbox rows are kept)."""
-    engine = _engine()
-    try:
+    with _database() as engine:
         found = outbox.switch_off(engine, subscriber_id)
-    except StorageError as exc:
-        raise click.ClickException(f"database: {exc.reason}") from exc
-    finally:
-        engine.dispose()
     if not found:
         raise click.ClickException(f"no subscriber {subscriber_id}")
 

@@ -28,7 +28,7 @@ import aiohttp
 import orjson
 from sqlalchemy import Engine
 
-from fhir.subscriptions import NotificationEvent, NotificationType, notification_bundle
+from fhir.subscriptions import NotificationType, StatusOf, notification_bundle
 from storage import outbox
 from storage.outbox import OutboxEvent, SubscriberState
 
@@ -57,20 +57,17 @@ def build_notification(
     """The Bundle for ``sub``: a handshake or heartbeat (no events), or an
     event-notification of ``events``. Raises nothing."""
     since = events[-1].event_number if events else sub.events_since_start
-    return notification_bundle(
-        bundle_id=str(uuid.uuid4()),
+    of = StatusOf(
         subscription_url=subscription_url(settings, sub.id),
         topic=sub.topic,
         status="active" if sub.status in ("requested", "active") else sub.status,
         kind=kind,
         events_since_start=since,
-        events=[
-            NotificationEvent(number=e.event_number, timestamp=e.queued_at, resource=e.resource)
-            for e in events
-        ],
+        events=[e.notification() for e in events],
         payload=sub.payload,
         base_url=settings.delivery_fhir_base,
     )
+    return notification_bundle(of, bundle_id=str(uuid.uuid4()))
 
 
 def _headers(sub: SubscriberState) -> dict[str, str]:

@@ -17,21 +17,13 @@ raises :class:`OAuthConfigError` at start-up.
 
 from __future__ import annotations
 
-import logging
-import os
-import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import jwt
 
-log = logging.getLogger("wardwatch.gateway")
-# Asymmetric algorithms only: SMART requires RS384 and ES384; a shared-secret (HS*)
-# or "none" token could be forged by anyone who can read the JWKS.
-ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384")
-# Clock difference tolerated between the authorisation server and the gateway.
-LEEWAY_S = 30
+from .jwks import ALGORITHMS, LEEWAY_S, JwksFile, JwksFileError, UnknownKeyError
 
 
 class OAuthConfigError(ValueError):
@@ -53,13 +45,6 @@ class InsufficientScopeError(Exception):
     def __init__(self, needed: str) -> None:
         super().__init__(f"the access token lacks scope {needed}")
         self.needed = needed
-
-
-def _load_jwks(path: Path) -> jwt.PyJWKSet:
-    try:
-        return jwt.PyJWKSet.from_json(path.read_text())
-    except (OSError, ValueError, jwt.PyJWTError) as exc:
-        raise OAuthConfigError(f"cannot read the JWKS {path}: {exc}") from None
 
 
 def scope_allows(scopes: Iterable[str], resource_type: str, action: str) -> bool:
@@ -89,26 +74,11 @@ class TokenVerifier:
                 "WARDWATCH_GATEWAY_OAUTH_JWKS_PATH needs WARDWATCH_GATEWAY_OAUTH_ISSUER and "
                 "WARDWATCH_GATEWAY_OAUTH_AUDIENCE"
             )
-        self.path, self.issuer, self.audience = jwks_path, issuer, audience
-        self._lock = threading.Lock()
-        self._keys = _load_jwks(jwks_path)
-        self._mtime = os.stat(jwks_path).st_mtime_ns
-
-    def _current_keys(self) -> jwt.PyJWKSet:
-        # Re-read a rotated JWKS; a broken new file keeps the last good keys (and a
-        # restart would refuse it), so one bad copy does not lock out every sender.
+        self.issuer, self.audience = issuer, audience
         try:
-            mtime = os.stat(self.path).st_mtime_ns
-        except OSError:
-            return self._keys
-        with self._lock:
-            if mtime != self._mtime:
-                self._mtime = mtime
-                try:
-                    self._keys = _load_jwks(self.path)
-                except OAuthConfigError as exc:
-                    log.error("keeping the previous token keys: %s", exc)
-            return self._keys
+            self._keys = JwksFile(jwks_path)
+        except JwksFileError as exc:
+            raise OAuthConfigError(str(exc)) from None
 
     def verify(self, authorization: str | None) -> Mapping[str, Any]:
         """The claims of the bearer token in an ``Authorization`` header value.
@@ -124,17 +94,11 @@ class TokenVerifier:
         token = token.strip()
         try:
             header = jwt.get_unverified_header(token)
-            keys = self._current_keys()
             kid = header.get("kid")
-            if kid is not None:
-                try:
-                    key = keys[kid]
-                except KeyError:
-                    raise InvalidTokenError("the token's signing key (kid) is unknown") from None
-            elif len(keys.keys) == 1:
-                key = keys.keys[0]
-            else:
-                raise InvalidTokenError("the token names no signing key (kid)")
+            try:
+                key = self._keys.key_for(kid if isinstance(kid, str) else None)
+            except UnknownKeyError as exc:
+                raise InvalidTokenError(exc.reason) from None
             return jwt.decode(
                 token,
                 key=key,

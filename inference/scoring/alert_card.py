@@ -7,16 +7,16 @@ The policy that decides when an alert is raised is the scoring core's
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
 
+from fhir.risk_assessment import HOURS, MODEL_SYSTEM, SEPSIS, fhir_instant
 from inference.alert_policy import AlertDecision, AlertPolicy, percent, risk_phrase
 
 ALERT_EXTENSION = "https://wardwatch.example.org/fhir/StructureDefinition/alert"
 CARD_EXTENSION = "https://wardwatch.example.org/fhir/StructureDefinition/cds-hooks-card"
-MODEL_SYSTEM = "https://wardwatch.example.org/fhir/CodeSystem/risk-model"
 _QUALITATIVE = {"warning": "moderate", "critical": "high", "info": "low"}
 SUMMARY_MAX = 139  # CDS Hooks: the summary must be under 140 characters
 BUNDLE_SOURCE = (
@@ -203,9 +203,7 @@ def risk_assessment(
     """
     prediction: dict[str, Any] = {
         "outcome": {
-            "coding": [
-                {"system": "http://snomed.info/sct", "code": "91302008", "display": "Sepsis"}
-            ],
+            "coding": [dict(SEPSIS)],
             "text": "Sepsis",
         },
         "qualitativeRisk": {
@@ -217,8 +215,8 @@ def risk_assessment(
             ]
         },
         "whenRange": {
-            "low": {"value": 0, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"},
-            "high": {"value": 6, "unit": "h", "system": "http://unitsofmeasure.org", "code": "h"},
+            "low": {"value": 0, **HOURS},
+            "high": {"value": 6, **HOURS},
         },
     }
     if decision.risk is not None:
@@ -243,7 +241,7 @@ def risk_assessment(
         "id": decision.alert_id,
         "status": "final",
         "subject": {"reference": f"Patient/{decision.patient}"},
-        "occurrenceDateTime": decision.raised_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "occurrenceDateTime": fhir_instant(decision.raised_at),
         "method": {
             "coding": [
                 {

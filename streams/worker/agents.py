@@ -37,6 +37,7 @@ from .supervision import retry_transient
 
 log = logging.getLogger("wardwatch.stream")
 Agent = Callable[[StreamT[Any]], Awaitable[None]]
+Writer = Callable[[Sequence[Any]], Awaitable[int]]  # a Sink's write of rows
 # Events per short wait that mean a backlog rather than live traffic: at 2,000 events/s
 # offered (278 messages/s) a 5 ms wait gathers one or two messages; draining a backlog
 # Faust buffers about 150.
@@ -137,7 +138,7 @@ async def persist_batch(
     stream: StreamT[Any],
     batch: Sequence[EventT[Any]],
     to_row: Callable[[dict[str, Any]], Any],
-    write: Callable[[Sequence[Any]], Awaitable[int]],
+    write: Writer,
     limit: DeadLetterLimit,
     agent: str,
 ) -> None:
@@ -170,22 +171,19 @@ async def persist_batch(
         await stream.ack(event)
 
 
-async def persist_scores(w: Writing, stream: StreamT[Any]) -> None:
+async def persist_rows(
+    w: Writing,
+    agent: str,
+    to_row: Callable[[dict[str, Any]], Any],
+    write: Writer,
+    stream: StreamT[Any],
+) -> None:
+    """The body of a writer agent of scores or alerts: batches of ``stream`` through
+    :func:`persist_batch`. Raises what it raises."""
     limit = w.dead_letters.limit()
     async for batch in batches(stream)(w.settings.batch_size, within=w.settings.persist_within_s):
-        w.metrics.batch("persist_scores", len(batch))
-        await persist_batch(
-            w, stream, batch, persist.score_row, w.sink.write_scores, limit, "persist_scores"
-        )
-
-
-async def persist_alerts(w: Writing, stream: StreamT[Any]) -> None:
-    limit = w.dead_letters.limit()
-    async for batch in batches(stream)(w.settings.batch_size, within=w.settings.persist_within_s):
-        w.metrics.batch("persist_alerts", len(batch))
-        await persist_batch(
-            w, stream, batch, persist.alert_row, w.sink.write_alerts, limit, "persist_alerts"
-        )
+        w.metrics.batch(agent, len(batch))
+        await persist_batch(w, stream, batch, to_row, write, limit, agent)
 
 
 async def persist_dead_letters(w: Writing, stream: StreamT[Any]) -> None:
@@ -212,11 +210,13 @@ async def persist_dead_letters(w: Writing, stream: StreamT[Any]) -> None:
 
 def persist_agents(w: Writing) -> dict[str, Agent]:
     """The writer agents by name, each bound to ``w``."""
-    return {
-        name: functools.partial(body, w)
-        for name, body in (
-            ("persist_scores", persist_scores),
-            ("persist_alerts", persist_alerts),
-            ("persist_dead_letters", persist_dead_letters),
-        )
+    rows: dict[str, tuple[Callable[[dict[str, Any]], Any], Writer]] = {
+        "persist_scores": (persist.score_row, w.sink.write_scores),
+        "persist_alerts": (persist.alert_row, w.sink.write_alerts),
     }
+    agents: dict[str, Agent] = {
+        name: functools.partial(persist_rows, w, name, to_row, write)
+        for name, (to_row, write) in rows.items()
+    }
+    agents["persist_dead_letters"] = functools.partial(persist_dead_letters, w)
+    return agents

@@ -15,7 +15,6 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import yaml
 
 from streams.settings import Settings
 
@@ -25,20 +24,6 @@ COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yml"
 SERVICES_SH = COMPOSE_DIR / "services.sh"
 POM = COMPOSE_DIR / "kafka" / "pom.xml"
 LOCAL_PG_URL = "postgresql+psycopg://wardwatch:wardwatch@127.0.0.1:5433/wardwatch"
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE_FILE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-@pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, Any]:
-    svcs = compose["services"]
-    assert isinstance(svcs, dict)
-    return svcs
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from typing import Any
 import click
 import jsonschema
 import pytest
-import yaml
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
@@ -56,20 +55,6 @@ SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN|CREDENTIAL|PRIVATE", re.IGN
 # ${VAR}, ${VAR:-d}, ${VAR-d}, ${VAR:?m}, ${VAR?m}, ${VAR:+a}, ${VAR+a}; $${...} is a
 # literal dollar (an escape), not an interpolation.
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
-
-
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE_FILE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-@pytest.fixture(scope="module")
-def services(compose: dict[str, Any]) -> dict[str, Any]:
-    svcs = compose["services"]
-    assert isinstance(svcs, dict)
-    return svcs
 
 
 def wardwatch_cli() -> click.Group:

@@ -13,6 +13,7 @@ from fhir.subscriptions import (
     SEPSIS_TOPIC,
     STATUS_PROFILE,
     NotificationEvent,
+    StatusOf,
     SubscriptionRequestError,
     notification_bundle,
     parse_subscription,
@@ -69,11 +70,12 @@ def events() -> list[NotificationEvent]:
 
 
 def bundle(payload: str) -> dict[str, Any]:
-    return notification_bundle(
-        bundle_id="b1", subscription_url="https://w/fhir/Subscription/s1", topic=SEPSIS_TOPIC,
+    of = StatusOf(
+        subscription_url="https://w/fhir/Subscription/s1", topic=SEPSIS_TOPIC,
         status="active", kind="event-notification", events_since_start=8, events=events(),
-        payload=payload, base_url="https://w/fhir", now=T,
+        payload=payload, base_url="https://w/fhir",
     )  # fmt: skip
+    return notification_bundle(of, bundle_id="b1", now=T)
 
 
 def params(b: dict[str, Any]) -> list[dict[str, Any]]:
