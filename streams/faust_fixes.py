@@ -366,20 +366,28 @@ class Consumer(AIOKafkaConsumer):
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        """Partitions are seeked again on assignment: forget where they started."""
-        for tp in assigned:
+        """Partitions are seeked again on assignment: forget where they started, and
+        everything known of a partition not assigned any more. Why the latter: while a
+        revocation waits for the streams, Faust's fetch loop runs with the flow stopped
+        and seeks every partition still held to its committed offset (``perform_seek``),
+        which records the revoked ones here again after :meth:`on_partitions_revoked`
+        forgot them (seen by the rebalance contract test)."""
+        for tp in set(assigned) | self._known():
             self._forget(tp)
         await super().on_partitions_assigned(assigned, generation_id)
 
+    def _state(self) -> tuple[dict[TP, Any], ...]:
+        """The overrides' per-partition state."""
+        return (self._stall, self._unplaced, self._fetch_start, self._next,
+                self._reseeking, self._resume, self._hole, self._to_seek)  # fmt: skip
+
+    def _known(self) -> set[TP]:
+        """Every partition the overrides hold state of."""
+        return {tp for held in self._state() for tp in held}
+
     def _forget(self, tp: TP) -> None:
-        self._stall.pop(tp, None)
-        self._unplaced.pop(tp, None)
-        self._fetch_start.pop(tp, None)
-        self._next.pop(tp, None)
-        self._reseeking.pop(tp, None)
-        self._resume.pop(tp, None)
-        self._hole.pop(tp, None)
-        self._to_seek.pop(tp, None)
+        for held in self._state():
+            held.pop(tp, None)
 
     def _ordered(self, tp: TP) -> bool:
         """True for a source partition whose records a stream acknowledges."""
