@@ -48,15 +48,23 @@ class Replayer(threading.Thread):
         super().__init__(daemon=True)
         self.s, self.files, self.rate = s, files, rate
         self.stats: ReplayStats | None = None
+        self.error: BaseException | None = None
 
     def run(self) -> None:
-        self.stats = replay(
-            self.files, self.s, rate=self.rate, topic=self.s.topic_inbound, progress=False
-        )
+        try:
+            self.stats = replay(
+                self.files, self.s, rate=self.rate, topic=self.s.topic_inbound, progress=False
+            )
+        except BaseException as exc:  # kept for expected(), which fails with it
+            self.error = exc
+            raise
 
     def expected(self) -> dict[str, tuple[str, int | None]]:
         self.join(600)
-        assert self.stats is not None and self.stats.failed == 0, "replay lost messages"
+        assert not self.is_alive(), "replay still running after 600 s"
+        assert self.error is None, f"replay raised {self.error!r}"
+        assert self.stats is not None
+        assert self.stats.failed == 0, f"replay lost messages: {self.stats.errors[:5]}"
         return {f"{self.s.topic_inbound}/{p}/{o}": v for (p, o), v in self.stats.landed.items()}
 
 
