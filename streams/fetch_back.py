@@ -34,6 +34,7 @@ from .settings import Settings
 log = logging.getLogger("wardwatch.gateway.fetch_back")
 STATUS_TYPES = frozenset({"SubscriptionStatus", "Parameters"})
 MAX_FOCUS = 200  # more than this in one notification is refused, not fetched
+GONE = frozenset({404, 410})  # the server has no such resource: refused, not retried
 _RELATIVE = re.compile(
     r"^(?P<type>[A-Z][A-Za-z]{1,63})/[A-Za-z0-9\-.]{1,64}(/_history/[A-Za-z0-9\-.]{1,64})?$"
 )
@@ -42,6 +43,12 @@ _RELATIVE = re.compile(
 class FocusRefusedError(PermanentInputError):
     """A focus the gateway will not fetch: outside the configured base, not a
     ``Type/id`` reference, too many, or no base configured (422; never retried)."""
+
+
+class FocusGoneError(FocusRefusedError):
+    """The notifying server answered 404 or 410 for a focus: it has no such resource
+    (deleted since, or the fetch base names another server). Resending will not bring
+    it back, so the notification is refused 422 and dead-lettered, never retried."""
 
 
 class FetchFailedError(Exception):
@@ -125,7 +132,8 @@ class FetchBack:
         """``entries`` with every focus fetched in full (status entries kept, bare
         fullUrl entries replaced). A notification without focus (a heartbeat,
         handshake) comes back as it is, logged at info. Raises
-        :class:`FocusRefusedError` (422, not retried) and :class:`FetchFailedError`
+        :class:`FocusRefusedError` (422, not retried; :class:`FocusGoneError` when the
+        server has no such focus) and :class:`FetchFailedError`
         (503: retried here ``gateway_fetch_retries`` times first)."""
         ntype = notification_type(entries)
         refs = focus_references(entries)
@@ -165,8 +173,9 @@ class FetchBack:
         return kept + [{"resource": r} for r in fetched]
 
     async def _fetch(self, session: aiohttp.ClientSession, url: str, rtype: str) -> dict[str, Any]:
-        """GET one resource, retried with backoff. Raises FetchFailedError after the
-        last retry (the reason names a status or an error kind, never the URL)."""
+        """GET one resource, retried with backoff. Raises FocusGoneError at once on 404
+        or 410 (not retried), FetchFailedError after the last retry of anything else
+        (the reason names a status or an error kind, never the URL)."""
         reason = ""
         for attempt in range(self._s.gateway_fetch_retries + 1):
             if attempt:
@@ -174,6 +183,12 @@ class FetchBack:
             try:
                 async with session.get(url, allow_redirects=False) as resp:
                     body = await resp.content.read(self._s.gateway_max_body_bytes + 1)
+                    if resp.status in GONE:
+                        raise FocusGoneError(
+                            f"the notifying server answered HTTP {resp.status} for a focus "
+                            f"{rtype}: it has no such resource (deleted, or "
+                            "WARDWATCH_GATEWAY_FETCH_BASE_URL names another server)"
+                        )
                     if resp.status != 200:
                         reason = f"HTTP {resp.status}"
                         continue

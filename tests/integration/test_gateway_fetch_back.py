@@ -4,8 +4,9 @@ The test's own loopback FHIR server (``http.server``) serves Observations naming
 patient by MRN and name. An id-only notification posted to the real gateway makes it
 fetch them (bearer token sent), and they land on the run's inbound topic pseudonymised,
 as a full-resource notification would. A focus outside the configured base is refused
-422, a heartbeat answered 200 with nothing published, and with the FHIR server down the
-notification is answered 503 with Retry-After (the sender resends).
+422, as is one the server answers 404 for (asked once, dead-lettered); a heartbeat is
+answered 200 with nothing published, and with the FHIR server down the notification is
+answered 503 with Retry-After (the sender resends).
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def test_id_only_notifications_are_fetched_back_and_published(tmp_path: Path) ->
             assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome"
             assert len(fhir.requests) == 2  # nothing fetched from elsewhere
 
+            # A focus the server does not have: refused at once, not retried, dead-lettered.
+            r = c.post("/fhir", content=orjson.dumps(notification("Observation/deleted")))
+            assert r.status_code == 422, r.text
+            assert "HTTP 404" in r.json()["issue"][0]["diagnostics"]
+            assert [p for p, _ in fhir.requests].count("/fhir/Observation/deleted") == 1
+
             r = c.post("/fhir", content=orjson.dumps(notification(ntype="heartbeat")))
             assert r.status_code == 200 and "0 resources accepted" in r.text
 
@@ -111,6 +118,9 @@ def test_id_only_notifications_are_fetched_back_and_published(tmp_path: Path) ->
     finally:
         fhir.stop()
 
+    dead = consume_all(s, s.topic_dlq, 2)  # outside the base, and the deleted focus
+    reasons = sorted(dict(m.headers() or [])["wardwatch.reason"].decode() for m in dead)
+    assert "HTTP 404" in reasons[1] and "outside" in reasons[0], reasons
     landed = consume_all(s, s.topic_inbound, 2)
     assert len(landed) == 2  # the two fetched Observations, nothing else
     for m in landed:
