@@ -54,7 +54,7 @@ demo: venv ## The main job end to end: services, worker, replay, summary, stop
 
 bench: venv ## Benchmarks on the local services; writes BENCHMARKS.md
 	$(SERVICES) up
-	rc=0; $(PY) -m streams bench $(BENCH_ARGS) && $(PY) -m streams.bench_flood || rc=$$?; $(SERVICES) down; exit $$rc
+	rc=0; $(PY) -m streams.bench $(BENCH_ARGS) && $(PY) -m streams.bench_flood || rc=$$?; $(SERVICES) down; exit $$rc
 
 test: venv ## All tests: unit, then integration and end-to-end on the local services
 	$(SERVICES) up

@@ -1,4 +1,6 @@
-"""``make bench``: measure the pipeline on the local services and write BENCHMARKS.md.
+"""``make bench`` (``python -m streams.bench``): measure the pipeline on the local services
+and write BENCHMARKS.md. Development tooling, like the other ``bench*`` modules and
+``profiling``: kept out of the wheel (pyproject.toml; tests/unit/test_packaging.py).
 
 Every number is a ratio against a baseline measured in the same run, or a rate with the
 command and machine it came from. Nothing here asserts a speed: benchmarks report, tests
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import click
 import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -40,6 +43,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from inference import bench_model
 
 from . import bench_gateway, bench_hotpath, bench_rebuild
+from .cli_context import settings
 from .client_security import kafka_config, triton_tls
 from .demo import (
     SHARED_PHYSIONET,
@@ -526,7 +530,7 @@ def _write(out: Path, rows: list[Row], profile_md: str = "") -> None:
     ).stdout.strip()
     out.write_text(
         "# Benchmarks\n\n"
-        "Written by `make bench` (`python -m streams bench`); numbers from one run on the "
+        "Written by `make bench` (`python -m streams.bench`); numbers from one run on the "
         "local services (Kafka, PostgreSQL, Triton started by `make up`).\n\n"
         f"- when: {datetime.now(UTC).isoformat(timespec='seconds')}\n"
         f"- commit: {rev or 'unknown'}\n"
@@ -539,3 +543,58 @@ def _write(out: Path, rows: list[Row], profile_md: str = "") -> None:
             else ""
         )
     )
+
+
+@click.command(name="python -m streams.bench")
+@click.option("--patients", type=int, default=100, show_default=True, help="Stays replayed.")
+@click.option(
+    "--load",
+    "loads",
+    type=float,
+    multiple=True,
+    default=(500.0, 1000.0, 2000.0),
+    show_default=True,
+    help="Offered load, clinical events/s (FHIR Observations), for a latency measurement; "
+    "repeat for several. The target is p99 event-to-alert <= 200 ms at 2,000.",
+)
+@click.option("--seconds", type=float, default=20.0, show_default=True, help="Per measurement.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("BENCHMARKS.md"),
+    show_default=True,
+    help="Markdown report to write.",
+)
+@click.option(
+    "--profile/--no-profile",
+    default=True,
+    show_default=True,
+    help="Sample the worker with py-spy during the throughput burst and add where its "
+    "time goes to the report.",
+)
+@click.option(
+    "--rebuild-patients",
+    type=int,
+    default=10_000,
+    show_default=True,
+    help="Patients in the state-rebuild measurement (0 skips it).",
+)
+def main(
+    patients: int,
+    loads: tuple[float, ...],
+    seconds: float,
+    out: Path,
+    profile: bool,
+    rebuild_patients: int,
+) -> None:
+    """Measure the pipeline on the running local services and write BENCHMARKS.md.
+
+    Baseline (consume + parse), the full pipeline per worker, latency at fixed offered
+    loads, Triton batching, the edge's FHIR validation rate and database writes. Needs
+    `make up` (`make bench` does it all). Development tooling: not in the wheel.
+    """
+    run_bench(settings(), patients=patients, loads=loads, seconds=seconds, out=out, profile=profile)
+
+
+if __name__ == "__main__":
+    main()

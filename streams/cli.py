@@ -42,7 +42,6 @@ Main commands:
   alerts    print stored alerts
   export    write scores for analysts (csv, parquet)
   purge     delete scores and alerts past the retention window
-  bench     measure throughput and latency on the local services
 
 Settings come from WARDWATCH_* environment variables (see README.md).
 """
@@ -55,7 +54,6 @@ LAZY_COMMANDS: dict[str, str] = {
     "synth": "streams.cli_run:synth_cmd",
     "demo": "streams.cli_run:demo_cmd",
     "train": "streams.cli_run:train_cmd",
-    "bench": "streams.cli_run:bench_cmd",
     "gateway": "streams.cli_edge:gateway_cmd",
     "convert": "streams.cli_edge:convert_cmd",
     "dlq": "streams.cli_edge:dlq_group",

@@ -1,4 +1,4 @@
-"""``wardwatch`` commands that run the pipeline: replay, score, synth, demo, train, bench."""
+"""``wardwatch`` commands that run the pipeline: replay, score, synth, demo, train."""
 
 from __future__ import annotations
 
@@ -140,57 +140,4 @@ def train_cmd(ctx: click.Context) -> None:
     sys.exit(train_main(list(ctx.args)))
 
 
-@click.command(name="bench")
-@click.option("--patients", type=int, default=100, show_default=True, help="Stays replayed.")
-@click.option(
-    "--load",
-    "loads",
-    type=float,
-    multiple=True,
-    default=(500.0, 1000.0, 2000.0),
-    show_default=True,
-    help="Offered load, clinical events/s (FHIR Observations), for a latency measurement; "
-    "repeat for several. The target is p99 event-to-alert <= 200 ms at 2,000.",
-)
-@click.option("--seconds", type=float, default=20.0, show_default=True, help="Per measurement.")
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=Path("BENCHMARKS.md"),
-    show_default=True,
-    help="Markdown report to write.",
-)
-@click.option(
-    "--profile/--no-profile",
-    default=True,
-    show_default=True,
-    help="Sample the worker with py-spy during the throughput burst and add where its "
-    "time goes to the report.",
-)
-@click.option(
-    "--rebuild-patients",
-    type=int,
-    default=10_000,
-    show_default=True,
-    help="Patients in the state-rebuild measurement (0 skips it).",
-)
-def bench_cmd(
-    patients: int,
-    loads: tuple[float, ...],
-    seconds: float,
-    out: Path,
-    profile: bool,
-    rebuild_patients: int,
-) -> None:
-    """Measure the pipeline on the running local services and write BENCHMARKS.md.
-
-    Baseline (consume + parse), the full pipeline per worker, latency at fixed offered
-    loads, Triton batching, the edge's FHIR validation rate and database writes. Needs
-    `make up` (`make bench` does it all).
-    """
-    from .bench import run_bench
-
-    run_bench(settings(), patients=patients, loads=loads, seconds=seconds, out=out, profile=profile)
-
-
-COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd, bench_cmd)
+COMMANDS = (replay_cmd, score_cmd, synth_cmd, demo_cmd, train_cmd)

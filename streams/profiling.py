@@ -1,8 +1,8 @@
 """Sampling profiles of a running worker with py-spy, summarised as "where the time goes".
 
-``make bench`` (``wardwatch bench --profile``) attaches py-spy to the worker process while it
-drains the throughput burst, writes py-spy's raw collapsed stacks next to the run, and
-summarises them two ways:
+``make bench`` (``python -m streams.bench --profile``) attaches py-spy to the worker
+process while it drains the throughput burst, writes py-spy's raw collapsed stacks next to
+the run, and summarises them two ways:
 
 * by *component* (the library or WardWatch package a sample's innermost frame is in:
   FHIR validation, Faust, aiokafka, gRPC/Triton client, JSON, our own packages, ...), which
