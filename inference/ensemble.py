@@ -708,7 +708,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=GBM_FEATURE_SET,
         choices=sorted(GBM_PARAMS_BY_SET),
-        help="the gradient boosting's window features: 1 = version 2's (default), 2 = version 3's",
+        help="the gradient boosting's window features: 1 (default; versions 2 and 3), "
+        "or 2 (adds counts and recency of measurements)",
     )
     r = sub.add_parser(
         "reserialise",
