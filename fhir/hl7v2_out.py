@@ -15,6 +15,11 @@ made, as the outbox keeps it) into an ORU^R01:
   them, each with OBX-14 the observation time and OBX-11 F;
 * ``NTE`` - the alert's reason and "decision support, not a diagnosis".
 
+An alert acknowledged or resolved later (the RiskAssessment updated: the alert extension's
+``status`` and ``statusAt``) goes out as the same ORU^R01 with OBR-25 and every OBX-11 ``C``
+(a correction replacing the final result), one more OBX with the alert state (CWE) and an
+NTE saying when; the receiver files it over the first by OBR-3.
+
 Every value goes through :func:`escape` (the separators ``| ^ ~ \\ &`` as ``\\F\\ \\S\\ \\R\\
 \\E\\ \\T\\``, as ``fhir.hl7v2`` reads them back). :func:`read_ack` and :func:`ack_accepted`
 are the rules the sender applies to the answer.
@@ -118,6 +123,8 @@ def oru_r01(
     pred = resource["prediction"][0]
     parts = _alert_parts(resource)
     severity = parts.get("severity")
+    state = parts.get("status")  # acknowledged / resolved: an update of the alert
+    result = "C" if state else "F"
     qual = next(
         (
             c.get("code")
@@ -145,7 +152,7 @@ def oru_r01(
     pid = f"PID|1||{escape(patient)}^^^{SENDING_APP}^ANON"
     obr = (
         f"OBR|1||{escape(resource['id'])}^{SENDING_APP}|"
-        f"91302008^Sepsis risk assessment^SCT|||{observed}" + "|" * 15 + f"{observed}|||F"
+        f"91302008^Sepsis risk assessment^SCT|||{observed}" + "|" * 15 + f"{observed}|||{result}"
     )
     obx: list[tuple[str, str, str, str]] = []  # (type, code^text^system, value, units)
     if pred.get("probabilityDecimal") is not None:
@@ -175,12 +182,19 @@ def oru_r01(
     q = qsofa if qsofa is not None else parts.get("qsofa")
     if q is not None:
         obx.append(("NM", f"QSOFA^qSOFA score^{LOCAL_CODES}", escape(int(q)), ""))
+    if state:
+        code = escape(state)
+        obx.append(
+            ("CWE", f"ALERTSTATE^Alert state^{LOCAL_CODES}", f"{code}^{code}^{LOCAL_CODES}", "")
+        )
     segs = [msh, pid, obr]
     for i, (vtype, ident, value, units) in enumerate(obx, start=1):
-        segs.append(f"OBX|{i}|{vtype}|{ident}||{value}|{units}|||||F|||{observed}")
+        segs.append(f"OBX|{i}|{vtype}|{ident}||{value}|{units}|||||{result}|||{observed}")
     notes = []
     if parts.get("reason"):
         notes.append(f"{severity or 'alert'}: {parts['reason']}")
+    if state:
+        notes.append(f"Alert {state} at {parts.get('statusAt') or 'an unrecorded time'}.")
     notes.append("Decision support, not a diagnosis.")
     segs += [f"NTE|{i}||{escape(n)}" for i, n in enumerate(notes, start=1)]
     return ("\r".join(segs) + "\r").encode("utf-8")

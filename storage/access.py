@@ -24,6 +24,8 @@ from typing import Any
 from sqlalchemy import Engine, Select, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from inference.scoring.alert_card import workflow_update
+from storage import outbox
 from storage.errors import classified as _classified
 from storage.models import ROLES, Alert, ApiToken, AuditEntry, DeadLetter, Patient, Score
 
@@ -430,7 +432,9 @@ class AlertStateError(ValueError):
 def transition_alert(engine: Engine, alert_id: str, action: str, who: str) -> dict[str, Any]:
     """Acknowledge (``action="acknowledge"``, from open) or resolve (``"resolve"``, from
     open or acknowledged) an alert, recording by whom and when; acknowledging an
-    acknowledged alert again is a no-op that keeps the first acknowledgement.
+    acknowledged alert again is a no-op that keeps the first acknowledgement. A change
+    is queued to every live subscriber in the same transaction, as the alert's
+    RiskAssessment updated (:func:`storage.outbox.enqueue_update`); a no-op is not.
 
     Returns the alert after the change. Raises :class:`AlertNotFound`,
     :class:`AlertStateError` (e.g. acknowledging a resolved alert), ValueError for an
@@ -451,15 +455,20 @@ def transition_alert(engine: Engine, alert_id: str, action: str, who: str) -> di
         raise ValueError(f"unknown alert action {action!r}")
     cols = [Alert.__table__.c[n] for n in ALERT_COLUMNS]
     with _classified(), engine.begin() as conn:
-        res = conn.execute(
+        changed = conn.execute(
             update(Alert)
             .where(Alert.alert_id == alert_id, Alert.status.in_(allowed))
             .values(**values)
-        )
+            .returning(Alert.id, Alert.explanation, Alert.status)
+        ).first()
+        if changed is not None:
+            resource = (changed.explanation or {}).get("risk_assessment") or {}
+            updated = workflow_update(resource, changed.status, now)
+            outbox.enqueue_update(conn, changed.id, changed.status, updated)
         row = conn.execute(select(*cols).where(Alert.alert_id == alert_id)).mappings().first()
     if row is None:
         raise AlertNotFound(f"no alert {alert_id!r}")
-    if res.rowcount == 0 and not (action == "acknowledge" and row["status"] == "acknowledged"):
+    if changed is None and not (action == "acknowledge" and row["status"] == "acknowledged"):
         raise AlertStateError(f"alert {alert_id!r} is {row['status']}: cannot {action} it")
     return dict(row)
 

@@ -300,7 +300,9 @@ class Subscriber(Base):
 
 
 class OutboxEntry(Base):
-    """One alert to deliver to one subscriber, numbered per subscriber (gapless, from 1)."""
+    """One alert event to deliver to one subscriber, numbered per subscriber (gapless,
+    from 1): the alert raised, or later acknowledged or resolved (``resource`` then holds
+    the updated RiskAssessment as sent)."""
 
     __tablename__ = "outbox"
 
@@ -313,8 +315,11 @@ class OutboxEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    kind: Mapped[str] = mapped_column(Text, nullable=False, server_default="raised")
+    resource: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
     __table_args__ = (
+        CheckConstraint("kind IN ('raised', 'acknowledged', 'resolved')", name="kind_valid"),
         UniqueConstraint("subscriber_id", "event_number"),
         Index("ix_outbox_pending", "subscriber_id", "delivered_at", "event_number"),
     )

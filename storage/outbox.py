@@ -3,7 +3,10 @@
 When the writer stores new alerts, :func:`enqueue` runs in the SAME transaction
 (``storage.db.write_alerts(..., then=enqueue)``): one ``outbox`` row per alert and per
 subscriber that is not switched off, numbered per subscriber 1, 2, 3... without gaps
-(the Backport IG's ``eventsSinceSubscriptionStart`` / ``eventNumber``). The numbers are
+(the Backport IG's ``eventsSinceSubscriptionStart`` / ``eventNumber``). An alert
+acknowledged or resolved is queued the same way, in the transition's own transaction
+(:func:`enqueue_update`, from ``storage.access.transition_alert``), with the updated
+RiskAssessment kept on the row as it is sent. The numbers are
 taken under a row lock on the subscriber, so concurrent writers commit them in order and
 a reader never sees a later number before an earlier one. So an alert is never sent that
 was not stored, and never stored without being queued.
@@ -33,6 +36,7 @@ from storage.errors import classified
 from storage.models import PAYLOADS, SUBSCRIBER_KINDS, Alert, OutboxEntry, Subscriber
 
 LIVE = ("requested", "active", "error")  # statuses that still collect events
+UPDATE_KINDS = ("acknowledged", "resolved")  # events of an alert after it was raised
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,14 +64,15 @@ class SubscriberState:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class OutboxEvent:
-    """One numbered event of one subscriber: the alert's RiskAssessment and when it was
-    queued."""
+    """One numbered event of one subscriber: the alert's RiskAssessment (as raised, or
+    updated when ``kind`` is ``acknowledged`` or ``resolved``) and when it was queued."""
 
     event_number: int
     queued_at: datetime
     alert_id: str
     patient: str
     resource: dict[str, Any]
+    kind: str = "raised"
 
     def notification(self) -> NotificationEvent:
         """This event as a Subscription notification carries it. Raises nothing."""
@@ -162,6 +167,22 @@ def enqueue(conn: Connection, alert_rows: list[int]) -> None:
             .order_by(Alert.raised_at, Alert.alert_id)
         )
     ]
+    _number(conn, [{"alert_row": a} for a in alerts])
+
+
+def enqueue_update(conn: Connection, alert_row: int, kind: str, resource: dict[str, Any]) -> None:
+    """Queue the alert with row id ``alert_row``, just acknowledged or resolved on
+    ``conn`` (``kind``), for every live subscriber, with ``resource`` the updated
+    RiskAssessment to send. Runs inside the caller's transaction; raises ValueError for
+    another kind, else what the database raises."""
+    if kind not in UPDATE_KINDS:
+        raise ValueError(f"not an alert update: {kind!r}")
+    _number(conn, [{"alert_row": alert_row, "kind": kind, "resource": resource}])
+
+
+def _number(conn: Connection, events: list[dict[str, Any]]) -> None:
+    """Insert ``events`` (outbox columns but the subscriber and number) for every live
+    subscriber, numbered on from its last number in the order given."""
     # Locked in id order (FOR UPDATE; SQLite locks the whole database anyway), so
     # concurrent writers queue one after the other and cannot deadlock.
     subs = conn.execute(
@@ -174,13 +195,13 @@ def enqueue(conn: Connection, alert_rows: list[int]) -> None:
     rows: list[dict[str, Any]] = []
     for sid, last in subs:
         rows.extend(
-            {"subscriber_id": sid, "event_number": last + i, "alert_row": a, "created_at": now}
-            for i, a in enumerate(alerts, start=1)
+            {"subscriber_id": sid, "event_number": last + i, "created_at": now, **event}
+            for i, event in enumerate(events, start=1)
         )
         conn.execute(
             update(Subscriber)
             .where(Subscriber.id == sid)
-            .values(events_since_start=last + len(alerts))
+            .values(events_since_start=last + len(events))
         )
     if rows:
         conn.execute(insert(OutboxEntry), rows)
@@ -194,6 +215,8 @@ def _events_query(sid: str) -> Any:
             Alert.alert_id,
             Alert.patient,
             Alert.explanation,
+            OutboxEntry.kind,
+            OutboxEntry.resource,
         )
         .join(Alert, Alert.id == OutboxEntry.alert_row)
         .where(OutboxEntry.subscriber_id == sid)
@@ -203,12 +226,14 @@ def _events_query(sid: str) -> Any:
 
 def _event(row: Any) -> OutboxEvent:
     explanation = row.explanation or {}
+    resource = row.resource if row.resource is not None else explanation.get("risk_assessment")
     return OutboxEvent(
         event_number=int(row.event_number),
         queued_at=row.created_at,
         alert_id=row.alert_id,
         patient=row.patient,
-        resource=dict(explanation.get("risk_assessment") or {}),
+        resource=dict(resource or {}),
+        kind=row.kind,
     )
 
 

@@ -10,8 +10,10 @@ tables and sequences is revoked first, then exactly this is granted:
   INSERT on audit_log (no UPDATE, DELETE or TRUNCATE: the trail is append-only, and
   migration 0003's trigger refuses those to everyone but the owner anyway); UPDATE of the
   workflow columns of alerts only (acknowledge, resolve); SELECT, INSERT and UPDATE on
-  subscribers (Subscription create and delete, which switches off); SELECT on outbox
-  (``$events``); SELECT and INSERT on cds_feedback. No CREATE on the schema.
+  subscribers (Subscription create and delete, which switches off, and the event
+  numbers an acknowledged or resolved alert takes); SELECT and INSERT on outbox
+  (``$events``, and those alerts queued); SELECT and INSERT on cds_feedback. No CREATE
+  on the schema.
 * Worker role (the writer, and ``wardwatch deliver``): SELECT and INSERT on scores,
   alerts, dead_letters; SELECT, INSERT and UPDATE on patients (the state upsert) and on
   outbox (queued with each alert, marked delivered); SELECT and UPDATE on subscribers
@@ -94,7 +96,10 @@ def grant(engine: Engine, *, api_role: str | None = None, worker_role: str | Non
             conn.execute(text(f"GRANT UPDATE ({cols}) ON alerts TO {r}"))
             if _exists(conn, "subscribers"):  # migration 0004
                 conn.execute(text(f"GRANT SELECT, INSERT, UPDATE ON subscribers TO {r}"))
-                conn.execute(text(f"GRANT SELECT ON outbox TO {r}"))
+                # an acknowledged or resolved alert is queued in its own transaction
+                conn.execute(text(f"GRANT SELECT, INSERT ON outbox TO {r}"))
+                seq = _serial(conn, "outbox")
+                conn.execute(text(f"GRANT USAGE ON SEQUENCE {seq} TO {r}"))
             if _exists(conn, "cds_feedback"):  # migration 0005
                 conn.execute(text(f"GRANT SELECT, INSERT ON cds_feedback TO {r}"))
                 seq = _serial(conn, "cds_feedback")

@@ -6,6 +6,7 @@ The policy that decides when an alert is raised is the scoring core's
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from datetime import datetime
 from typing import Any
@@ -267,6 +268,34 @@ def risk_assessment(
     if not resource["basis"]:
         del resource["basis"]
     return resource
+
+
+WORKFLOW_KINDS = ("acknowledged", "resolved")
+
+
+def workflow_update(resource: dict[str, Any], kind: str, at: datetime) -> dict[str, Any]:
+    """The alert's RiskAssessment after a clinician ``kind`` (acknowledged or resolved)
+    it at ``at``: the same id, status ``amended``, the alert extension's ``status`` and
+    ``statusAt`` parts, and a note saying so. Who did it stays in the database, not in
+    what subscribers are sent. ``resource`` is not changed. Raises ValueError for another
+    kind or a naive ``at``."""
+    if kind not in WORKFLOW_KINDS:
+        raise ValueError(f"not an alert workflow step: {kind!r}")
+    when = fhir_instant(at)
+    out = copy.deepcopy(resource)
+    out["status"] = "amended"
+    extensions = out.setdefault("extension", [])
+    ext = next((e for e in extensions if e.get("url") == ALERT_EXTENSION), None)
+    if ext is None:
+        ext = {"url": ALERT_EXTENSION, "extension": []}
+        extensions.append(ext)
+    ext["extension"] = [
+        *(x for x in ext.get("extension", []) if x.get("url") not in ("status", "statusAt")),
+        {"url": "status", "valueCode": kind},
+        {"url": "statusAt", "valueDateTime": when},
+    ]
+    out["note"] = [*out.get("note", []), {"time": when, "text": f"Alert {kind} at {when}."}]
+    return out
 
 
 def alert_fields(resource: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import URL, make_url
 
 import streams.cli_context as cli_context
-from storage import access
+from storage import access, outbox
 from storage.db import (
     AlertRow,
     ScoreRow,
@@ -331,3 +331,21 @@ def test_the_alert_stream_ends_when_its_token_is_revoked(migrated: Db, server: s
     assert [(e["action"], e["patients"]) for e in log] == [("stream", []), ("stream", ["p0", "p1"])]
     with httpx.Client(base_url=server, headers=h, timeout=10) as c:
         assert c.get("/alerts/stream").status_code == 401
+
+
+def test_an_alert_resolved_through_the_api_role_is_queued_to_subscribers(
+    migrated: Db, server: str
+) -> None:
+    owner = make_engine(migrated.owner)
+    try:
+        sid = outbox.create_subscriber(owner, kind="rest-hook", topic="t", endpoint="http://r",
+                                       payload="full-resource", who="test").id  # fmt: skip
+        h = _token(migrated, "alerting", "ward-system")
+        with httpx.Client(base_url=server, headers=h, timeout=10) as c:
+            r = c.post("/alerts/a2/resolve")
+            assert r.status_code == 200, r.text
+        events = outbox.events(owner, sid, 1)
+        assert [(e.event_number, e.alert_id, e.kind) for e in events] == [(1, "a2", "resolved")]
+        assert events[0].resource["status"] == "amended"
+    finally:
+        owner.dispose()

@@ -18,7 +18,7 @@ from fhir.hl7v2_out import (
     read_ack,
 )
 from inference.alert_policy import AlertDecision
-from inference.scoring.alert_card import risk_assessment
+from inference.scoring.alert_card import risk_assessment, workflow_update
 
 AT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
 QUEUED = datetime(2026, 3, 4, 5, 6, 9, tzinfo=UTC)
@@ -120,3 +120,27 @@ def test_mismatched_or_broken_acks_are_errors() -> None:
                 b"MSH|^~\\&|R|||||ACK|1|P|2.5\rMSA|OK|c-1\r"):  # fmt: skip
         with pytest.raises(AckError):
             read_ack(bad)
+
+
+def test_an_acknowledged_alert_goes_out_as_a_correction_with_its_state() -> None:
+    first = alert()
+    updated = workflow_update(first, "acknowledged", QUEUED)
+    assert first["status"] == "final" and "statusAt" not in str(first)  # not changed
+    m = parsed(oru_r01(updated, control="c-2", queued_at=QUEUED, patient="pt-abc"))
+    assert str(m.segment("OBR")(25)) == "C"
+    assert m.unescape(str(m.segment("OBR")(3)[0][0])) == "al-1|x"  # files over the first
+    obx = [s for s in m if str(s[0]) == "OBX"]
+    assert [str(o(3)).split("^")[0] for o in obx] == ["RISK", "BAND", "NEWS2", "ALERTSTATE"]
+    assert str(obx[-1](5)).split("^")[0] == "acknowledged"
+    assert all(str(o(11)) == "C" for o in obx)
+    notes = [m.unescape(str(s(3))) for s in m if str(s[0]) == "NTE"]
+    assert "Alert acknowledged at 2026-03-04T05:06:09Z." in notes
+    # resolved after acknowledged: one state, the latest
+    resolved = workflow_update(updated, "resolved", QUEUED)
+    m = parsed(oru_r01(resolved, control="c-3", queued_at=QUEUED, patient="pt-abc"))
+    states = [
+        str(s(5)).split("^")[0] for s in m if str(s[0]) == "OBX" and "ALERTSTATE" in str(s(3))
+    ]
+    assert states == ["resolved"]
+    with pytest.raises(ValueError, match="workflow"):
+        workflow_update(first, "deleted", QUEUED)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Connection, Engine, func, select
 
-from storage import outbox
+from storage import access, outbox
 from storage.db import AlertRow, count_alerts, make_engine, migrate, write_alerts
-from storage.models import OutboxEntry
+from storage.errors import StoragePermanentError
+from storage.models import Alert, OutboxEntry
 
 T0 = datetime(2026, 1, 1, 8, 0, tzinfo=UTC)
 
@@ -101,3 +102,46 @@ def test_bad_kind_or_payload_is_refused(engine: Engine) -> None:
     with pytest.raises(ValueError, match="payload"):
         outbox.create_subscriber(engine, kind="rest-hook", topic="t", endpoint="e", payload="all",
                                  who="w")  # fmt: skip
+
+
+def test_acknowledged_and_resolved_alerts_are_queued_as_updates(engine: Engine) -> None:
+    sid = sub(engine)
+    write_alerts(engine, [alert(1), alert(2)], outbox.enqueue)
+    access.transition_alert(engine, "a1", "acknowledge", "nurse")
+    access.transition_alert(engine, "a1", "acknowledge", "nurse")  # a no-op: not queued
+    access.transition_alert(engine, "a2", "resolve", "nurse")
+    access.transition_alert(engine, "a1", "resolve", "doctor")
+    later = sub(engine, "later")  # from its creation on
+    with pytest.raises(access.AlertStateError):
+        access.transition_alert(engine, "a2", "resolve", "nurse")  # refused: not queued
+    events = outbox.events(engine, sid, 1)
+    assert [(e.event_number, e.alert_id, e.kind) for e in events] == [
+        (1, "a1", "raised"), (2, "a2", "raised"), (3, "a1", "acknowledged"),
+        (4, "a2", "resolved"), (5, "a1", "resolved"),
+    ]  # fmt: skip
+    assert events[0].resource == {"resourceType": "RiskAssessment", "id": "a1"}
+    ack, resolved = events[2].resource, events[4].resource
+    assert (ack["id"], ack["status"], resolved["status"]) == ("a1", "amended", "amended")
+    assert ack["note"][-1]["text"].startswith("Alert acknowledged at ")
+    # each update keeps the body it was queued with: a resend says the same
+    ack_state = [x for x in ack["extension"][0]["extension"] if x["url"] == "status"]
+    assert ack_state == [{"url": "status", "valueCode": "acknowledged"}]
+    assert "nurse" not in str(events) and "doctor" not in str(events)  # who stays in the db
+    assert outbox.events(engine, later, 1) == []
+    state = outbox.get_subscriber(engine, sid)
+    assert state is not None and state.events_since_start == 5
+
+
+def test_an_update_is_in_the_transitions_transaction(engine: Engine) -> None:
+    sid = sub(engine)
+    write_alerts(engine, [alert(1)], outbox.enqueue)
+    with engine.begin() as conn:  # a subscriber table that refuses the new number
+        conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF events_since_start ON subscribers "
+            "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+        )
+    with pytest.raises(StoragePermanentError):
+        access.transition_alert(engine, "a1", "acknowledge", "nurse")
+    with engine.connect() as conn:
+        assert conn.execute(select(Alert.status)).scalars().all() == ["open"]
+    assert [e.kind for e in outbox.events(engine, sid, 1)] == ["raised"]
