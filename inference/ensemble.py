@@ -1,11 +1,11 @@
 """Build the ensemble risk model: the transformer stacked with gradient boosting.
 
     python -m inference.ensemble build --base-dir <transformer folder> \\
-        --out var/model-build/v3 --version 3 --feature-set 2
-    wardwatch evaluate --model-dir var/model-build/v3/sepsis_transformer \\
-        --out var/model-build/v3/reports/3
-    python -m inference.ensemble card --model-dir var/model-build/v3/sepsis_transformer \\
-        --report var/model-build/v3/reports/3/metrics.json
+        --out var/model-build --version 4 --seed 0 --feature-set 2
+    wardwatch evaluate --model-dir var/model-build/sepsis_transformer \\
+        --out var/model-build/reports/4
+    python -m inference.ensemble card --model-dir var/model-build/sepsis_transformer \\
+        --report var/model-build/reports/4/metrics.json
     python -m inference.ensemble reserialise \\
         inference/model_repository/sepsis_transformer/2/model.pt
 
@@ -16,8 +16,8 @@ of the two (:func:`inference.evaluate.fit_stacking`) and its alert threshold on 
 split, and writes a Triton model folder ``<out>/sepsis_transformer`` whose new version is
 ONE TorchScript file holding all of it (:class:`EnsembleRiskModel`: the window's
 gradient-boosting features, the trees, the transformer and the stacking). The features are
-computed inside that file from the served window (feature set 1, version 2's:
-:class:`WindowSummariesV1`; feature set 2, version 3's:
+computed inside that file from the served window (feature set 1, versions 2 and 3:
+:class:`WindowSummariesV1`; feature set 2, version 4:
 :class:`inference.window_features.WindowFeatures`), and the build checks them against
 their numpy twins on real test-split windows (:func:`check_export`). The served
 backend (``inference/triton_python_model.py``), the Triton config and

@@ -170,7 +170,7 @@ GBM_PARAMS_BY_SET: dict[int, dict[str, Any]] = {1: GBM_PARAMS, 2: GBM_PARAMS_V3}
 GBM_EARLY_LABEL_HOURS: dict[int, int] = {1: 0, 2: 6}
 # The default feature set of new fits (the evaluation's baseline, `inference.ensemble
 # build`): version 2's, so the existing commands (make model) still reproduce their models;
-# version 3 is built with --feature-set 2.
+# version 4 is built with --feature-set 2 (make model).
 GBM_FEATURE_SET = 1
 
 
