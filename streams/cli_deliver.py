@@ -92,15 +92,29 @@ def _database() -> Iterator[Engine]:
 @click.option("--name", required=True, help="What to call it (logs and `list`).")
 @click.option("--receiving-application", default="", help="MSH-5 of the messages sent.")
 @click.option("--receiving-facility", default="", help="MSH-6 of the messages sent.")
+@click.option(
+    "--tls/--no-tls",
+    default=False,
+    show_default=True,
+    help="MLLP over TLS (mllps://): the destination's certificate is checked against "
+    "WARDWATCH_DELIVERY_HL7_TLS_CA and its host name; WARDWATCH_DELIVERY_HL7_TLS_CERT/KEY "
+    "are presented where it asks for a client certificate.",
+)
 def add_hl7_cmd(
-    host: str, port: int, name: str, receiving_application: str, receiving_facility: str
+    host: str,
+    port: int,
+    name: str,
+    receiving_application: str,
+    receiving_facility: str,
+    tls: bool,
 ) -> None:
-    """Add an HL7 v2 MLLP destination: every alert stored from now on is sent to it as
-    an ORU^R01 by `wardwatch deliver`. Prints its subscriber id."""
+    """Add an HL7 v2 MLLP destination: every alert stored from now on (and each later
+    acknowledge or resolve) is sent to it as an ORU^R01 by `wardwatch deliver`. Prints
+    its subscriber id."""
     from .deliver_hl7 import KIND, endpoint
 
     try:
-        url = endpoint(host, port)
+        url = endpoint(host, port, tls=tls)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     with _database() as engine:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -45,21 +46,43 @@ class SendFailedError(Exception):
     by ``delivery_hl7_max_attempts`` before the subscriber is marked error)."""
 
 
-def endpoint(host: str, port: int) -> str:
-    """The stored endpoint of an MLLP destination. Raises ValueError for a port outside
-    1-65535 or an empty host."""
+def endpoint(host: str, port: int, *, tls: bool = False) -> str:
+    """The stored endpoint of an MLLP destination: ``mllp://host:port``, or
+    ``mllps://host:port`` for MLLP over TLS. Raises ValueError for a port outside 1-65535
+    or an empty host."""
     if not host or not 0 < port < 65536:
         raise ValueError("an MLLP destination needs a host and a port 1-65535")
-    return f"mllp://{host}:{port}"
+    return f"{'mllps' if tls else 'mllp'}://{host}:{port}"
 
 
-def host_port(stored: str) -> tuple[str, int]:
-    """(host, port) of an endpoint made by :func:`endpoint`. Raises ValueError for any
-    other (a subscriber stored by hand: the delivery stops loudly)."""
+def host_port(stored: str) -> tuple[str, int, bool]:
+    """(host, port, TLS) of an endpoint made by :func:`endpoint`. Raises ValueError for
+    any other (a subscriber stored by hand: the delivery stops loudly)."""
     u = urlsplit(stored)
-    if u.scheme != "mllp" or not u.hostname or u.port is None:
-        raise ValueError(f"not an mllp://host:port endpoint: {stored[:100]!r}")
-    return u.hostname, u.port
+    if u.scheme not in ("mllp", "mllps") or not u.hostname or u.port is None:
+        raise ValueError(f"not an mllp:// or mllps://host:port endpoint: {stored[:100]!r}")
+    return u.hostname, u.port, u.scheme == "mllps"
+
+
+def client_tls(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of mllps:// destinations: their certificate checked against
+    ``delivery_hl7_tls_ca`` (else the system's CAs) and their host name, TLS 1.2 or the
+    settings' minimum, and the client certificate when one is set. Raises ValueError for
+    a certificate without its key; OSError / ssl.SSLError for unreadable files (at
+    start-up, not retried)."""
+    s = settings
+    if (s.delivery_hl7_tls_cert is None) != (s.delivery_hl7_tls_key is None):
+        raise ValueError(
+            "WARDWATCH_DELIVERY_HL7_TLS_CERT and WARDWATCH_DELIVERY_HL7_TLS_KEY go together"
+        )
+    ca = s.delivery_hl7_tls_ca
+    ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if s.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    if s.delivery_hl7_tls_cert is not None and s.delivery_hl7_tls_key is not None:
+        ctx.load_cert_chain(str(s.delivery_hl7_tls_cert), str(s.delivery_hl7_tls_key))
+    return ctx
 
 
 def after_failure(attempts: int, settings: Settings) -> tuple[float, bool]:
@@ -94,8 +117,11 @@ class MllpLink:
     """One MLLP connection to one destination, opened when needed, one exchange at a
     time."""
 
-    def __init__(self, host: str, port: int, timeout_s: float) -> None:
-        self._host, self._port, self._timeout = host, port, timeout_s
+    def __init__(
+        self, host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None = None
+    ) -> None:
+        """``tls``: MLLP over TLS with that context (the host name is checked)."""
+        self._host, self._port, self._timeout, self._tls = host, port, timeout_s, tls
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -112,7 +138,9 @@ class MllpLink:
 
     async def _exchange(self, message: bytes) -> bytes:
         if self._writer is None or self._writer.is_closing():
-            self._reader, self._writer = await asyncio.open_connection(self._host, self._port)
+            self._reader, self._writer = await asyncio.open_connection(
+                self._host, self._port, ssl=self._tls
+            )
         assert self._reader is not None
         self._writer.write(frame(message))
         await self._writer.drain()
@@ -159,6 +187,7 @@ class Hl7Delivery:
     def __init__(self, engine: Engine, settings: Settings) -> None:
         self._engine = engine
         self._s = settings
+        self._tls = client_tls(settings)  # loaded at start: bad files stop it at once
         self.sent = 0  # messages accepted by destinations (for the log and tests)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -174,7 +203,8 @@ class Hl7Delivery:
         sub = await db(lambda: outbox.get_subscriber(self._engine, sid), budget)
         if sub is None or sub.status == "off":
             return
-        link = MllpLink(*host_port(sub.endpoint), self._s.delivery_timeout_s)
+        host, port, tls = host_port(sub.endpoint)
+        link = MllpLink(host, port, self._s.delivery_timeout_s, self._tls if tls else None)
         failures = 0  # failed sends of the message at the head of the queue
         try:
             while not stop.is_set():

@@ -233,6 +233,19 @@ class Settings(BaseSettings):
         "its HL7 v2 destination is marked error; it is still retried at the longest "
         "backoff, events kept.",
     )
+    delivery_hl7_tls_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle that signs the certificates of mllps:// HL7 v2 "
+        "destinations (MLLP over TLS); unset: the system's CAs. The host name is checked.",
+    )
+    delivery_hl7_tls_cert: Path | None = Field(
+        None,
+        description="PEM client certificate presented to mllps:// destinations that "
+        "require mutual TLS (with delivery_hl7_tls_key).",
+    )
+    delivery_hl7_tls_key: Path | None = Field(
+        None, description="PEM private key of delivery_hl7_tls_cert."
+    )
     gateway_fetch_base_url: str | None = Field(
         None,
         description="FHIR base URL the gateway fetches id-only/empty notification focus "

@@ -32,7 +32,9 @@ def test_resends_are_bounded_then_error_at_the_longest_backoff() -> None:
 
 
 def test_endpoints() -> None:
-    assert host_port(endpoint("10.0.0.5", 2575)) == ("10.0.0.5", 2575)
+    assert host_port(endpoint("10.0.0.5", 2575)) == ("10.0.0.5", 2575, False)
+    assert endpoint("lab.example", 2576, tls=True) == "mllps://lab.example:2576"
+    assert host_port("mllps://lab.example:2576") == ("lab.example", 2576, True)
     for bad in (("", 1), ("h", 0), ("h", 65536)):
         with pytest.raises(ValueError, match="host and a port"):
             endpoint(*bad)
