@@ -17,6 +17,7 @@ from fhir.subscriptions import SEPSIS_TOPIC
 from storage import outbox
 from storage.db import make_engine, migrate
 from storage.errors import StorageError
+from storage.process_lock import ProcessLock
 
 
 @click.group(name="deliver", invoke_without_command=True)
@@ -31,13 +32,16 @@ def deliver_cmd(ctx: click.Context) -> None:
     and retries a receiver that is away with exponential backoff for
     WARDWATCH_DELIVERY_RETRY_HOURS before marking it error (events kept). Stops cleanly
     on SIGINT/SIGTERM; a restart resumes where the receivers' acknowledgements stopped.
-    HL7 v2 destinations are added with `wardwatch deliver add-hl7`.
+    One process per database delivers; another started beside it waits as a standby and
+    takes over when the first stops. HL7 v2 destinations are added with `wardwatch
+    deliver add-hl7`.
     """
     if ctx.invoked_subcommand is not None:
         return
     from .cli_context import require_safe, settings
     from .deliver_hl7 import Hl7Delivery
     from .deliver_rest_hook import RestHookDelivery
+    from .delivery import hold_lock, watch_lock
 
     s = settings()
     require_safe(s, "deliver")
@@ -50,9 +54,13 @@ def deliver_cmd(ctx: click.Context) -> None:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            lock = ProcessLock(engine, "wardwatch-deliver")
+            if not await hold_lock(lock, s, stop):
+                return  # stopped while a standby
             loops = [
                 asyncio.create_task(RestHookDelivery(engine, s).run(stop)),
                 asyncio.create_task(Hl7Delivery(engine, s).run(stop)),
+                asyncio.create_task(watch_lock(lock, s, stop)),
             ]
             try:
                 await asyncio.gather(*loops)
@@ -61,6 +69,7 @@ def deliver_cmd(ctx: click.Context) -> None:
                 # the process, with the first error.
                 stop.set()
                 await asyncio.gather(*loops, return_exceptions=True)
+                lock.release()
 
         asyncio.run(main())
     except StorageError as exc:

@@ -1,6 +1,7 @@
 """What every alert delivery loop shares: one task per live subscriber, the retry
 schedule and the database calls made off the event loop, with storage outages retried
-for the retry budget (then they stop the process loudly)."""
+for the retry budget (then they stop the process loudly), and the lock that makes one
+process per database the one delivering (:func:`hold_lock`, :func:`watch_lock`)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from sqlalchemy import Engine
 
 from storage import outbox
 from storage.errors import StorageUnavailable
+from storage.process_lock import ProcessLock
 
 from .settings import Settings
 
 log = logging.getLogger("wardwatch.deliver")
 T = TypeVar("T")
+LOCK_POLL_S = 5.0  # how often a standby tries the lock, and the holder checks it
 
 
 def backoff_s(failures: int, initial_s: float, max_s: float) -> float:
@@ -86,3 +89,33 @@ async def serve_each_subscriber(
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def hold_lock(lock: ProcessLock, settings: Settings, stop: asyncio.Event) -> bool:
+    """Wait until ``lock`` is ours (another delivering process stopped) or ``stop``;
+    True once held. Logs once that this process is a standby. Raises StorageUnavailable
+    when the database stays away past the retry budget."""
+    waiting = False
+    while not stop.is_set():
+        if await db(lock.try_acquire, settings.retry_budget_s):
+            if waiting:
+                log.warning("deliver: the lock is ours now; taking over delivery")
+            return True
+        if not waiting:
+            log.warning(
+                "deliver: another process is delivering from this database; standing by "
+                "until it stops"
+            )
+            waiting = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LOCK_POLL_S)
+    return False
+
+
+async def watch_lock(lock: ProcessLock, settings: Settings, stop: asyncio.Event) -> None:
+    """Check ``lock`` every few seconds until ``stop``. Raises LockLostError (the process
+    stops loudly, before a standby that took over could send alongside it)."""
+    while not stop.is_set():
+        await asyncio.to_thread(lock.check)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LOCK_POLL_S)
