@@ -382,6 +382,8 @@ def crossvalidate(
     command = f"python -m inference.crossval --folds {folds} --seed {seed}"
     command += f" --feature-sets {' '.join(map(str, feature_sets))}"
     command += f" --epochs {recipe['epochs']} --patience {recipe['patience']}"
+    if recipe["neg_ratio"] != TRANSFORMER_RECIPE["neg_ratio"]:
+        command += f" --neg-ratio {recipe['neg_ratio']}"
     if "max_iter" in overrides:
         command += f" --gbm-max-iter {overrides['max_iter']}"
     command += " --context" if recipe.get("context") else ""
@@ -427,6 +429,8 @@ def _recipe_text(recipe: dict[str, Any]) -> str:
     text = f"up to {recipe['epochs']} epochs, patience {recipe['patience']}"
     if recipe.get("pretrain_epochs"):
         text += f", after {recipe['pretrain_epochs']} pre-training epoch(s)"
+    if recipe.get("neg_ratio", TRANSFORMER_RECIPE["neg_ratio"]) != TRANSFORMER_RECIPE["neg_ratio"]:
+        text += f", {recipe['neg_ratio']} negatives per positive"
     return text + (", with patient context" if recipe.get("context") else "")
 
 
@@ -578,6 +582,13 @@ def main(argv: list[str] | None = None) -> int:
         help="epochs without a better test AUROC before stopping (%(default)s)",
     )
     p.add_argument(
+        "--neg-ratio",
+        type=int,
+        default=int(TRANSFORMER_RECIPE["neg_ratio"]),
+        help="negative windows drawn per positive one in each transformer epoch "
+        "(%(default)s, version 1's recipe)",
+    )
+    p.add_argument(
         "--baseline",
         type=Path,
         default=None,
@@ -611,6 +622,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe: dict[str, int | float] = TRANSFORMER_RECIPE | {
         "epochs": a.epochs,
         "patience": a.patience,
+        "neg_ratio": a.neg_ratio,
     }
     if a.context:  # absent otherwise, so earlier runs' fold files stay valid
         recipe["context"] = 1
