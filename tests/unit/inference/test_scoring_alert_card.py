@@ -16,6 +16,7 @@ from inference.scoring.alert_card import (
     card_of,
     card_summary,
     risk_assessment,
+    workflow_update,
 )
 from streams.persist import alert_row
 
@@ -133,3 +134,26 @@ def test_alert_without_card_or_basis_still_validates() -> None:
     res = risk_assessment(_decision(), model="m", model_version="1", basis=[])
     RiskAssessment.model_validate(res)
     assert card_of(res) is None and alert_fields(res)["card"] is None
+
+
+def test_an_acknowledged_then_resolved_alert_is_the_same_assessment_amended() -> None:
+    _, decision = step(AlertState(), patient="pt-abc", as_of=T0, risk=0.8, news2=9, policy=POLICY)
+    assert decision is not None
+    raised = risk_assessment(decision, model="sepsis_transformer", model_version="4", basis=[])
+    ack = workflow_update(raised, "acknowledged", T0.replace(hour=1))
+    done = workflow_update(ack, "resolved", T0.replace(hour=2))
+    for res in (ack, done):
+        RiskAssessment.model_validate(res)  # raises if not valid FHIR
+        assert res["id"] == raised["id"] and res["status"] == "amended"
+        assert alert_fields(res)["severity"] == decision.severity  # still reads back
+    assert raised["status"] == "final" and len(raised["note"]) < len(done["note"])
+    parts = {x["url"]: x for x in done["extension"][0]["extension"]}
+    assert parts["status"]["valueCode"] == "resolved"
+    assert parts["statusAt"]["valueDateTime"] == "2026-01-01T02:00:00Z"
+    assert [x["url"] for x in done["extension"][0]["extension"]].count("status") == 1
+    assert done["note"][-2:] == [
+        {"time": "2026-01-01T01:00:00Z", "text": "Alert acknowledged at 2026-01-01T01:00:00Z."},
+        {"time": "2026-01-01T02:00:00Z", "text": "Alert resolved at 2026-01-01T02:00:00Z."},
+    ]
+    with pytest.raises(ValueError, match="time zone"):
+        workflow_update(raised, "resolved", datetime(2026, 1, 1))
