@@ -16,8 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-import faust
 from faust.types import TP
+from faust_contract_base import contract_app
 
 from streams import faust_fixes
 
@@ -25,21 +25,7 @@ TOPIC = os.environ["CONTRACT_TOPIC"]
 N = 20
 FETCH_MIN_BYTES, FETCH_MAX_WAIT_MS = 4096, 37
 
-app = faust.App(
-    os.environ["CONTRACT_APP_ID"],
-    broker="kafka://127.0.0.1:9092",
-    store="memory://",
-    processing_guarantee="at_least_once",
-    topic_partitions=1,
-    topic_replication_factor=1,
-    consumer_auto_offset_reset="earliest",
-    web_port=int(os.environ["CONTRACT_WEB_PORT"]),
-    web_bind="127.0.0.1",
-    autodiscover=False,
-    datadir=os.environ["CONTRACT_DATA_DIR"],
-    broker_commit_every=1000,  # commits only when the task asks: deterministic
-    broker_commit_interval=3600.0,
-)
+app = contract_app(1)
 faust_fixes.install(app, fetch_min_bytes=FETCH_MIN_BYTES, fetch_max_wait_ms=FETCH_MAX_WAIT_MS)
 topic = app.topic(TOPIC, value_serializer="raw", partitions=1)
 tp = TP(TOPIC, 0)

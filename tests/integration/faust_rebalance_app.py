@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import faust
 from faust.types import TP
+from faust_contract_base import contract_app
 
 from streams import faust_fixes
 
@@ -37,22 +37,8 @@ OUT = Path(os.environ["CONTRACT_OUT"])
 N = 10  # records per partition in the first run
 HOLD_S = 2.0  # how long the second batch stays in flight once the rebalance began
 
-app = faust.App(
-    os.environ["CONTRACT_APP_ID"],
-    broker="kafka://127.0.0.1:9092",
-    store="memory://",
-    processing_guarantee="at_least_once",
-    topic_partitions=2,
-    topic_replication_factor=1,
-    consumer_auto_offset_reset="earliest",
-    web_port=int(os.environ["CONTRACT_WEB_PORT"]),
-    web_bind="127.0.0.1",
-    autodiscover=False,
-    datadir=os.environ["CONTRACT_DATA_DIR"],
-    broker_commit_every=1000,  # commits when the task or the rebalance asks
-    broker_commit_interval=3600.0,
-    broker_heartbeat_interval=0.5,  # rejoin quickly when the joiner arrives
-)
+# rejoin quickly when the joiner arrives
+app = contract_app(2, broker_heartbeat_interval=0.5)
 faust_fixes.install(app)
 topic = app.topic(TOPIC, value_serializer="raw", partitions=2)
 TPS = {TP(TOPIC, 0), TP(TOPIC, 1)}

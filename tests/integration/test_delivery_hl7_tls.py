@@ -14,7 +14,6 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,15 +21,13 @@ import pytest
 from sqlalchemy import Engine
 
 from fhir.hl7v2 import MllpDecoder, build_ack, frame, read_header
-from inference.alert_policy import AlertDecision
-from inference.scoring.alert_card import risk_assessment
 from storage import outbox
-from storage.db import AlertRow, make_engine, migrate, write_alerts
+from storage.db import make_engine, migrate, write_alerts
 from streams.deliver_hl7 import KIND, Hl7Delivery, endpoint
 from streams.settings import Settings
 from tests.tls_certs import Pki, make_pki
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
+from .test_delivery_hl7_postgres import alert
 
 
 class TlsReceiver:
@@ -73,16 +70,6 @@ class TlsReceiver:
         await self._server.wait_closed()
 
 
-def _alert(i: int) -> AlertRow:
-    at = T0 + timedelta(minutes=i)
-    d = AlertDecision(alert_id=f"a{i}", patient="pt-1", severity="warning", raised_at=at,
-                      risk=0.7, news2=5, reason="risk")  # fmt: skip
-    ra = risk_assessment(d, model="m", model_version="1", basis=[])
-    return AlertRow(alert_id=d.alert_id, patient=d.patient, raised_at=d.raised_at,
-                    severity="warning", reason="risk", risk=0.7, news2=5,
-                    explanation={"risk_assessment": ra})  # fmt: skip
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path)
@@ -110,7 +97,7 @@ async def _run(
                                    endpoint=endpoint("127.0.0.1", receiver.port, tls=tls),
                                    who="test")  # fmt: skip
     outbox.mark_handshake(engine, sub.id)
-    write_alerts(engine, [_alert(i) for i in range(1, 6)], outbox.enqueue)
+    write_alerts(engine, [alert(i) for i in range(1, 6)], outbox.enqueue)
     stop = asyncio.Event()
     task = asyncio.create_task(Hl7Delivery(engine, s).run(stop))
     deadline = time.monotonic() + 30
