@@ -234,16 +234,19 @@ def test_the_recalibration_adopted_as_a_new_version(
     assert CliRunner().invoke(validate_site_cmd, args).exit_code == 0
     recal = json.loads((report / "recalibration.json").read_text())
     s = Settings()
+    served = int(json.loads((s.model_dir / "model_card.json").read_text())["version"])
+    version = str(served + 1)
     out = tmp_path / "build"
     r = CliRunner().invoke(
         recalibrate_cmd,
-        ["--from", str(report / "recalibration.json"), "--version", "4", "--out", str(out)],
+        ["--from", str(report / "recalibration.json"), "--version", version, "--out", str(out)],
     )
     assert r.exit_code == 0, r.output
     new_dir = out / s.model_dir.name
     card = json.loads((new_dir / "model_card.json").read_text())
-    assert card["version"] == 4 and (new_dir / "4" / "model.pt").exists()
-    assert card["recalibration"]["a"] == recal["a"] and card["recalibration"]["of_version"] == 3
+    assert card["version"] == served + 1 and (new_dir / version / "model.pt").exists()
+    assert card["recalibration"]["a"] == recal["a"]
+    assert card["recalibration"]["of_version"] == served
     threshold = recal["threshold"]["proposed_recalibrated_space"]
     assert card["alert_threshold"] == card["alert_policy"]["threshold"] == threshold
 
@@ -280,14 +283,15 @@ def test_the_recalibration_adopted_as_a_new_version(
 
     again = CliRunner().invoke(
         recalibrate_cmd,
-        ["--from", str(report / "recalibration.json"), "--version", "4", "--out", str(out)],
+        ["--from", str(report / "recalibration.json"), "--version", version, "--out", str(out)],
     )
     assert again.exit_code == 1 and "exists" in again.output
     low = CliRunner().invoke(
         recalibrate_cmd,
-        ["--from", str(report / "recalibration.json"), "--version", "3", "--out", str(tmp_path)],
-    )
-    assert low.exit_code == 1 and "must be above 3" in low.output
+        ["--from", str(report / "recalibration.json"), "--version", str(served),
+         "--out", str(tmp_path)],
+    )  # fmt: skip
+    assert low.exit_code == 1 and f"must be above {served}" in low.output
 
 
 def test_labels_by_the_sites_own_identifiers(
