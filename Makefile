@@ -103,7 +103,7 @@ model: venv ## Retrain and export the served risk model, v4 (about 10 min on 2 c
 # Cross-validation on the train split (validation not read): the runs behind
 # inference/reports/crossval/, each reusing its fold files when run again.
 CROSSVAL_REPORTS := inference/reports/crossval
-crossval: venv ## Cross-validate the ensemble configurations on the train split (about 80 min on 2 cores)
+crossval: venv ## Cross-validate the ensemble configurations on the train split (about 2 h on 2 cores)
 	$(PY) -m inference.crossval --out var/crossval
 	$(PY) -m inference.crossval --feature-sets 1 --epochs 12 --baseline var/crossval --out var/crossval-epochs
 	$(PY) -m inference.crossval --feature-sets 1 --gbm-max-iter 1000 --baseline var/crossval --out var/crossval-gbm
@@ -111,13 +111,15 @@ crossval: venv ## Cross-validate the ensemble configurations on the train split 
 	$(PY) -m inference.crossval --feature-sets 1 --context --baseline var/crossval-v2 --out var/crossval-context
 	$(PY) -m inference.crossval --feature-sets 1 --context --pretrain-epochs 1 --baseline var/crossval-context --out var/crossval-pretrain
 	$(PY) -m inference.crossval $(POLICY_CV_ARGS) --out $(POLICY_CV)
-	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs $(CROSSVAL_REPORTS)/gbm-iterations $(CROSSVAL_REPORTS)/context $(CROSSVAL_REPORTS)/pretraining $(CROSSVAL_REPORTS)/counts
+	$(PY) -m inference.crossval --feature-sets 2 --context --neg-ratio 12 --baseline $(POLICY_CV) --out var/crossval-negatives
+	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs $(CROSSVAL_REPORTS)/gbm-iterations $(CROSSVAL_REPORTS)/context $(CROSSVAL_REPORTS)/pretraining $(CROSSVAL_REPORTS)/counts $(CROSSVAL_REPORTS)/negatives
 	cp var/crossval/report.md var/crossval/metrics.json var/crossval/crossval.png $(CROSSVAL_REPORTS)/feature-sets/
 	cp var/crossval-epochs/report.md var/crossval-epochs/metrics.json var/crossval-epochs/crossval.png $(CROSSVAL_REPORTS)/epochs/
 	cp var/crossval-gbm/report.md var/crossval-gbm/metrics.json var/crossval-gbm/crossval.png $(CROSSVAL_REPORTS)/gbm-iterations/
 	cp var/crossval-context/report.md var/crossval-context/metrics.json var/crossval-context/crossval.png $(CROSSVAL_REPORTS)/context/
 	cp var/crossval-pretrain/report.md var/crossval-pretrain/metrics.json var/crossval-pretrain/crossval.png $(CROSSVAL_REPORTS)/pretraining/
 	cp $(POLICY_CV)/report.md $(POLICY_CV)/metrics.json $(POLICY_CV)/crossval.png $(CROSSVAL_REPORTS)/counts/
+	cp var/crossval-negatives/report.md var/crossval-negatives/metrics.json var/crossval-negatives/crossval.png $(CROSSVAL_REPORTS)/negatives/
 
 # The alert policy alone, chosen on the held-out predictions of the served configuration
 # (cross-validation run 6: feature set 2 with the patient context), written into the served
