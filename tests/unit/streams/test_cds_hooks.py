@@ -2,8 +2,9 @@
 JWTs, discovery, patient-view on a database with scores and an open alert of a
 pseudonymised patient, 401s for bad tokens, and feedback counts.
 
-The official CDS Hooks JSON schemas (cds-hooks/schemas) could not be obtained here, so
-the cards are checked against the CDS Hooks 2.0 rules themselves (summary < 140
+CDS Hooks 2.0 publishes no JSON schemas (HL7/cds-hooks at tag v2.0.1 holds prose only;
+the later logical models are drafts for the next version), so the cards are checked
+against the CDS Hooks 2.0 rules themselves (summary < 140
 characters, indicator info/warning/critical, source.label, selectionBehavior with
 suggestions, every action typed and described, create actions carrying a resource)."""
 
