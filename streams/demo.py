@@ -24,6 +24,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import SecretStr
 
+from . import dlq_headers
 from .client_security import database_connect_args, kafka_config
 from .replay import publish, replay
 from .settings import PROJECT_ROOT, VAR_DIR, Settings, settings_env
@@ -285,11 +286,7 @@ def _count_events(inputs: list[Path], settings: Settings) -> int:
 
 def headers(msg: Message) -> dict[str, str]:
     """A Kafka message's headers as text."""
-    out: dict[str, str] = {}
-    for item in msg.headers() or []:
-        k, v = item[0], item[1]
-        out[str(k)] = v.decode(errors="replace") if isinstance(v, bytes) else str(v or "")
-    return out
+    return dlq_headers.as_text(msg.headers())
 
 
 def follow_scores(
@@ -345,11 +342,11 @@ def follow_scores(
                             inbound_ts[(score["patient"], score["time"])] = score["inbound_ts_ms"]
             elif topic == settings.topic_dlq:
                 h = headers(msg)
-                where = (h.get("wardwatch.source.partition"), h.get("wardwatch.source.offset"))
+                where = (h.get(dlq_headers.SOURCE_PARTITION), h.get(dlq_headers.SOURCE_OFFSET))
                 if where[0] and where[1]:
                     at = (int(where[0]), int(where[1]))
                     if at in expected:
-                        follow.dead[at] = h.get("wardwatch.reason", "?")
+                        follow.dead[at] = h.get(dlq_headers.REASON, "?")
             elif topic == settings.topic_alerts:
                 follow.alerts += 1
                 alert = orjson.loads(msg.value() or b"{}")

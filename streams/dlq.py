@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from fhir.hl7v2 import Hl7Error, map_message
 
+from . import dlq_headers
 from .client_security import kafka_config
 from .errors import safe_reason
 from .replay import make_producer
@@ -63,11 +64,11 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
-        return self.headers.get("wardwatch.reason", "(no reason header)")
+        return self.headers.get(dlq_headers.REASON, "(no reason header)")
 
     @property
     def stage(self) -> str:
-        return self.headers.get("wardwatch.stage", "?")
+        return self.headers.get(dlq_headers.STAGE, "?")
 
     @property
     def sealed(self) -> bool:

@@ -82,6 +82,7 @@ from fhir.hl7v2 import (
 )
 from fhir.parse import parse_resource
 
+from . import dlq_headers
 from .errors import safe_reason
 from .fetch_back import FetchBack, FetchFailedError, FocusRefusedError, needs_fetch
 from .oauth import InsufficientScopeError, InvalidTokenError, TokenVerifier
@@ -225,18 +226,9 @@ class SeenStore:
 def dead_letter_headers(
     reason: str, stage: str, source: str, *, fmt: str, extra: Headers | None = None
 ) -> Headers:
-    """Dead-letter headers, same names as the stream's
-    (``streams.worker.deadletters.dlq_headers``)."""
-    return [
-        ("wardwatch.reason", reason.encode()),
-        ("wardwatch.stage", stage.encode()),
-        ("wardwatch.source.topic", source.encode()),
-        ("wardwatch.source.partition", b"-1"),
-        ("wardwatch.source.offset", b"-1"),
-        ("wardwatch.dead_lettered_at", str(int(time.time() * 1000)).encode()),
-        ("wardwatch.format", fmt.encode()),
-        *(extra or []),
-    ]
+    """Dead-letter headers (:mod:`streams.dlq_headers`) of a message refused at the edge,
+    before it had an offset, then ``extra``."""
+    return [*dlq_headers.build(reason, stage, source, fmt=fmt), *(extra or [])]
 
 
 # ---------------------------------------------------------------------- the gateway
@@ -292,9 +284,9 @@ class Gateway:
         stage = ""
         clean: Headers = []
         for name, v in headers:
-            if name == "wardwatch.stage" and isinstance(v, bytes):
+            if name == dlq_headers.STAGE and isinstance(v, bytes):
                 stage = v.decode()
-            if name == "wardwatch.reason" and isinstance(v, bytes):
+            if name == dlq_headers.REASON and isinstance(v, bytes):
                 # the reason can quote the refused input (an OBX-5, an id): at rest it
                 # keeps what was wrong, not the value; the sender's ACK / 4xx has it whole
                 v = safe_reason(v.decode("utf-8", "replace"), 1000).encode()

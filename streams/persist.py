@@ -23,6 +23,8 @@ from storage.db import AlertRow, ScoreRow, make_engine, migrate, write_alerts, w
 from storage.errors import classify
 from storage.outbox import enqueue
 
+from . import dlq_headers
+
 
 def score_row(score: dict[str, Any]) -> ScoreRow:
     """A ``risk.scores`` record as a ``scores`` row. Raises KeyError/ValueError if malformed."""
@@ -64,11 +66,7 @@ def dead_letter_row(headers: Any, fallback: tuple[str, int, int]) -> DeadLetterR
     ``wardwatch.dead_lettered_at`` in ms). ``fallback`` is the dead letter's own
     (topic, partition, offset), used when the source headers are missing. Never raises
     on odd headers: missing values become "unknown" / now."""
-    items = headers.items() if isinstance(headers, dict) else (headers or ())
-    h: dict[str, str] = {}
-    for k, v in items:
-        key = k.decode(errors="replace") if isinstance(k, bytes) else str(k)
-        h[key] = v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+    h = dlq_headers.as_text(headers)
 
     def as_int(name: str, default: int) -> int:
         try:
@@ -76,15 +74,16 @@ def dead_letter_row(headers: Any, fallback: tuple[str, int, int]) -> DeadLetterR
         except (KeyError, ValueError):
             return default
 
-    has_source = "wardwatch.source.topic" in h
-    topic = h["wardwatch.source.topic"] if has_source else fallback[0]
-    ms = as_int("wardwatch.dead_lettered_at", -1)
+    has_source = dlq_headers.SOURCE_TOPIC in h
+    topic = h[dlq_headers.SOURCE_TOPIC] if has_source else fallback[0]
+    ms = as_int(dlq_headers.DEAD_LETTERED_AT, -1)
+    partition = as_int(dlq_headers.SOURCE_PARTITION, fallback[1]) if has_source else fallback[1]
     return DeadLetterRow(
         topic=topic,
-        partition=as_int("wardwatch.source.partition", fallback[1]) if has_source else fallback[1],
-        offset=as_int("wardwatch.source.offset", fallback[2]) if has_source else fallback[2],
-        stage=h.get("wardwatch.stage", "unknown"),
-        reason=h.get("wardwatch.reason", "unknown"),
+        partition=partition,
+        offset=as_int(dlq_headers.SOURCE_OFFSET, fallback[2]) if has_source else fallback[2],
+        stage=h.get(dlq_headers.STAGE, "unknown"),
+        reason=h.get(dlq_headers.REASON, "unknown"),
         received_at=datetime.fromtimestamp(ms / 1000, UTC) if ms >= 0 else datetime.now(UTC),
     )
 

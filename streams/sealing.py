@@ -31,6 +31,7 @@ import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from . import dlq_headers
 from .settings import Settings
 
 SCHEME: Final = "aesgcm-v1"
@@ -131,7 +132,7 @@ class KeyRing:
             raise SealError("dead letter's nonce header is not base64") from None
         if len(nonce) != NONCE_BYTES:
             raise SealError("dead letter's nonce header is not 12 bytes")
-        aad = associated_data(topic, headers.get("wardwatch.stage", ""), key)
+        aad = associated_data(topic, headers.get(dlq_headers.STAGE, ""), key)
         try:
             return AESGCM(secret).decrypt(nonce, ciphertext, aad)
         except InvalidTag:

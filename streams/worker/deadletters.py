@@ -11,6 +11,7 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from .. import dlq_headers as dlq_headers_of
 from ..dead_letter_limit import DeadLetterLimit
 from ..errors import WorkerStopError, reason_of
 from ..observe import Metrics, event_fields, safe_reason
@@ -23,16 +24,11 @@ log = logging.getLogger("wardwatch.stream")
 def dlq_headers(event: EventT[Any], reason: str, stage: str) -> list[tuple[str, bytes]]:
     """Headers of a dead letter: where it came from and why it was refused."""
     msg = event.message
-    return [
-        # the reason can quote the refused input: at rest it says what was wrong, not the
-        # value (the input itself is kept encrypted)
-        ("wardwatch.reason", safe_reason(reason, 1000).encode()),
-        ("wardwatch.stage", stage.encode()),
-        ("wardwatch.source.topic", str(msg.topic).encode()),
-        ("wardwatch.source.partition", str(msg.partition).encode()),
-        ("wardwatch.source.offset", str(msg.offset).encode()),
-        ("wardwatch.dead_lettered_at", str(int(time.time() * 1000)).encode()),
-    ]
+    # the reason can quote the refused input: at rest it says what was wrong, not the
+    # value (the input itself is kept encrypted)
+    return dlq_headers_of.build(
+        safe_reason(reason, 1000), stage, str(msg.topic), int(msg.partition), int(msg.offset)
+    )
 
 
 def source_of(event: EventT[Any]) -> str:
