@@ -112,7 +112,8 @@ crossval: venv ## Cross-validate the ensemble configurations on the train split 
 	$(PY) -m inference.crossval --feature-sets 1 --context --pretrain-epochs 1 --baseline var/crossval-context --out var/crossval-pretrain
 	$(PY) -m inference.crossval $(POLICY_CV_ARGS) --out $(POLICY_CV)
 	$(PY) -m inference.crossval --feature-sets 2 --context --neg-ratio 12 --baseline $(POLICY_CV) --out var/crossval-negatives
-	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs $(CROSSVAL_REPORTS)/gbm-iterations $(CROSSVAL_REPORTS)/context $(CROSSVAL_REPORTS)/pretraining $(CROSSVAL_REPORTS)/counts $(CROSSVAL_REPORTS)/negatives
+	$(PY) -m inference.crossval --feature-sets 2 --context --early-label-hours 6 --baseline $(POLICY_CV) --out var/crossval-early
+	mkdir -p $(CROSSVAL_REPORTS)/feature-sets $(CROSSVAL_REPORTS)/epochs $(CROSSVAL_REPORTS)/gbm-iterations $(CROSSVAL_REPORTS)/context $(CROSSVAL_REPORTS)/pretraining $(CROSSVAL_REPORTS)/counts $(CROSSVAL_REPORTS)/negatives $(CROSSVAL_REPORTS)/early-labels
 	cp var/crossval/report.md var/crossval/metrics.json var/crossval/crossval.png $(CROSSVAL_REPORTS)/feature-sets/
 	cp var/crossval-epochs/report.md var/crossval-epochs/metrics.json var/crossval-epochs/crossval.png $(CROSSVAL_REPORTS)/epochs/
 	cp var/crossval-gbm/report.md var/crossval-gbm/metrics.json var/crossval-gbm/crossval.png $(CROSSVAL_REPORTS)/gbm-iterations/
@@ -120,6 +121,7 @@ crossval: venv ## Cross-validate the ensemble configurations on the train split 
 	cp var/crossval-pretrain/report.md var/crossval-pretrain/metrics.json var/crossval-pretrain/crossval.png $(CROSSVAL_REPORTS)/pretraining/
 	cp $(POLICY_CV)/report.md $(POLICY_CV)/metrics.json $(POLICY_CV)/crossval.png $(CROSSVAL_REPORTS)/counts/
 	cp var/crossval-negatives/report.md var/crossval-negatives/metrics.json var/crossval-negatives/crossval.png $(CROSSVAL_REPORTS)/negatives/
+	cp var/crossval-early/report.md var/crossval-early/metrics.json var/crossval-early/crossval.png $(CROSSVAL_REPORTS)/early-labels/
 
 # The alert policy alone, chosen on the held-out predictions of the served configuration
 # (cross-validation run 6: feature set 2 with the patient context), written into the served

@@ -72,8 +72,23 @@ def isolated_run(prefix: str, **overrides: Any) -> Iterator[Settings]:
             print(f"{KEEP_RUN_ENV}: kept app id {s.app_id}, database {db}")
         else:
             admin.delete_topics(topics)
+            drop_database(db)
+
+
+def drop_database(db: str, within_s: float = 30.0) -> None:
+    """Drop a run's database, forcing its sessions off. Retried (on a new connection)
+    while that is refused: an autovacuum worker on the database is a session the test
+    role may not terminate, and it ends by itself within seconds."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            return
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 class Workers:
