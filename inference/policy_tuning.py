@@ -553,15 +553,9 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_seconds"] = round(time.monotonic() - t0, 1)
     command = f"python -m inference.policy_tuning --crossval {a.crossval}"
     # every option that changes the result, so the line reproduces it
-    for flag, value, default in (
-        ("--feature-set", a.feature_set, 1),
-        ("--folds", a.folds, 5),
-        ("--seed", a.seed, 0),
-        ("--max-patients", a.max_patients, None),
-        ("--resamples", a.resamples, 1000),
-    ):
-        if value != default:
-            command += f" {flag} {value}"
+    for dest in ("feature_set", "folds", "seed", "max_patients", "resamples"):
+        if getattr(a, dest) != p.get_default(dest):
+            command += f" --{dest.replace('_', '-')} {getattr(a, dest)}"
     command += f" --out {a.out}"
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "policy.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -32,11 +32,11 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from fhir.subscriptions import NotificationEvent
+from inference.scoring.alert_card import WORKFLOW_KINDS
 from storage.errors import classified
 from storage.models import PAYLOADS, SUBSCRIBER_KINDS, Alert, OutboxEntry, Subscriber
 
 LIVE = ("requested", "active", "error")  # statuses that still collect events
-UPDATE_KINDS = ("acknowledged", "resolved")  # events of an alert after it was raised
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,7 +175,7 @@ def enqueue_update(conn: Connection, alert_row: int, kind: str, resource: dict[s
     ``conn`` (``kind``), for every live subscriber, with ``resource`` the updated
     RiskAssessment to send. Runs inside the caller's transaction; raises ValueError for
     another kind, else what the database raises."""
-    if kind not in UPDATE_KINDS:
+    if kind not in WORKFLOW_KINDS:
         raise ValueError(f"not an alert update: {kind!r}")
     _number(conn, [{"alert_row": alert_row, "kind": kind, "resource": resource}])
 

@@ -76,18 +76,32 @@ def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return conf
 
 
+def client_context(
+    ca: Path | None, cert: Path | None, key: Path | None, what: str
+) -> ssl.SSLContext:
+    """A client TLS context that verifies the server (``ca``, else the system's CAs, and
+    its host name) and presents ``cert``/``key`` when set. Raises ValueError for a
+    certificate without its key (``what`` names the settings); OSError / ssl.SSLError
+    (not retried) for unreadable files."""
+    _pair(cert, key, what)
+    ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    if cert is not None and key is not None:
+        ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
 def kafka_ssl_context(settings: Settings) -> ssl.SSLContext:
     """A client TLS context that verifies the brokers (the CA file, else the system's
     CAs) and presents the client certificate when one is set. Raises ValueError for a
     half-configured setup; OSError / ssl.SSLError (not retried) for unreadable files."""
     _check_kafka(settings)
     s = settings
-    ctx = ssl.create_default_context(
-        cafile=str(s.kafka_ssl_ca_file) if s.kafka_ssl_ca_file is not None else None
+    return client_context(
+        s.kafka_ssl_ca_file,
+        s.kafka_ssl_cert_file,
+        s.kafka_ssl_key_file,
+        "WARDWATCH_KAFKA_SSL_CERT_FILE/KEY_FILE",
     )
-    if s.kafka_ssl_cert_file is not None and s.kafka_ssl_key_file is not None:
-        ctx.load_cert_chain(str(s.kafka_ssl_cert_file), str(s.kafka_ssl_key_file))
-    return ctx
 
 
 def faust_credentials(settings: Settings) -> CredentialsT | None:

@@ -33,8 +33,10 @@ from fhir.hl7v2_out import AckError, ack_accepted, control_id, oru_r01, read_ack
 from storage import outbox
 from storage.outbox import OutboxEvent, SubscriberState
 
+from .client_security import client_context
 from .delivery import backoff_s, db, serve_each_subscriber
 from .settings import Settings
+from .tls import TLS_VERSIONS
 
 log = logging.getLogger("wardwatch.deliver.hl7")
 KIND = "hl7v2-mllp"
@@ -71,17 +73,13 @@ def client_tls(settings: Settings) -> ssl.SSLContext:
     a certificate without its key; OSError / ssl.SSLError for unreadable files (at
     start-up, not retried)."""
     s = settings
-    if (s.delivery_hl7_tls_cert is None) != (s.delivery_hl7_tls_key is None):
-        raise ValueError(
-            "WARDWATCH_DELIVERY_HL7_TLS_CERT and WARDWATCH_DELIVERY_HL7_TLS_KEY go together"
-        )
-    ca = s.delivery_hl7_tls_ca
-    ctx = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
-    ctx.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if s.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    ctx = client_context(
+        s.delivery_hl7_tls_ca,
+        s.delivery_hl7_tls_cert,
+        s.delivery_hl7_tls_key,
+        "WARDWATCH_DELIVERY_HL7_TLS_CERT and _KEY go together",
     )
-    if s.delivery_hl7_tls_cert is not None and s.delivery_hl7_tls_key is not None:
-        ctx.load_cert_chain(str(s.delivery_hl7_tls_cert), str(s.delivery_hl7_tls_key))
+    ctx.minimum_version = TLS_VERSIONS[s.tls_min_version]
     return ctx
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+# the settings' tls_min_version as ssl versions (servers and clients)
+TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 class TlsConfigError(ValueError):
@@ -65,7 +66,7 @@ def server_context(files: TlsFiles, *, require_client_cert: bool = True) -> ssl.
     Raises TlsConfigError (not retried) when a file is missing or is not PEM of the kind.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _VERSIONS[files.min_version]
+    ctx.minimum_version = TLS_VERSIONS[files.min_version]
     try:
         ctx.load_cert_chain(files.cert, files.key)
         if files.client_ca is not None and require_client_cert:

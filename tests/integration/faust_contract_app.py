@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from faust.types import TP
-from faust_contract_base import contract_app
+from faust_contract_base import contract_app, wait_for
 
 from streams import faust_fixes
 
@@ -57,18 +57,6 @@ async def agent(stream: Any) -> None:
             seen.append({"offset": m.offset, "tracked": m.tracked, "acked_before": m.acked})
         for event in batch:
             await stream.ack(event)
-
-
-async def wait_for(pred: Any, limit: float = 30.0) -> bool:
-    """Whether ``pred()`` came true within ``limit`` seconds."""
-    try:
-        async with asyncio.timeout(limit):
-            # Polls state Faust and aiokafka own: they signal no event the test could await.
-            while not pred():  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        return False
-    return True
 
 
 async def committed_on_broker(consumer: Any) -> Any:
@@ -122,7 +110,7 @@ async def contract() -> None:
 
         for i in range(N):
             await topic.send(value=f"m{i}".encode())
-        out["all_processed"] = await wait_for(lambda: len(seen) >= N)
+        out["all_processed"] = await wait_for(lambda: len(seen) >= N, 30.0)
         out["first_pass"] = [s["offset"] for s in seen]
         # Commit through Faust (its commit calls the override's _new_offset).
         await consumer.commit()
@@ -136,7 +124,7 @@ async def contract() -> None:
         # in order, and the stream processes them.
         before = len(seen)
         await consumer.seek(tp, 5)
-        out["redelivered"] = await wait_for(lambda: len(seen) >= before + (N - 5))
+        out["redelivered"] = await wait_for(lambda: len(seen) >= before + (N - 5), 30.0)
         out["second_pass"] = [s["offset"] for s in seen[before:]]
         # And the committed offset does not move back past what was processed.
         await consumer.commit()

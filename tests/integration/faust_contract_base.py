@@ -5,6 +5,7 @@ Imported by those scripts from their own folder (they run as ``python <file> wor
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import Any
 
@@ -29,3 +30,15 @@ def contract_app(partitions: int, **settings: Any) -> faust.App:
         broker_commit_interval=3600.0,
         **settings,
     )
+
+
+async def wait_for(pred: Any, limit: float = 60.0) -> bool:
+    """Whether ``pred()`` came true within ``limit`` seconds."""
+    try:
+        async with asyncio.timeout(limit):
+            # Polls state Faust and aiokafka own: they signal no event the test could await.
+            while not pred():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        return False
+    return True

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from faust.types import TP
-from faust_contract_base import contract_app
+from faust_contract_base import contract_app, wait_for
 
 from streams import faust_fixes
 
@@ -79,18 +79,6 @@ async def revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
 def ours(consumer: Any) -> set[TP]:
     """The consumer's partitions of the test topic (Faust also assigns its leader topic)."""
     return {tp for tp in consumer.assignment() if tp.topic == TOPIC}
-
-
-async def wait_for(pred: Any, limit: float = 60.0) -> bool:
-    """Whether ``pred()`` came true within ``limit`` seconds."""
-    try:
-        async with asyncio.timeout(limit):
-            # Polls state Faust and aiokafka own: they signal no event the test could await.
-            while not pred():  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        return False
-    return True
 
 
 async def first() -> dict[str, Any]:
